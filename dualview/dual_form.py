@@ -1,0 +1,365 @@
+"""The dual form of attention, on tensors: scores, duplication and approximation errors.
+
+Softmax attention of one head is an implicit linear layer ``out(q) = η(q) φ(q) W`` with
+``W = Σ_i ΔW_i``, ``ΔW_i = φ(k_i)ᵀ v_i`` and the exponential kernel
+``κ(x, y) = exp(x·y / √d) = ⟨φ(x), φ(y)⟩`` (``../shared/docs/method.md`` §1). φ is
+infinite-dimensional, so ``W`` is never formed: everything here uses the kernel trick.
+
+Every function is batch-free and works on one layer:
+H query heads, Hkv key/value heads (grouped-query attention: query head h reads KV head
+``h // (H / Hkv)``), N tokens, T text tokens, d head dim, dv value dim.
+Nothing here knows about models or UIs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "kernel_logits",
+    "value_norms",
+    "magnitude",
+    "DuplicationBlocks",
+    "duplication",
+    "duplication_block",
+    "token_duplication",
+    "keep_mask",
+    "weight_error",
+    "weight_error_per_head",
+    "weight_spectrum",
+    "effective_rank",
+    "stable_rank",
+    "attention_output_error",
+    "greedy_oracle",
+]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32, or float64 when the input already is float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_heads(q_heads: int, kv_heads: int) -> int:
+    if kv_heads < 1 or q_heads % kv_heads:
+        raise ValueError(f"{q_heads} query heads cannot share {kv_heads} key/value heads evenly")
+    return q_heads // kv_heads
+
+
+def _check_kv(k: Tensor, v: Tensor) -> None:
+    if k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"k and v must be [Hkv, N, d], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[:2] != v.shape[:2]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} disagree on heads or tokens")
+
+
+# --- information magnitude (method.md §2) ------------------------------------------------------
+
+
+def kernel_logits(q_text: Tensor, k: Tensor) -> Tensor:
+    """Log of the kernel between the mean text query and every key: ``q_T · k_i / √d``.
+
+    Args:
+        q_text: ``[H, T, d]`` queries of the text tokens (pre-RoPE for the magnitude).
+        k: ``[Hkv, N, d]`` keys (pre-RoPE for the magnitude).
+    Returns:
+        ``[H, N]`` float32 (float64 for float64 input); query head h paired with KV head
+        ``h // (H / Hkv)``. ``κ(q_T, k_i) = exp(logit)``, never exponentiated here.
+    """
+    if q_text.dim() != 3 or k.dim() != 3 or q_text.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q_text must be [H, T, d] and k [Hkv, N, d], got {tuple(q_text.shape)}, {tuple(k.shape)}")
+    if q_text.shape[1] == 0:
+        raise ValueError("q_text holds no text token")
+    dtype = _compute_dtype(q_text)
+    group = _check_heads(q_text.shape[0], k.shape[0])
+    q_mean = q_text.to(dtype).mean(dim=1)  # [H, d]
+    k_per_q = k.to(dtype).repeat_interleave(group, dim=0)  # [H, N, d]
+    return torch.einsum("hd,hnd->hn", q_mean, k_per_q) / math.sqrt(k.shape[-1])
+
+
+def value_norms(v: Tensor) -> Tensor:
+    """``‖v_i‖₂`` per KV head: ``v [Hkv, N, dv] -> [Hkv, N]`` (float32 or float64)."""
+    return torch.linalg.vector_norm(v.to(_compute_dtype(v)), dim=-1)
+
+
+def magnitude(q_text: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Information magnitude ``P_i = κ(q_T, k_i) · ‖v_i‖`` (method.md §2), mean over query heads.
+
+    Per head the score is computed in log space, ``logit + log‖v‖``, and exponentiated after
+    subtracting the head's maximum over the N tokens, so each head's values lie in (0, 1]
+    (0 only for a zero value vector) and nothing overflows in any input dtype.
+
+    Args:
+        q_text: ``[H, T, d]`` pre-RoPE queries of the text tokens.
+        k: ``[Hkv, N, d]`` pre-RoPE keys.
+        v: ``[Hkv, N, dv]`` values.
+    Returns:
+        ``[N]`` float32 (float64 for float64 input).
+    """
+    _check_kv(k, v)
+    logits = kernel_logits(q_text, k)  # [H, N]
+    group = q_text.shape[0] // k.shape[0]
+    log_v = torch.log(value_norms(v).to(logits.dtype)).repeat_interleave(group, dim=0)  # [H, N]
+    log_p = logits + log_v
+    head_max = log_p.max(dim=1, keepdim=True).values
+    head_max = torch.where(torch.isfinite(head_max), head_max, torch.zeros_like(head_max))
+    return torch.exp(log_p - head_max).mean(dim=0)
+
+
+# --- information duplication (method.md §3) ----------------------------------------------------
+
+
+class DuplicationBlocks:
+    """Blocks of the duplication matrix ``S̄²`` on demand, without forming the N × N matrix.
+
+    ``S^h_ij = cos(v_i, v_j) · exp(−‖k_i − k_j‖² / (2√d))`` per KV head h (keys post-RoPE), and
+    ``S̄²_ij = mean_h (S^h_ij)²``. Symmetric, ones on the diagonal (also for a zero value
+    vector, whose cosine with others is defined as 0), values in [0, 1].
+
+    Args:
+        k: ``[Hkv, N, d]`` post-RoPE keys.
+        v: ``[Hkv, N, dv]`` values.
+    """
+
+    def __init__(self, k: Tensor, v: Tensor):
+        _check_kv(k, v)
+        dtype = _compute_dtype(k)
+        k = k.to(dtype)
+        # Distances do not change under a shift; centring the keys keeps ‖a‖² + ‖b‖² − 2a·b exact
+        # enough in float32 when keys are large.
+        self._k = k - k.mean(dim=1, keepdim=True)  # [Hkv, N, d]
+        self._k_sq = (self._k * self._k).sum(-1)  # [Hkv, N]
+        self._v_unit = torch.nn.functional.normalize(v.to(dtype), dim=-1)  # [Hkv, N, dv]
+        self._scale = 2.0 * math.sqrt(k.shape[-1])
+        self.n = k.shape[1]
+
+    def block(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """``S̄²[rows][:, cols]``: rows ``[R]``, cols ``[C]`` (index tensors) -> ``[R, C]``."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        k_r, k_c = self._k[:, rows], self._k[:, cols]
+        sq_dist = self._k_sq[:, rows, None] + self._k_sq[:, None, cols] - 2.0 * k_r @ k_c.transpose(1, 2)
+        cos_v = self._v_unit[:, rows] @ self._v_unit[:, cols].transpose(1, 2)
+        sim = cos_v * torch.exp(-sq_dist.clamp_min(0.0) / self._scale)  # [Hkv, R, C]
+        dup = (sim * sim).mean(dim=0).clamp_(0.0, 1.0)
+        dup[rows[:, None] == cols[None, :]] = 1.0
+        return dup
+
+    def full(self) -> Tensor:
+        """The whole ``[N, N]`` matrix."""
+        every = torch.arange(self.n)
+        return self.block(every, every)
+
+
+def duplication(k: Tensor, v: Tensor) -> Tensor:
+    """Information duplication ``S̄²`` (method.md §3): k ``[Hkv, N, d]`` post-RoPE, v ``[Hkv, N, dv]`` -> ``[N, N]``."""
+    return DuplicationBlocks(k, v).full()
+
+
+def duplication_block(k: Tensor, v: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Rows × columns of ``duplication(k, v)``: ``[len(rows), len(cols)]``, computing only that block."""
+    return DuplicationBlocks(k, v).block(rows, cols)
+
+
+def token_duplication(dup: Tensor, top: int = 8) -> Tensor:
+    """Per-token duplication for heat-maps: mean of the ``top`` largest ``S̄²_ij``, j ≠ i.
+
+    Args:
+        dup: ``[N, N]`` duplication matrix.
+    Returns:
+        ``[N]``; zeros when N = 1.
+    """
+    n = dup.shape[0]
+    if n < 2:
+        return torch.zeros(n, dtype=dup.dtype)
+    off_diagonal = dup.clone()
+    off_diagonal.fill_diagonal_(float("-inf"))
+    return off_diagonal.topk(min(top, n - 1), dim=1).values.mean(dim=1)
+
+
+# --- the implicit weight and its low-rank approximation (method.md §6) -------------------------
+
+
+def keep_mask(keep: Tensor, n: int) -> Tensor:
+    """A kept set as a bool mask ``[n]``, from a bool mask ``[n]`` or an index tensor."""
+    keep = torch.as_tensor(keep)
+    if keep.dtype == torch.bool:
+        if keep.shape != (n,):
+            raise ValueError(f"keep mask has shape {tuple(keep.shape)}, expected ({n},)")
+        return keep
+    keep = keep.long().reshape(-1)
+    if keep.numel() and (keep.min() < 0 or keep.max() >= n):
+        raise ValueError(f"kept indices must lie in [0, {n}), got {keep.min().item()}..{keep.max().item()}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[keep] = True
+    return mask
+
+
+def _shifted_kernel(k: Tensor) -> Tensor:
+    """``κ(k_i, k_j) / max κ`` per head, float64: k ``[Hkv, N, d]`` -> ``[Hkv, N, N]``, entries in [0, 1].
+
+    The shift (the largest key logit, ``max_i ‖k_i‖²/√d``) cancels in every ratio used here and
+    keeps the exponential finite.
+    """
+    k = k.to(torch.float64)
+    logits = k @ k.transpose(1, 2) / math.sqrt(k.shape[-1])
+    return torch.exp(logits - logits.amax(dim=(1, 2), keepdim=True))
+
+
+def _gram(k: Tensor, v: Tensor) -> Tensor:
+    """Shifted Gram matrices ``G_ij = (v_i·v_j) · κ(k_i, k_j)`` per head, float64.
+
+    Args: k ``[Hkv, N, d]``, v ``[Hkv, N, dv]``. Returns ``[Hkv, N, N]``; ``Σ G ∝ ‖W‖²_F``.
+    """
+    _check_kv(k, v)
+    v = v.to(torch.float64)
+    return (v @ v.transpose(1, 2)) * _shifted_kernel(k)
+
+
+def _dropped_energy(gram: Tensor, kept: Tensor) -> Tensor:
+    """``‖W − W_S‖²`` per head (shifted): ``Σ_{i,j ∉ S} G_ij``; gram ``[Hkv, N, N]``, kept ``[N]`` bool."""
+    dropped = ~kept
+    return gram[:, dropped][:, :, dropped].sum(dim=(1, 2)).clamp_min(0.0)
+
+
+def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+    """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight, per KV head.
+
+    Args:
+        k: ``[Hkv, N, d]`` post-RoPE keys of all tokens of the sequence.
+        v: ``[Hkv, N, dv]`` values.
+        keep: kept set S as bool mask ``[N]`` or index tensor.
+    Returns:
+        ``[Hkv]`` float64, each in [0, 1].
+    """
+    gram = _gram(k, v)
+    total = gram.sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    return (_dropped_energy(gram, keep_mask(keep, k.shape[1])) / total).sqrt().clamp(max=1.0)
+
+
+def weight_error(k: Tensor, v: Tensor, keep: Tensor) -> float:
+    """Mean over KV heads of ``weight_error_per_head`` (method.md §6): a float in [0, 1]."""
+    return float(weight_error_per_head(k, v, keep).mean())
+
+
+def weight_spectrum(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+    """Singular values of ``W_S`` per KV head, relative to ``‖W‖_F`` of the full set.
+
+    ``W_Sᵀ W_S = V_Sᵀ K_SS V_S`` (dv × dv) with the kernel matrix ``K_SS``; its eigenvalues are σ².
+    Dividing by ``‖W‖_F`` makes the values dimensionless and removes the kernel shift.
+
+    Args: k ``[Hkv, N, d]``, v ``[Hkv, N, dv]``, keep mask ``[N]`` or indices.
+    Returns: ``[Hkv, dv]`` float64, descending.
+    """
+    _check_kv(k, v)
+    kept = keep_mask(keep, k.shape[1])
+    v64 = v.to(torch.float64)
+    kernel = _shifted_kernel(k)  # [Hkv, N, N]
+    total = ((v64 @ v64.transpose(1, 2)) * kernel).sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    v_s = v64[:, kept]  # [Hkv, M, dv]
+    gram_dv = v_s.transpose(1, 2) @ kernel[:, kept][:, :, kept] @ v_s  # [Hkv, dv, dv]
+    gram_dv = 0.5 * (gram_dv + gram_dv.transpose(1, 2))
+    sigma_sq = torch.linalg.eigvalsh(gram_dv).clamp_min(0.0).flip(-1)
+    return (sigma_sq / total[:, None]).sqrt()
+
+
+def _rank_measures(k: Tensor, v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Effective rank and stable rank of ``W_S`` per head: two ``[Hkv]`` float64 tensors."""
+    sigma_sq = weight_spectrum(k, v, keep) ** 2
+    energy = sigma_sq.sum(dim=-1)
+    p = sigma_sq / energy.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    entropy = -(p * torch.log(p.clamp_min(torch.finfo(torch.float64).tiny))).sum(dim=-1)
+    effective = torch.where(energy > 0, torch.exp(entropy), torch.zeros_like(entropy))
+    stable = torch.where(energy > 0, energy / sigma_sq[:, 0].clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(energy))
+    return effective, stable
+
+
+def effective_rank(k: Tensor, v: Tensor, keep: Tensor) -> float:
+    """Mean over heads of ``exp(entropy of σ²/Σσ²)`` of ``W_S``: 1 for rank one, dv at most."""
+    return float(_rank_measures(k, v, keep)[0].mean())
+
+
+def stable_rank(k: Tensor, v: Tensor, keep: Tensor) -> float:
+    """Mean over heads of ``‖W_S‖²_F / σ₁²``."""
+    return float(_rank_measures(k, v, keep)[1].mean())
+
+
+def attention_output_error(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor, query_positions: Tensor | None = None
+) -> float:
+    """``‖A(Q; K_S, V_S) − A(Q; K, V)‖_F / ‖A(Q; K, V)‖_F`` for softmax attention, all heads at once.
+
+    Args:
+        q: ``[H, T, d]`` post-RoPE queries (the text tokens).
+        k: ``[Hkv, N, d]`` post-RoPE keys, v ``[Hkv, N, dv]`` values, of all tokens.
+        keep: kept set S, bool mask ``[N]`` or indices.
+        query_positions: optional ``[T]`` index of each query in the N tokens; when given, query t
+            sees keys ``j ≤ query_positions[t]`` only (causal attention).
+    Returns:
+        float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output.
+    """
+    _check_kv(k, v)
+    group = _check_heads(q.shape[0], k.shape[0])
+    n = k.shape[1]
+    kept = keep_mask(keep, n)
+    q64 = q.to(torch.float64)
+    k64 = k.to(torch.float64).repeat_interleave(group, dim=0)
+    v64 = v.to(torch.float64).repeat_interleave(group, dim=0)
+    logits = q64 @ k64.transpose(1, 2) / math.sqrt(k.shape[-1])  # [H, T, N]
+    visible = torch.ones(q.shape[1], n, dtype=torch.bool)
+    if query_positions is not None:
+        visible = torch.arange(n)[None, :] <= torch.as_tensor(query_positions).reshape(-1, 1)
+
+    def attend(mask: Tensor) -> Tensor:
+        masked = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(masked, dim=-1).nan_to_num(0.0)
+        return weights @ v64  # [H, T, dv]
+
+    full = attend(visible)
+    pruned = attend(visible & kept[None, :])
+    denominator = torch.linalg.vector_norm(full).clamp_min(torch.finfo(torch.float64).tiny)
+    return float(torch.linalg.vector_norm(pruned - full) / denominator)
+
+
+def greedy_oracle(
+    k: Tensor, v: Tensor, budget: int, candidates: Tensor | None = None, always: Tensor | None = None
+) -> Tensor:
+    """Greedy forward selection minimising ``weight_error`` directly, one token at a time.
+
+    Starting from ``S = always``, repeatedly adds the candidate whose addition gives the lowest
+    mean-over-heads relative error ``‖W − W_S‖_F / ‖W‖_F`` (ties: lower index). Removing token c
+    from the dropped set D changes ``Σ_{i,j∈D} G_ij`` by ``−2 Σ_{j∈D} G_cj + G_cc``, so each step
+    costs O(Hkv · N).
+
+    Args:
+        k: ``[Hkv, N, d]`` post-RoPE keys, v ``[Hkv, N, dv]`` values, of all tokens.
+        budget: number of candidates to choose (int, at most the number of candidates).
+        candidates: indices that may be chosen (default: every token not in ``always``).
+        always: indices kept regardless (e.g. the text tokens).
+    Returns:
+        ``[budget]`` LongTensor of chosen indices, in the order chosen.
+    """
+    n = k.shape[1]
+    in_always = keep_mask(always if always is not None else torch.zeros(0, dtype=torch.long), n)
+    is_candidate = keep_mask(candidates, n) & ~in_always if candidates is not None else ~in_always
+    if not 0 <= budget <= int(is_candidate.sum()):
+        raise ValueError(f"budget {budget} must lie between 0 and the {int(is_candidate.sum())} candidates")
+    gram = _gram(k, v)  # [Hkv, N, N]
+    total = gram.sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    dropped = ~in_always
+    energy = _dropped_energy(gram, in_always)  # [Hkv]
+    row_sums = gram[:, :, dropped].sum(dim=2)  # [Hkv, N]: Σ_{j∈D} G_cj
+    diagonal = gram.diagonal(dim1=1, dim2=2)  # [Hkv, N]
+    chosen = []
+    for _ in range(budget):
+        new_energy = (energy[:, None] - 2.0 * row_sums + diagonal).clamp_min(0.0)  # [Hkv, N]
+        error = (new_energy / total[:, None]).sqrt().mean(dim=0)  # [N]
+        error[~is_candidate] = float("inf")
+        best = int(torch.argmin(error))  # first minimum: lower index wins ties
+        chosen.append(best)
+        energy = new_energy[:, best]
+        row_sums -= gram[:, :, best]
+        is_candidate[best] = False
+    return torch.tensor(chosen, dtype=torch.long)
