@@ -148,9 +148,10 @@ class DuplicationBlocks:
         return dup
 
     def full(self) -> Tensor:
-        """The whole ``[N, N]`` matrix."""
+        """The whole ``[N, N]`` matrix, exactly symmetric."""
         every = torch.arange(self.n)
-        return self.block(every, every)
+        dup = self.block(every, every)
+        return 0.5 * (dup + dup.T)
 
 
 def duplication(k: Tensor, v: Tensor) -> Tensor:
@@ -232,15 +233,16 @@ def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
         v: ``[Hkv, N, dv]`` values.
         keep: kept set S as bool mask ``[N]`` or index tensor.
     Returns:
-        ``[Hkv]`` float64, each in [0, 1].
+        ``[Hkv]`` float64 ≥ 0: 0 when nothing is dropped, 1 when everything is. It can exceed 1
+        when the kept updates cancel what the dropped ones add (the sum is not a projection).
     """
     gram = _gram(k, v)
     total = gram.sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
-    return (_dropped_energy(gram, keep_mask(keep, k.shape[1])) / total).sqrt().clamp(max=1.0)
+    return (_dropped_energy(gram, keep_mask(keep, k.shape[1])) / total).sqrt()
 
 
 def weight_error(k: Tensor, v: Tensor, keep: Tensor) -> float:
-    """Mean over KV heads of ``weight_error_per_head`` (method.md §6): a float in [0, 1]."""
+    """Mean over KV heads of ``weight_error_per_head`` (method.md §6): a float ≥ 0."""
     return float(weight_error_per_head(k, v, keep).mean())
 
 
