@@ -1,0 +1,179 @@
+"""The analysis of one (model, image, prompt, layer): dual-form scores and kept-set measures.
+
+All tensors are float32 on CPU. S is the sequence length, Nv the number of visual tokens, H/Hkv
+the query/KV heads, d the head dim. Visual-token indices (0..Nv-1) follow
+:class:`dualview.engine.geometry.Geometry`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from dualview import dual_form
+from dualview.engine.adapters import Prepared
+from dualview.engine.errors import DualviewError
+from dualview.selection import Selection, resolve_budget
+
+
+@dataclass
+class Projections:
+    """One decoder layer's attention inputs for the whole sequence.
+
+    q_pre ``[H, S, d]``, k_pre ``[Hkv, S, d]`` (before RoPE), q_post/k_post (after RoPE),
+    v ``[Hkv, S, dv]``. Computed from the layer's own input norm and q/k/v projections.
+    """
+
+    q_pre: Tensor
+    k_pre: Tensor
+    q_post: Tensor
+    k_post: Tensor
+    v: Tensor
+
+
+def attention_received(q_post: Tensor, k_post: Tensor) -> Tensor:
+    """FastV's score: attention each token receives, mean over heads and query rows (causal softmax).
+
+    Args: q_post ``[H, S, d]``, k_post ``[Hkv, S, d]`` of one layer. Returns ``[S]`` float32.
+    """
+    heads, length, dim = q_post.shape
+    group = heads // k_post.shape[0]
+    causal = torch.ones(length, length, dtype=torch.bool, device=q_post.device).tril()
+    total = torch.zeros(length, dtype=torch.float32, device=q_post.device)
+    for h in range(heads):  # one head at a time: S x S each
+        logits = (q_post[h].float() @ k_post[h // group].float().T) / math.sqrt(dim)
+        total += torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1).sum(dim=0)
+    return total / (heads * length)
+
+
+class Analysis:
+    """Scores at the pruning layer and measures of kept sets, for one image and prompt.
+
+    Attributes:
+        model_name, image_hash, prompt, layer: what was analysed.
+        prepared: inputs and positions (``prepared.visual_positions [Nv]``, ``text_positions [T]``).
+        geometry: boxes of the visual tokens.
+        projections: q/k/v of the analysis layer, all S tokens.
+        magnitude: ``[Nv]`` information magnitude P_i (method.md §2), in (0, 1].
+        kernel_logit: ``[Nv]`` mean over query heads of ``q_T · k_i / √d`` (pre-RoPE).
+        value_norm: ``[Nv]`` mean over KV heads of ``‖v_i‖``.
+        input_embeddings: ``[Nv, D]`` the visual tokens entering the language model.
+        prompt_embeddings: ``[T, D]`` the instruction tokens entering the language model.
+        attention_received: ``[Nv]`` FastV's score at layer ``fastv_layer`` (attention each visual
+            token receives, mean over heads and query rows).
+    """
+
+    def __init__(self, *, model_name: str, image_hash: str, prompt: str, layer: int, num_layers: int,
+                 prepared: Prepared, projections: Projections, embeddings: Tensor,
+                 fastv_layer: int, fastv_received: Tensor):
+        self.model_name = model_name
+        self.image_hash = image_hash
+        self.prompt = prompt
+        self.layer = layer
+        self.num_layers = num_layers
+        self.prepared = prepared
+        self.geometry = prepared.geometry
+        self.projections = projections
+        visual, text = prepared.visual_positions, prepared.text_positions
+        p = projections
+        self.magnitude = dual_form.magnitude(p.q_pre[:, text], p.k_pre[:, visual], p.v[:, visual]).float()
+        self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0)
+        self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0)
+        self.input_embeddings = embeddings[visual]
+        self.prompt_embeddings = embeddings[text]
+        self.fastv_layer = fastv_layer
+        self.attention_received = fastv_received[visual]
+
+    @property
+    def num_visual(self) -> int:
+        return int(self.prepared.visual_positions.numel())
+
+    @property
+    def visual_keys(self) -> Tensor:
+        """``[Hkv, Nv, d]`` post-RoPE keys of the visual tokens (the ones duplication uses)."""
+        return self.projections.k_post[:, self.prepared.visual_positions]
+
+    @property
+    def visual_values(self) -> Tensor:
+        """``[Hkv, Nv, dv]`` values of the visual tokens."""
+        return self.projections.v[:, self.prepared.visual_positions]
+
+    @cached_property
+    def duplication_blocks(self) -> dual_form.DuplicationBlocks:
+        """Blocks of the ``[Nv, Nv]`` duplication matrix on demand (what PC-MMR reads)."""
+        return dual_form.DuplicationBlocks(self.visual_keys, self.visual_values)
+
+    @cached_property
+    def duplication(self) -> Tensor:
+        """``[Nv, Nv]`` information duplication S̄² (method.md §3)."""
+        return dual_form.duplication(self.visual_keys, self.visual_values).float()
+
+    @cached_property
+    def token_duplication(self) -> Tensor:
+        """``[Nv]`` mean of each token's 8 largest duplications with other tokens."""
+        return dual_form.token_duplication(self.duplication).float()
+
+    # -- kept sets ------------------------------------------------------------------------
+    def check_kept(self, kept) -> Tensor:
+        """``kept`` (indices into the visual tokens) as a LongTensor, or a DualviewError."""
+        kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.num_visual):
+            raise DualviewError(f"Kept token indices must lie between 0 and {self.num_visual - 1} "
+                                f"(this image has {self.num_visual} visual tokens).")
+        if kept.unique().numel() != kept.numel():
+            raise DualviewError("The kept token indices contain duplicates; give each visual token once.")
+        return kept
+
+    def sequence_keep(self, kept) -> Tensor:
+        """``[S]`` bool: every non-visual token plus the kept visual tokens (what §6 calls S)."""
+        mask = torch.zeros(self.prepared.length, dtype=torch.bool)
+        mask[self.prepared.keep_positions(self.check_kept(kept))] = True
+        return mask
+
+    def weight_error(self, kept) -> float:
+        """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight (method.md §6)."""
+        return dual_form.weight_error(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+
+    def weight_error_per_head(self, kept) -> Tensor:
+        """``[Hkv]`` the same error per KV head."""
+        return dual_form.weight_error_per_head(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+
+    def effective_rank(self, kept) -> float:
+        """Effective rank of ``W_S`` (mean over KV heads)."""
+        return dual_form.effective_rank(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+
+    def stable_rank(self, kept) -> float:
+        """Stable rank of ``W_S`` (mean over KV heads)."""
+        return dual_form.stable_rank(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+
+    def weight_spectrum(self, kept) -> Tensor:
+        """``[Hkv, dv]`` singular values of ``W_S`` per KV head."""
+        return dual_form.weight_spectrum(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+
+    def attention_error(self, kept) -> float:
+        """Relative attention-output error of the text queries at this layer (causal)."""
+        text = self.prepared.text_positions
+        return dual_form.attention_output_error(self.projections.q_post[:, text], self.projections.k_post,
+                                                self.projections.v, self.sequence_keep(kept),
+                                                query_positions=text)
+
+    def select(self, method: str, budget: int | float, **params) -> Selection:
+        """Kept visual tokens chosen by registered ``method`` for ``budget`` (count or fraction)."""
+        from dualview.methods import get_method
+
+        chosen = get_method(method)
+        try:
+            count = resolve_budget(budget, self.num_visual)
+        except ValueError as error:
+            raise DualviewError(f"Budget {budget!r} is not usable: {error}.") from None
+        return chosen.select(self, count, **params)
+
+    def prune_layer(self, method: str) -> int:
+        """The decoder layer from which ``method`` prunes, for this model."""
+        from dualview.methods import get_method
+
+        return get_method(method).prune_layer(self)

@@ -1,0 +1,112 @@
+"""Forward pre-hooks on decoder layers: capture a layer's input, or drop tokens from a layer on.
+
+Both work with an unchanged ``model(...)`` / ``model.generate()`` at batch size 1 (see
+stack-notes.md): the decoder layers of every supported family receive ``hidden_states``
+(first positional argument), ``position_embeddings`` (cos, sin ``[B, S, d]``), ``position_ids``
+``[B, S]`` or None, and a 4-D ``attention_mask`` or None.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+@dataclass
+class LayerInput:
+    """What one decoder layer received: ``hidden [S, D]`` and its RoPE ``cos``/``sin`` ``[S, d]``."""
+
+    hidden: Tensor
+    cos: Tensor
+    sin: Tensor
+
+
+class StopForward(Exception):
+    """Raised by a capture hook once every wanted layer input is recorded."""
+
+
+@contextmanager
+def capture_layer_inputs(layers, wanted: set[int], store: dict[int, LayerInput]):
+    """Record the inputs of decoder layers ``wanted`` into ``store``; stop the forward pass (raise
+    :class:`StopForward`) at the last of them, so later layers never run."""
+    last = max(wanted)
+
+    def make_hook(index: int):
+        def hook(module, args, kwargs):
+            cos, sin = kwargs["position_embeddings"]
+            store[index] = LayerInput(_hidden(args, kwargs)[0].detach(), cos[0].detach(), sin[0].detach())
+            if index == last:
+                raise StopForward
+        return hook
+
+    handles = [layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in sorted(wanted)]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _slice_mask(mask: Tensor, keep: Tensor, prefill_length: int) -> Tensor:
+    """Slice a 4-D mask ``[B, 1, Q, K]``: query rows of a prefill call, and the key columns of the
+    prompt (columns past the prompt are generated tokens and stay)."""
+    if mask.shape[-2] == prefill_length:
+        mask = mask.index_select(-2, keep)
+    columns = torch.cat([keep, torch.arange(prefill_length, mask.shape[-1], device=keep.device)])
+    return mask.index_select(-1, columns)
+
+
+@contextmanager
+def prune_from(layers, start: int, keep: Tensor, prefill_length: int):
+    """From decoder layer ``start`` on, keep only sequence positions ``keep`` of the prompt.
+
+    Layer ``start`` slices its incoming hidden states; every layer from ``start`` on slices its
+    position embeddings, position ids and 4-D mask the same way, so kept tokens keep their
+    original positions. Decoding calls (one new token) pass through; those layers' caches hold
+    only the kept prompt tokens.
+
+    Args:
+        layers: the decoder layers.
+        start: first layer that sees the pruned sequence (0 = before the language model).
+        keep: ``[S']`` ascending positions to keep, out of ``prefill_length``.
+    """
+    handles = []
+    on_device: dict[torch.device, Tensor] = {}
+
+    def hook(module, args, kwargs):
+        cos, sin = kwargs["position_embeddings"]
+        index = on_device.setdefault(cos.device, keep.to(cos.device))
+        if cos.shape[-2] != prefill_length:  # a decoding step
+            if isinstance(kwargs.get("attention_mask"), Tensor):
+                kwargs = {**kwargs, "attention_mask": _slice_mask(kwargs["attention_mask"], index, prefill_length)}
+            return args, kwargs
+        hidden = _hidden(args, kwargs)
+        if hidden.shape[1] == prefill_length:
+            args, kwargs = _with_hidden(args, kwargs, hidden.index_select(1, index))
+        kwargs = {**kwargs, "position_embeddings": (cos.index_select(-2, index), sin.index_select(-2, index))}
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"].index_select(-1, index)
+        if isinstance(kwargs.get("attention_mask"), Tensor):
+            kwargs["attention_mask"] = _slice_mask(kwargs["attention_mask"], index, prefill_length)
+        return args, kwargs
+
+    for layer in list(layers)[start:]:
+        handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
