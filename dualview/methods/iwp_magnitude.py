@@ -1,0 +1,14 @@
+"""IWP without duplication: the top tokens by information magnitude (the paper's ablation).
+
+Prunes at the analysis layer l; scores ``P_i = κ(q_T, k_i)·‖v_i‖`` (method.md §2); no
+redundancy penalty, so similar tokens can all be kept.
+"""
+
+from dualview.methods.registry import register
+from dualview.selection import top_k
+
+
+@register("iwp-magnitude")
+def select(analysis, count: int):
+    """Top-k of the information magnitude, pruning at the analysis layer."""
+    return top_k(analysis.magnitude, count)
