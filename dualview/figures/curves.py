@@ -1,0 +1,52 @@
+"""Error-versus-budget curves of the implicit weight's low-rank approximation (method.md §6)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["METRICS", "error_curves"]
+
+METRICS = {
+    "weight_error": "‖W − W_S‖ / ‖W‖",
+    "effective_rank": "effective rank of W_S",
+    "attention_error": "attention-output error",
+}
+
+_DASH = {"oracle": "dot", "random": "dash"}
+
+
+def error_curves(budgets: list[int], curves: dict[str, dict[str, list[float]]], current: int | None = None,
+                 num_visual: int | None = None, highlight: str | None = None) -> go.Figure:
+    """One panel per metric, one line per method, the current budget marked.
+
+    Args:
+        budgets: token counts on the x axis ``[B]``.
+        curves: method -> metric name (a key of :data:`METRICS`) -> ``[B]`` values; a method may
+            lack a metric (e.g. the oracle is only computed on request).
+        current: the budget in use, drawn as a vertical line; num_visual: Nv, for the hover's
+            percentage; highlight: the method drawn thicker (the one selected in the app).
+    """
+    names = [m for m in METRICS if any(m in per for per in curves.values())]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[METRICS[m] for m in names],
+                        horizontal_spacing=0.07)
+    for method, per_metric in curves.items():
+        for col, metric in enumerate(names, start=1):
+            if metric not in per_metric:
+                continue
+            percent = [100.0 * b / num_visual for b in budgets] if num_visual else budgets
+            fig.add_trace(go.Scatter(
+                x=budgets, y=per_metric[metric], mode="lines+markers", name=method, legendgroup=method,
+                showlegend=col == 1, customdata=percent, marker=dict(size=4),
+                line=dict(width=3.5 if method == highlight else 1.6, dash=_DASH.get(method, "solid")),
+                hovertemplate=f"{method}<br>%{{x}} tokens (%{{customdata:.1f}} %)<br>%{{y:.4g}}<extra></extra>"),
+                row=1, col=col)
+    if current is not None:
+        for col in range(1, len(names) + 1):
+            fig.add_vline(x=current, line=dict(color="#d62728", width=1.5, dash="dash"), row=1, col=col)
+    fig.update_xaxes(title_text="kept visual tokens")
+    fig.update_layout(height=330, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25),
+                      plot_bgcolor="white", paper_bgcolor="white")
+    fig.update_xaxes(showgrid=True, gridcolor="#eee")
+    fig.update_yaxes(showgrid=True, gridcolor="#eee")
+    return fig

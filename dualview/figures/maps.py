@@ -1,0 +1,307 @@
+"""Per-token maps drawn over the image: magnitude, duplication, kept masks, selection rounds.
+
+Every function takes plain results (numbers per visual token) and a token layout, the dict
+that ``Geometry.to_dict()`` returns: ``boxes`` ``[Nv][4]`` (x0, y0, x1, y1 in original-image
+pixels), ``rows``/``cols`` ``[Nv]`` (the token's cell in its grid), ``view`` ``[Nv]`` (index into
+``views``) and ``views`` (``{"name", "rows", "cols"}`` per raster grid). Nothing assumes a
+square grid or a single view: each view (e.g. an AnyRes base view and its crops) becomes its own
+panel, a heat-map whose cell edges are taken from the token boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+__all__ = ["Panel", "panels", "token_map", "kept_map", "selection_step", "compare_kept", "round_colors"]
+
+DROPPED_COLOR = "rgba(20,20,30,0.72)"
+CHUNK_OUTLINE = "#00e5ff"
+SELECTED_OUTLINE = "#ff2bd6"
+EVIDENCE_OUTLINE = "#39ff14"
+
+
+@dataclass
+class Panel:
+    """One raster grid of tokens: ``index[r, c]`` is the visual-token index there (−1: empty cell)."""
+
+    name: str
+    index: np.ndarray  # [R, C] int
+    x_edges: np.ndarray  # [C + 1]
+    y_edges: np.ndarray  # [R + 1]
+
+    def grid(self, values) -> np.ndarray:
+        """Scatter per-token ``values [Nv, ...]`` onto this panel's ``[R, C, ...]`` float grid (NaN: no token)."""
+        values = np.asarray(values, dtype=float)
+        out = np.full(self.index.shape + values.shape[1:], np.nan)
+        present = self.index >= 0
+        out[present] = values[self.index[present]]
+        return out
+
+
+def panels(layout: dict) -> list[Panel]:
+    """The raster grids of a token layout, with cell edges read from the token boxes."""
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    rows, cols, view = (np.asarray(layout[key], dtype=int) for key in ("rows", "cols", "view"))
+    result = []
+    for v, spec in enumerate(layout["views"]):
+        members = np.nonzero(view == v)[0]
+        index = np.full((spec["rows"], spec["cols"]), -1, dtype=int)
+        index[rows[members], cols[members]] = members
+        x_edges = np.empty(spec["cols"] + 1)
+        y_edges = np.empty(spec["rows"] + 1)
+        for c in range(spec["cols"]):
+            in_col = members[cols[members] == c]
+            x_edges[c], x_edges[c + 1] = boxes[in_col, 0].min(), boxes[in_col, 2].max()
+        for r in range(spec["rows"]):
+            in_row = members[rows[members] == r]
+            y_edges[r], y_edges[r + 1] = boxes[in_row, 1].min(), boxes[in_row, 3].max()
+        result.append(Panel(spec["name"], index, x_edges, y_edges))
+    return result
+
+
+def _axes(fig: go.Figure, count: int, image: Image.Image | None, size: tuple[int, int]) -> list[tuple[str, str]]:
+    """Lay out ``count`` side-by-side image panels; returns their (xaxis, yaxis) reference names."""
+    width, height = size
+    gap = 0.04
+    span = (1.0 - gap * (count - 1)) / count
+    refs = []
+    for p in range(count):
+        suffix = "" if p == 0 else str(p + 1)
+        x_name, y_name = "xaxis" + suffix, "yaxis" + suffix
+        fig.layout[x_name] = dict(domain=[p * (span + gap), p * (span + gap) + span], range=[0, width],
+                                  showgrid=False, zeroline=False, showticklabels=False, constrain="domain")
+        fig.layout[y_name] = dict(range=[height, 0], showgrid=False, zeroline=False, showticklabels=False,
+                                  scaleanchor="x" + suffix, scaleratio=1, constrain="domain", anchor="x" + suffix)
+        if image is not None:
+            fig.add_layout_image(source=image, xref="x" + suffix, yref="y" + suffix, x=0, y=0,
+                                 sizex=width, sizey=height, sizing="stretch", layer="below")
+        refs.append(("x" + suffix, "y" + suffix))
+    return refs
+
+
+def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str]:
+    """customdata ``[Nv, 1 + K]`` (token index, then K named numbers) and its hover template."""
+    names = list(hover or {})
+    columns = [np.arange(n, dtype=float)] + [np.asarray(hover[name], dtype=float).reshape(n) for name in names]
+    template = "token %{customdata[0]:.0f}" + "".join(
+        f"<br>{name} = %{{customdata[{i + 1}]:.4g}}" for i, name in enumerate(names))
+    return np.stack(columns, axis=1), template + "<extra></extra>"
+
+
+def _outline(boxes: np.ndarray, tokens, color: str, ref: tuple[str, str] | None, panel_of: np.ndarray, refs, width=2.5):
+    """Rectangle shapes around ``tokens`` (each drawn in the panel its view belongs to)."""
+    shapes = []
+    for t in tokens:
+        x0, y0, x1, y1 = boxes[int(t)]
+        xref, yref = ref if ref is not None else refs[panel_of[int(t)]]
+        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
+                           line=dict(color=color, width=width), fillcolor="rgba(0,0,0,0)"))
+    return shapes
+
+
+def _base_figure(layout: dict, image: Image.Image | None, title: str, height: int = 380):
+    grids = panels(layout)
+    fig = go.Figure()
+    refs = _axes(fig, len(grids), image, tuple(layout["image_size"]))
+    n = len(layout["boxes"])
+    panel_of = np.zeros(n, dtype=int)
+    for p, grid in enumerate(grids):
+        panel_of[grid.index[grid.index >= 0]] = p
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height,
+                      margin=dict(l=4, r=4, t=36, b=4), plot_bgcolor="white", paper_bgcolor="white",
+                      hoverlabel=dict(font_size=12), clickmode="event")
+    if len(grids) > 1:
+        for grid, (xref, _) in zip(grids, refs):
+            fig.add_annotation(text=grid.name, xref=xref + " domain", yref="paper", x=0.5, y=1.0,
+                               showarrow=False, yanchor="bottom", font=dict(size=11))
+    return fig, grids, refs, panel_of
+
+
+def _heat(grid: Panel, values: np.ndarray, custom: np.ndarray, template: str, ref, *, colorscale,
+          zmin=None, zmax=None, opacity=0.65, colorbar=None, name="", showscale=True) -> go.Heatmap:
+    return go.Heatmap(
+        z=grid.grid(values), x=grid.x_edges, y=grid.y_edges, customdata=grid.grid(custom),
+        hovertemplate=template, colorscale=colorscale, zmin=zmin, zmax=zmax, opacity=opacity,
+        xaxis=ref[0], yaxis=ref[1], showscale=showscale, colorbar=colorbar, name=name, hoverongaps=False,
+        xgap=0.5, ygap=0.5)
+
+
+def token_map(layout: dict, values, *, image: Image.Image | None = None, title: str = "",
+              hover: dict | None = None, colorscale: str = "Inferno", zmin=None, zmax=None,
+              colorbar_title: str = "", selected: int | None = None, evidence=None) -> go.Figure:
+    """A heat-map of one number per visual token over the image.
+
+    Args:
+        layout: token layout (``Geometry.to_dict()``); values: ``[Nv]`` numbers (NaN: not drawn).
+        image: the original image, drawn underneath; hover: name -> ``[Nv]`` numbers shown on hover
+            (the token index is always shown); selected: a token to outline; evidence: boxes
+            (x0, y0, x1, y1) to outline, e.g. the objects a question is about.
+    """
+    values = np.asarray(values, dtype=float).reshape(-1)
+    fig, grids, refs, panel_of = _base_figure(layout, image, title)
+    custom, template = _hover(hover, values.size)
+    finite = values[np.isfinite(values)]
+    zmin = float(finite.min()) if zmin is None and finite.size else zmin
+    zmax = float(finite.max()) if zmax is None and finite.size else zmax
+    for p, (grid, ref) in enumerate(zip(grids, refs)):
+        fig.add_trace(_heat(grid, values, custom, template, ref, colorscale=colorscale, zmin=zmin, zmax=zmax,
+                            colorbar=dict(title=colorbar_title, thickness=12, len=0.9), showscale=p == 0))
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    shapes = _evidence_shapes(evidence, refs)
+    if selected is not None:
+        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, None, panel_of, refs, width=3)
+    fig.update_layout(shapes=shapes)
+    return fig
+
+
+def _evidence_shapes(evidence, refs) -> list[dict]:
+    return [dict(type="rect", x0=b[0], y0=b[1], x1=b[2], y1=b[3], xref=x, yref=y,
+                 line=dict(color=EVIDENCE_OUTLINE, width=2, dash="dot"))
+            for b in (evidence or []) for x, y in refs]
+
+
+def round_colors(count: int) -> list[str]:
+    """``count`` distinguishable colours, early rounds dark blue to late rounds yellow (viridis)."""
+    anchors = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+    colors = []
+    for i in range(count):
+        t = 0.0 if count == 1 else i / (count - 1) * (len(anchors) - 1)
+        a, b = anchors[min(int(t), len(anchors) - 2)], anchors[min(int(t), len(anchors) - 2) + 1]
+        f = t - min(int(t), len(anchors) - 2)
+        colors.append("rgb({},{},{})".format(*(round(a[k] + (b[k] - a[k]) * f) for k in range(3))))
+    return colors
+
+
+def _discrete_scale(colors: list[str]) -> list[list]:
+    """A colorscale mapping integer z = 0..len-1 to ``colors`` in flat bands."""
+    count = len(colors)
+    scale = []
+    for i, color in enumerate(colors):
+        scale += [[i / count, color], [(i + 1) / count, color]]
+    return scale
+
+
+def _round_layer(grid, rounds, custom, template, ref, colors, show, title="round"):
+    """Kept tokens coloured by the round that took them (NaN elsewhere)."""
+    z = np.where(rounds >= 0, rounds, np.nan).astype(float)
+    count = max(len(colors), 1)
+    tick_step = max(1, math.ceil(count / 8))
+    return _heat(grid, z, custom, template, ref, colorscale=_discrete_scale(colors), zmin=-0.5, zmax=count - 0.5,
+                 opacity=0.8, showscale=show, name="kept",
+                 colorbar=dict(title=title, thickness=12, len=0.9, x=1.0,
+                               tickvals=list(range(0, count, tick_step)),
+                               ticktext=[str(r + 1) for r in range(0, count, tick_step)]))
+
+
+def _dropped_layer(grid, dropped, custom, template, ref):
+    z = np.where(dropped, 0.0, np.nan)
+    return _heat(grid, z, custom, template, ref, colorscale=[[0, DROPPED_COLOR], [1, DROPPED_COLOR]],
+                 opacity=1.0, showscale=False, name="dropped")
+
+
+def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: str = "",
+             hover: dict | None = None, num_rounds: int | None = None, selected: int | None = None,
+             evidence=None, forced=None) -> go.Figure:
+    """The kept mask: kept tokens coloured by the round that took them, dropped tokens dimmed.
+
+    Args:
+        rounds: ``[Nv]`` round (0-based) per kept token, −1 for dropped (``Selection.round_of``).
+        num_rounds: colour count (default: max round + 1); forced: ``{"keep": [...], "drop": [...]}``
+            tokens the user forced, outlined.
+    """
+    rounds = np.asarray(rounds, dtype=int).reshape(-1)
+    fig, grids, refs, panel_of = _base_figure(layout, image, title)
+    custom, template = _hover(dict(hover or {}, round=rounds + 1), rounds.size)
+    colors = round_colors(num_rounds or int(rounds.max()) + 1 if rounds.max() >= 0 else 1)
+    for p, (grid, ref) in enumerate(zip(grids, refs)):
+        fig.add_trace(_dropped_layer(grid, rounds < 0, custom, template, ref))
+        fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and len(colors) > 1))
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    shapes = _evidence_shapes(evidence, refs)
+    for key, color in (("keep", "#ffffff"), ("drop", "#ff3030")):
+        shapes += _outline(boxes, (forced or {}).get(key, []), color, None, panel_of, refs, width=2)
+    if selected is not None:
+        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, None, panel_of, refs, width=3)
+    fig.update_layout(shapes=shapes)
+    return fig
+
+
+def selection_step(layout: dict, chunks: list, scores: list, floored: list, step: int, *,
+                   image: Image.Image | None = None, label: str = "PC-MMR", log_scores: bool = True,
+                   height: int = 380) -> go.Figure:
+    """Frame ``step`` of a greedy selection (PC-MMR rounds or MMR steps).
+
+    Shows the tokens kept before this round coloured by their round, this round's chunk outlined
+    (coloured too), and the remaining tokens' scores this round chose from as a heat-map.
+
+    Args:
+        chunks: per round, the token indices taken (``Selection.chunks`` as lists).
+        scores: per round, ``[Nv]`` scores the round chose from, NaN for already kept
+            (``Selection.scores``); floored: per round, tokens that round's penalty floored.
+        step: 0-based round to show (clamped to the valid range).
+        log_scores: colour remaining tokens by ``log10(score / max score)`` (PC-MMR's penalties
+            multiply, so they span decades); hover always shows the raw score.
+    """
+    n = len(layout["boxes"])
+    total = len(chunks)
+    step = max(0, min(int(step), total - 1))
+    rounds = np.full(n, -1)
+    for r in range(step + 1):
+        rounds[np.asarray(chunks[r], dtype=int)] = r
+    current = np.asarray(scores[step], dtype=float).reshape(n) if scores else np.full(n, np.nan)
+    remaining = rounds < 0
+    shown = np.where(remaining, current, np.nan)
+    if log_scores:
+        peak = np.nanmax(np.where(remaining, current, np.nan)) if remaining.any() else 1.0
+        colour = np.log10(np.clip(shown / max(peak, 1e-300), 1e-4, None))
+        bar, zmin, zmax = "log₁₀ score", -4.0, 0.0
+    else:
+        colour, bar = shown, "score"
+        zmin = zmax = None
+    kept_count = int(sum(len(c) for c in chunks[: step + 1]))
+    title = (f"{label} · round {step + 1}/{total} · chunk of {len(chunks[step])} · kept {kept_count} · "
+             f"{floored[step] if floored else 0} floored")
+    fig, grids, refs, panel_of = _base_figure(layout, image, title, height=height)
+    custom, template = _hover({"score": current, "round": rounds + 1}, n)
+    colors = round_colors(total)
+    for p, (grid, ref) in enumerate(zip(grids, refs)):
+        fig.add_trace(_heat(grid, colour, custom, template, ref, colorscale="Hot", zmin=zmin, zmax=zmax,
+                            opacity=0.6, showscale=p == 0, name="remaining",
+                            colorbar=dict(title=dict(text=bar, side="right"), thickness=12, len=0.9, x=1.14)))
+        fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and total > 1))
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    fig.update_layout(shapes=_outline(boxes, chunks[step], CHUNK_OUTLINE, None, panel_of, refs, width=3))
+    return fig
+
+
+def compare_kept(layout: dict, kept_by_method: dict[str, list], *, image: Image.Image | None = None,
+                 title: str = "", errors: dict[str, float] | None = None) -> go.Figure:
+    """Kept masks of several methods side by side (one panel per method, first view only when a
+    layout has several grids, so each panel stays legible).
+
+    Args:
+        kept_by_method: method name -> kept indices; errors: optional method -> weight error shown
+            in the panel title.
+    """
+    grids = panels(layout)
+    grid = grids[0]
+    names = list(kept_by_method)
+    n = len(layout["boxes"])
+    fig = go.Figure()
+    refs = _axes(fig, len(names), image, tuple(layout["image_size"]))
+    for name, ref in zip(names, refs):
+        kept = np.zeros(n, dtype=bool)
+        kept[np.asarray(kept_by_method[name], dtype=int)] = True
+        custom, template = _hover({"kept": kept.astype(float)}, n)
+        fig.add_trace(_dropped_layer(grid, ~kept, custom, template, ref))
+        label = name if not errors or name not in errors else f"{name}<br>error {errors[name]:.3f}"
+        fig.add_annotation(text=label, xref=ref[0] + " domain", yref="paper", x=0.5, y=1.0, showarrow=False,
+                           yanchor="bottom", font=dict(size=11))
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=260,
+                      margin=dict(l=4, r=4, t=60, b=4), plot_bgcolor="white", paper_bgcolor="white")
+    return fig
