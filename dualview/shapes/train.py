@@ -1,0 +1,387 @@
+"""Train the built-in shapes-world VLM.
+
+    python -m dualview.shapes.train --run runs/shapes --minutes 90          # train (or continue)
+    python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
+
+Recipe (built for a 2-core CPU, where compute is everything):
+
+- **Packed questions.** Each scene is asked ``--questions`` questions in one sequence
+  ``<s> <image>x196 | q1 <sep> a1 </s> | q2 <sep> a2 </s> | ...``: a block mask lets every question
+  segment see the image prefix and itself only, and its positions restart right after the image, so
+  each segment sees exactly what it sees at inference. The vision tower and the 197-token prefix
+  are paid once per scene instead of once per question.
+- **Dense auxiliary supervision** of the vision tower (training-only linear heads on the features
+  the projector receives): per patch the colour / shape of the object covering it, the letter
+  covering it, and for the patch holding an object's box centre its colour, shape and 3 x 3 cell.
+- AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
+
+Data streams: training scenes come from ``default_rng([seed, 0x7A1, step])``; held-out sets
+(``world.heldout_set``) from ``default_rng([seed, 0xE7A1])``, so they never meet.
+The run directory holds ``ckpt.pt`` (model, heads, optimizer, step) and ``log.txt``; rerunning the
+same command continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from . import world
+from .model import BOS, EOS, PAD, SEP, VOCAB, ModelSize
+
+IGNORE = -100
+TRAIN_STREAM = 0x7A1
+# auxiliary per-patch targets: name -> number of classes (class 0 = none / background)
+AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.SHAPES),
+       "letter": 1 + len(world.LETTERS), "center_color": 1 + len(world.COLOR_NAMES),
+       "center_shape": 1 + len(world.SHAPES), "center_cell": 1 + len(world.CELLS)}
+SEG_LEN = 11  # longest segment: 6 question words + <sep> + 2 answer words + </s> = 10
+
+
+_QCACHE: dict = {}
+
+
+def question_ids(question: str) -> list:
+    """Word ids of a question exactly as the shipped tokenizer produces them (no specials)."""
+    ids = _QCACHE.get(question)
+    if ids is None:
+        from .model import build_tokenizer
+        tok = _QCACHE.setdefault("__tok__", build_tokenizer())
+        ids = tok(question, add_special_tokens=False)["input_ids"]
+        _QCACHE[question] = ids
+    return ids
+
+
+def answer_ids(answer: str) -> list:
+    return [VOCAB[w] for w in answer.split()]
+
+
+def patch_targets(scene: world.Scene, labels: np.ndarray, patch: int) -> dict:
+    """Per-patch auxiliary targets (flattened row-major, like the vision tokens)."""
+    g = scene.size // patch
+    lab = labels[: g * patch, : g * patch].reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
+    n = len(scene.objects)
+    counts = np.stack([(lab == i + 1).sum(1) for i in range(n)], 1)  # [P, n]
+    out = {k: np.zeros(g * g, np.int64) for k in AUX}
+    best = counts.argmax(1)
+    covered = counts[np.arange(g * g), best] >= max(4, patch * patch // 16)
+    for p in np.nonzero(covered)[0]:
+        o = scene.objects[best[p]]
+        out["cover_color"][p] = 1 + world.COLOR_NAMES.index(o.color)
+        out["cover_shape"][p] = 1 + world.SHAPES.index(o.shape)
+    if scene.letter:
+        lp = (lab == 255).sum(1) >= patch * patch // 8
+        out["letter"][lp] = 1 + world.LETTERS.index(scene.letter["char"])
+    for o in scene.objects:
+        cx, cy = o.center
+        p = min(int(cy // patch), g - 1) * g + min(int(cx // patch), g - 1)
+        out["center_color"][p] = 1 + world.COLOR_NAMES.index(o.color)
+        out["center_shape"][p] = 1 + world.SHAPES.index(o.shape)
+        out["center_cell"][p] = 1 + world.CELLS.index(world.cell_of(cx, cy, scene.size))
+    return out
+
+
+def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
+               type_weights: dict | None = None, p_letter: float = 0.5) -> dict:
+    """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments."""
+    P = size.num_image_tokens
+    imgs = np.zeros((n_scenes, size.image_size, size.image_size, 3), np.uint8)
+    aux = {k: np.zeros((n_scenes, P), np.int64) for k in AUX}
+    seg = np.full((n_scenes, n_questions, SEG_LEN), VOCAB[PAD], np.int64)
+    lab = np.full((n_scenes, n_questions, SEG_LEN), IGNORE, np.int64)
+    qtypes = []
+    w = type_weights or {}
+    for b in range(n_scenes):
+        scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
+        img, labels = world.render(scene, rng, labels=True)
+        imgs[b] = np.asarray(img)
+        for k, v in patch_targets(scene, labels, size.patch_size).items():
+            aux[k][b] = v
+        types = world.feasible_types(scene)
+        probs = np.array([w.get(t, 1.0) for t in types], float)
+        row = []
+        for q in range(n_questions):
+            qt = types[rng.choice(len(types), p=probs / probs.sum())]
+            qa = world.ask(scene, qt, rng)
+            ids = question_ids(qa.question) + [VOCAB[SEP]] + answer_ids(qa.answer) + [VOCAB[EOS]]
+            seg[b, q, : len(ids)] = ids
+            sep = len(ids) - len(answer_ids(qa.answer)) - 2
+            lab[b, q, sep: len(ids) - 1] = ids[sep + 1:]
+            row.append(qt)
+        qtypes.append(row)
+    return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes}
+
+
+def heldout_batch(samples: list, size: ModelSize) -> dict:
+    """Pack held-out samples one question per scene (for fast teacher-forced evaluation)."""
+    n = len(samples)
+    imgs = np.stack([np.asarray(s.image) for s in samples])
+    seg = np.full((n, 1, SEG_LEN), VOCAB[PAD], np.int64)
+    lab = np.full((n, 1, SEG_LEN), IGNORE, np.int64)
+    for b, s in enumerate(samples):
+        ids = question_ids(s.question) + [VOCAB[SEP]] + answer_ids(s.answer) + [VOCAB[EOS]]
+        seg[b, 0, : len(ids)] = ids
+        sep = len(ids) - len(answer_ids(s.answer)) - 2
+        lab[b, 0, sep: len(ids) - 1] = ids[sep + 1:]
+    return {"images": imgs, "aux": None, "seg": seg, "labels": lab, "qtypes": [[s.qtype] for s in samples]}
+
+
+def block_mask(n_prefix: int, n_seg: int, seg_len: int, device=None):
+    """Bool [L, L] mask: causal prefix; each segment sees the prefix and itself (causally)."""
+    import torch
+
+    L = n_prefix + n_seg * seg_len
+    m = torch.zeros(L, L, dtype=torch.bool, device=device)
+    m[:n_prefix, :n_prefix] = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=device).tril()
+    causal = torch.ones(seg_len, seg_len, dtype=torch.bool, device=device).tril()
+    for j in range(n_seg):
+        a = n_prefix + j * seg_len
+        m[a: a + seg_len, :n_prefix] = True
+        m[a: a + seg_len, a: a + seg_len] = causal
+    return m
+
+
+def positions(n_prefix: int, n_seg: int, seg_len: int, device=None):
+    import torch
+
+    pre = torch.arange(n_prefix, device=device)
+    seg = (n_prefix + torch.arange(seg_len, device=device)).repeat(n_seg)
+    return torch.cat([pre, seg])
+
+
+def to_pixels(images: np.ndarray, device):
+    """uint8 [B, H, W, 3] -> the processor's normalisation (SigLIP: mean 0.5, std 0.5)."""
+    import torch
+
+    x = torch.tensor(images, device=device).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def vision_features(model, pixels):
+    """Exactly what ``LlavaModel.get_image_features`` feeds the projector (last layer, all tokens)."""
+    out = model.model.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+    return out.hidden_states[model.config.vision_feature_layer]
+
+
+def forward(model, heads, batch: dict, device, vision_only: bool = False):
+    """Losses (dict) and, for the QA part, per-segment exact-match flags."""
+    import torch
+    import torch.nn.functional as F
+
+    pixels = to_pixels(batch["images"], device)
+    feats = vision_features(model, pixels)  # [B, P, Dv]
+    losses = {}
+    if heads is not None and batch["aux"] is not None:
+        aux = 0.0
+        for k, head in heads.items():
+            tgt = torch.from_numpy(batch["aux"][k]).to(device)
+            aux = aux + F.cross_entropy(head(feats).flatten(0, 1), tgt.flatten())
+        losses["aux"] = aux / len(heads)
+    if vision_only:
+        return losses, None
+    B, Q, S = batch["seg"].shape
+    P = feats.shape[1]
+    emb = model.model.language_model.get_input_embeddings()
+    img = model.model.multi_modal_projector(feats)
+    bos = emb(torch.full((B, 1), VOCAB[BOS], device=device))
+    seg = torch.from_numpy(batch["seg"]).to(device).reshape(B, Q * S)
+    x = torch.cat([bos, img, emb(seg)], 1)
+    n_prefix = 1 + P
+    mask = block_mask(n_prefix, Q, S, device)[None, None].expand(B, 1, -1, -1)
+    pos = positions(n_prefix, Q, S, device)[None].expand(B, -1)
+    hidden = model.model.language_model(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+    labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
+    sel = labels != IGNORE
+    logits = model.lm_head(hidden[:, n_prefix:][sel])
+    losses["qa"] = F.cross_entropy(logits, labels[sel])
+    # exact match per segment = greedy decoding gives the answer and stops
+    ok = torch.ones(B, Q * S, dtype=torch.bool, device=device)
+    ok[sel] = logits.argmax(-1) == labels[sel]
+    correct = ok.reshape(B, Q, S).all(-1)
+    return losses, correct
+
+
+def build_heads(size: ModelSize):
+    import torch
+
+    return torch.nn.ModuleDict({k: torch.nn.Linear(size.vision_hidden, n) for k, n in AUX.items()})
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def evaluate_tf(model, samples: list, size: ModelSize, device, batch: int = 50) -> dict:
+    """Teacher-forced exact match per question type (equal to greedy-decoding accuracy)."""
+    import torch
+
+    model.eval()
+    hits: dict = {}
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            chunk = samples[i: i + batch]
+            _, correct = forward(model, None, heldout_batch(chunk, size), device)
+            for s, c in zip(chunk, correct[:, 0].tolist()):
+                hits.setdefault(s.qtype, []).append(c)
+    model.train()
+    acc = {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+    acc["overall"] = float(np.mean([c for v in hits.values() for c in v]))
+    return acc
+
+
+def export(model, out_dir, size: ModelSize, dtype: str = "float16", card_extra: dict | None = None):
+    """Save the HF model (weights in ``dtype``) and the processor to ``out_dir``."""
+    import copy
+
+    import torch
+
+    from .model import build_processor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = copy.deepcopy(model).to(getattr(torch, dtype)).eval()
+    m.config.shapes_world = {"model_size": asdict(size), "prompt": "<image>{question}", **(card_extra or {})}
+    m.save_pretrained(out)
+    build_processor(size).save_pretrained(out)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/shapes", help="checkpoint/log directory (continued if it exists)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=6000, help="total optimizer steps of the schedule")
+    ap.add_argument("--minutes", type=float, default=None, help="stop this slice after so many minutes")
+    ap.add_argument("--vision-steps", type=int, default=0, help="first steps train the aux heads only (no LM)")
+    ap.add_argument("--scenes", type=int, default=16, help="scenes per step")
+    ap.add_argument("--questions", type=int, default=6, help="questions per scene")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-n", type=int, default=700)
+    ap.add_argument("--eval-seed", type=int, default=1, help="held-out seed for periodic evaluation")
+    ap.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
+    ap.add_argument("--size", default="default", choices=["default", "tiny"])
+    ap.add_argument("--size-json", default=None, help="ModelSize fields as JSON (overrides --size)")
+    ap.add_argument("--export", default=None, help="export the model to this directory at the end")
+    ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    train(args)
+
+
+def train(args) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from .model import TINY, build_model
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "ckpt.pt"
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if state is not None:
+        size = ModelSize(**state["size"])
+    elif args.size_json:
+        size = ModelSize(**json.loads(args.size_json))
+    else:
+        size = TINY if args.size == "tiny" else ModelSize()
+    model = build_model(size, seed=args.seed).to(device)
+    heads = build_heads(size).to(device)
+    params = list(model.parameters()) + list(heads.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    step, elapsed0, seen = 0, 0.0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed0, seen = state["step"], state["elapsed"], state["seen"]
+    log = open(run / "log.txt", "a")
+
+    def say(msg):
+        tqdm.write(msg)
+        log.write(msg + "\n")
+        log.flush()
+
+    def save():
+        nonlocal_elapsed = elapsed0 + time.time() - t0
+        torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                    "step": step, "elapsed": nonlocal_elapsed, "seen": seen, "size": asdict(size), "args": vars(args)},
+                   run / "ckpt.tmp")
+        (run / "ckpt.tmp").replace(ckpt_path)
+
+    heldout = world.heldout_set(args.eval_n, args.eval_seed, size.image_size) if args.eval_n else []
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} device={device} threads={args.threads} params={n_params / 1e6:.2f}M "
+        f"size={asdict(size)} step={step} args={vars(args)}")
+    if args.export_only:
+        export(model, args.export, size)
+        return {}
+    t0, last_save = time.time(), time.time()
+    model.train()
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True)
+    type_weights = None
+    acc: dict = {}
+    first_loss = last_loss = None
+    while step < args.steps:
+        if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        rng = np.random.default_rng([args.seed, TRAIN_STREAM, step])
+        vision_only = step < args.vision_steps
+        batch = make_batch(rng, args.scenes, args.questions, size, type_weights)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        losses, correct = forward(model, heads, batch, device, vision_only=vision_only)
+        loss = losses.get("qa", 0.0) + args.aux_weight * losses["aux"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        seen += args.scenes * (0 if vision_only else args.questions)
+        last_loss = float(loss.detach())
+        first_loss = last_loss if first_loss is None else first_loss
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items()}
+                        | ({"acc": f"{float(correct.float().mean()):.2f}"} if correct is not None else {}))
+        if step % 25 == 0:
+            say(f"step {step} " + " ".join(f"{k}={float(v):.4f}" for k, v in losses.items())
+                + (f" train_acc={float(correct.float().mean()):.3f}" if correct is not None else "")
+                + f" lr={opt.param_groups[0]['lr']:.2e} seen={seen} min={(elapsed0 + time.time() - t0) / 60:.1f}")
+        if heldout and (step % args.eval_every == 0 or step == args.steps) and not vision_only:
+            acc = evaluate_tf(model, heldout, size, device)
+            say(f"eval step {step} " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
+            # rebalance: lagging types are asked more often in training
+            type_weights = {t: 0.5 + (1.0 - a) * 2 for t, a in acc.items() if t != "overall"}
+        if time.time() - last_save > 60 * args.save_every:
+            save()
+            last_save = time.time()
+    bar.close()
+    save()
+    say(f"# stop at step {step}: {(elapsed0 + time.time() - t0) / 60:.1f} min, {seen} QA samples seen, last acc {json.dumps(acc)}")
+    if args.export:
+        export(model, args.export, size)
+        say(f"# exported to {args.export}")
+    log.close()
+    return {"first_loss": first_loss, "last_loss": last_loss, "step": step, "acc": acc}
+
+
+if __name__ == "__main__":
+    main()

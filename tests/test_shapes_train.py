@@ -1,0 +1,107 @@
+"""Training code of the built-in model: packing is exact, a tiny model learns, export round-trips."""
+
+import numpy as np
+import pytest
+import torch
+
+from dualview.shapes import model as M
+from dualview.shapes import train as T
+from dualview.shapes import world
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return M.build_model(M.TINY, seed=0).eval()
+
+
+def test_prompt_is_case_and_question_mark_insensitive():
+    tok = M.build_tokenizer()
+    ref = tok(M.format_prompt("what color is the circle?"))["input_ids"]
+    for q in ["What color is the circle", "WHAT COLOR IS THE CIRCLE?", "  what  color is the circle ? "]:
+        assert tok(M.format_prompt(q))["input_ids"] == ref
+    assert ref[0] == M.VOCAB[M.BOS] and ref[1] == M.VOCAB[M.IMAGE] and ref[-1] == M.VOCAB[M.SEP]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # every grammar question and answer is in the vocabulary
+        s = world.sample(rng, 64)
+        assert M.VOCAB[M.UNK] not in tok(s.question, add_special_tokens=False)["input_ids"]
+        assert all(w in M.VOCAB for w in s.answer.split())
+        assert tok.decode(T.answer_ids(s.answer)) == s.answer
+
+
+def test_packed_forward_matches_the_model(tiny):
+    """Each packed question segment sees exactly what the stock Llava forward sees."""
+    size = M.TINY
+    batch = T.make_batch(np.random.default_rng(1), 2, 3, size)
+    P = size.num_image_tokens
+    _, S = batch["seg"].shape[1:]
+    with torch.no_grad():
+        px = T.to_pixels(batch["images"], "cpu")
+        emb = tiny.model.language_model.get_input_embeddings()
+        feats = T.vision_features(tiny, px)
+        ref_feats = tiny.model.get_image_features(px, vision_feature_layer=-1,
+                                                  vision_feature_select_strategy="full").pooler_output
+        assert torch.allclose(tiny.model.multi_modal_projector(feats), torch.stack(ref_feats), atol=1e-6)
+        x = torch.cat([emb(torch.full((2, 1), M.VOCAB[M.BOS])), tiny.model.multi_modal_projector(feats),
+                       emb(torch.from_numpy(batch["seg"].reshape(2, -1)))], 1)
+        mask = T.block_mask(1 + P, 3, S)[None, None].expand(2, 1, -1, -1)
+        pos = T.positions(1 + P, 3, S)[None].expand(2, -1)
+        h = tiny.model.language_model(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+        packed = tiny.lm_head(h)
+        for b in range(2):
+            for q in range(3):
+                seg = batch["seg"][b, q]
+                n = int((seg != M.VOCAB[M.PAD]).sum())
+                ids = torch.tensor([[M.VOCAB[M.BOS]] + [M.VOCAB[M.IMAGE]] * P + seg[:n].tolist()])
+                ref = tiny(input_ids=ids, pixel_values=px[b: b + 1]).logits[0, 1 + P:]
+                a = 1 + P + q * S
+                assert torch.allclose(packed[b, a: a + n], ref, atol=1e-5)
+
+
+def test_patch_targets_mark_objects_and_centres():
+    rng = np.random.default_rng(2)
+    scene = world.make_scene(rng, 224, n_objects=3, letter=True)
+    _, labels = world.render(scene, labels=True)
+    t = T.patch_targets(scene, labels, 16)
+    assert (t["center_shape"] > 0).sum() == len({(int(o.center[1] // 16), int(o.center[0] // 16))
+                                                 for o in scene.objects})
+    for o in scene.objects:
+        p = int(o.center[1] // 16) * 14 + int(o.center[0] // 16)
+        assert world.CELLS[t["center_cell"][p] - 1] == world.cell_of(*o.center, 224)
+        assert world.COLOR_NAMES[t["center_color"][p] - 1] == o.color
+    assert (t["letter"] == 1 + world.LETTERS.index(scene.letter["char"])).sum() >= 1
+    assert (t["cover_color"] > 0).sum() >= len(scene.objects)
+
+
+def test_tiny_training_reduces_loss(tmp_path):
+    out = T.train(_args(tmp_path))
+    assert out["step"] == 30
+    assert out["last_loss"] < 0.8 * out["first_loss"], out
+    # resuming continues from the checkpoint
+    more = T.train(_args(tmp_path, steps=32))
+    assert more["step"] == 32
+
+
+def _args(tmp_path, steps=30):
+    import argparse
+
+    return argparse.Namespace(run=str(tmp_path / "run"), seed=0, steps=steps, minutes=None, vision_steps=0,
+                              scenes=4, questions=4, lr=3e-3, warmup=5, aux_weight=1.0, threads=1,
+                              eval_every=1000, eval_n=0, eval_seed=1, save_every=5.0, size="tiny",
+                              size_json=None, export=None, export_only=False, device="cpu", no_progress=True)
+
+
+def test_export_round_trip(tiny, tmp_path):
+    out = T.export(tiny, tmp_path / "m", M.TINY)
+    model, processor = M.load_builtin(out)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert model.config.vision_feature_select_strategy == "full"
+    s = world.sample_from_seed(0, size=64)
+    inputs = processor(images=s.image, text=M.format_prompt(s.question), return_tensors="pt")
+    assert int((inputs["input_ids"] == M.VOCAB[M.IMAGE]).sum()) == M.TINY.num_image_tokens
+    px = T.to_pixels(np.asarray(s.image)[None], "cpu")
+    assert torch.allclose(inputs["pixel_values"], px, atol=1e-6)  # training normalises like the processor
+    with torch.no_grad():
+        ref = tiny(**inputs).logits
+        got = model(**inputs).logits
+    assert torch.allclose(ref, got, atol=0.05)  # fp16 weights, fp32 compute
+    assert isinstance(M.answer(model, processor, s.image, s.question), str)

@@ -1,0 +1,223 @@
+"""The shapes-world generator obeys every rule of shared/docs/shapes-world.md."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from PIL import ImageFont
+
+from dualview.shapes import world
+
+SIZE = 224
+N = 350
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = np.random.default_rng(123)
+    return [world.sample(rng, SIZE) for _ in range(N)]
+
+
+def _boxes(s):
+    return [tuple(o["box"]) for o in s.objects] + ([tuple(s.letter["box"])] if s.letter else [])
+
+
+def test_counts_sizes_inside_canvas(samples):
+    lo, hi = math.ceil(0.06 * SIZE), math.floor(0.28 * SIZE)
+    seen_counts = set()
+    for s in samples:
+        assert s.image.mode == "RGB" and s.image.size == (SIZE, SIZE)
+        assert 1 <= len(s.objects) <= 6
+        seen_counts.add(len(s.objects))
+        for o in s.objects:
+            x0, y0, x1, y1 = o["box"]
+            assert x1 - x0 == y1 - y0, "boxes are square"
+            assert lo <= x1 - x0 <= hi
+            assert 0 <= x0 and 0 <= y0 and x1 <= SIZE and y1 <= SIZE
+            assert o["shape"] in world.SHAPES and o["color"] in world.COLORS
+    assert seen_counts == {1, 2, 3, 4, 5, 6}
+
+
+def test_boxes_keep_the_gap(samples):
+    gap = 0.04 * SIZE
+    for s in samples:
+        boxes = _boxes(s)
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                dx = max(b[0] - a[2], a[0] - b[2])
+                dy = max(b[1] - a[3], a[1] - b[3])
+                assert max(dx, dy) >= gap, (s.question, a, b)
+
+
+def test_colours_within_jitter_and_drawn():
+    rng = np.random.default_rng(7)
+    for _ in range(120):
+        scene = world.make_scene(rng, SIZE)
+        scene.noise = 0.0
+        img = np.asarray(world.render(scene)).astype(int)
+        bg = np.array(scene.background)
+        assert (bg >= 170).all() if scene.light else (bg <= 70).all()
+        assert (img[0, 0] == bg).all() or any(o.box[0] == 0 and o.box[1] == 0 for o in scene.objects) \
+            or (scene.letter and scene.letter["box"][:2] == (0, 0))
+        for o in scene.objects:
+            base = np.array(world.COLORS[o.color])
+            assert np.abs(np.array(o.rgb) - base).max() <= world.COLOR_JITTER
+            cx, cy = (int(v) for v in o.center)
+            # every shape covers its box centre
+            assert np.abs(img[cy, cx] - np.array(o.rgb)).max() <= 2, (o.shape, o.box)
+
+
+def test_shapes_fill_their_box():
+    rng = np.random.default_rng(3)
+    for shape in world.SHAPES:
+        scene = world.make_scene(rng, SIZE, n_objects=1, letter=False)
+        o = scene.objects[0]
+        o.shape = shape
+        o.params = {"inner": 0.45} if shape == "star" else {"bar": 0.35} if shape == "cross" else {}
+        _, lab = world.render(scene, labels=True)
+        ys, xs = np.nonzero(lab == 1)
+        x0, y0, x1, y1 = o.box
+        side = x1 - x0
+        assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+        assert xs.max() - xs.min() + 1 >= side - 2, shape  # spans the box horizontally
+        assert ys.max() - ys.min() + 1 >= 0.9 * side - 2, shape  # and vertically
+        if shape == "triangle":  # apex at the top centre
+            top = xs[ys == ys.min()]
+            assert abs(top.mean() - (x0 + x1 - 1) / 2) <= 1.5
+        if shape == "star":  # one point up
+            top = xs[ys == ys.min()]
+            assert abs(top.mean() - (x0 + x1 - 1) / 2) <= 1.5 and ys.min() <= y0 + 1
+
+
+def test_letters(samples):
+    with_letter = [s for s in samples if s.letter]
+    assert len(with_letter) > 30
+    for s in with_letter:
+        scene = s.scene
+        L = scene.letter
+        assert L["char"] in world.LETTERS
+        cap = ImageFont.load_default(size=L["font_size"]).getbbox("H")
+        assert 0.07 * SIZE <= cap[3] - cap[1] <= 0.14 * SIZE
+        img = np.asarray(world.render(scene.__class__(**{**scene.__dict__, "noise": 0.0}))).astype(int)
+        x0, y0, x1, y1 = L["box"]
+        inner = img[y0 + 3: y1 - 3, x0 + 3: x1 - 3]
+        assert (inner.min(-1) >= 250).mean() > 0.4  # white rectangle
+        assert (inner.max(-1) <= 40).sum() >= 8  # black glyph
+        if scene.light:  # dark 1-2 px border
+            assert img[y0, (x0 + x1) // 2].max() <= 40
+        assert all(o["box"] != list(L["box"]) for o in s.objects)
+
+
+def _recompute(s):
+    objs = s.objects
+    q = s.question
+    if m := re.fullmatch(r"what color is the (\w+)\?", q):
+        hit = [o for o in objs if o["shape"] == m[1]]
+        assert len(hit) == 1
+        return "color_of_shape", hit[0]["color"]
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", q):
+        hit = [o for o in objs if o["color"] == m[1]]
+        assert len(hit) == 1
+        return "shape_of_color", hit[0]["shape"]
+    if q == "how many objects are there?":
+        return "count_objects", str(len(objs))
+    if m := re.fullmatch(r"how many (\w+) are there\?", q):
+        shape = {v: k for k, v in world.PLURALS.items()}[m[1]]
+        return "count_shape", str(sum(o["shape"] == shape for o in objs))
+    if m := re.fullmatch(r"is there a (\w+) (\w+)\?", q):
+        return "exists", "yes" if any((o["color"], o["shape"]) == (m[1], m[2]) for o in objs) else "no"
+    if m := re.fullmatch(r"where is the (\w+) (\w+)\?", q):
+        hit = [o for o in objs if (o["color"], o["shape"]) == (m[1], m[2])]
+        assert len(hit) == 1
+        x0, y0, x1, y1 = hit[0]["box"]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        col, row = min(int(cx * 3 // SIZE), 2), min(int(cy * 3 // SIZE), 2)
+        return "where", ["top left", "top", "top right", "left", "center", "right",
+                         "bottom left", "bottom", "bottom right"][3 * row + col]
+    if q == "what letter is written?":
+        assert s.letter is not None
+        return "letter", s.letter["char"]
+    raise AssertionError(f"question outside the grammar: {q!r}")
+
+
+def test_answers_follow_the_grammar(samples):
+    for s in samples:
+        qtype, ans = _recompute(s)
+        assert qtype == s.qtype
+        assert s.answer == ans, (s.question, s.answer, ans)
+        assert s.answer == s.answer.lower() or re.fullmatch("[A-Z]", s.answer)
+
+
+def test_evidence_boxes(samples):
+    for s in samples:
+        boxes = _boxes(s)
+        assert all(tuple(b) in boxes for b in s.evidence)
+        if s.qtype in ("color_of_shape", "shape_of_color", "where", "letter"):
+            assert len(s.evidence) == 1
+        if s.qtype in ("count_shape", "count_objects"):
+            assert len(s.evidence) == int(s.answer)
+        if s.qtype == "exists":
+            assert bool(s.evidence) == (s.answer == "yes")
+
+
+def test_balance(samples):
+    types = [s.qtype for s in samples]
+    for t in world.QUESTION_TYPES:
+        assert abs(types.count(t) / N - 1 / 7) < 0.07, t
+    yes = [s.answer == "yes" for s in samples if s.qtype == "exists"]
+    assert 0.3 < np.mean(yes) < 0.7
+
+
+def test_asked_only_when_allowed():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = world.make_scene(rng, SIZE)
+        allowed = world.feasible_types(scene)
+        for t in world.QUESTION_TYPES:
+            if t in allowed:
+                world.ask(scene, t, rng)
+            else:
+                with pytest.raises(ValueError):
+                    world.ask(scene, t, rng)
+
+
+def test_cells():
+    assert world.cell_of(0, 0, 300) == "top left"
+    assert world.cell_of(150, 150, 300) == "center"
+    assert world.cell_of(299, 0, 300) == "top right"
+    assert world.cell_of(99.9, 100, 300) == "left"
+    assert world.cell_of(100, 200, 300) == "bottom"
+    assert world.cell_of(300, 300, 300) == "bottom right"
+
+
+def test_deterministic():
+    a, b = world.sample_from_seed(99), world.sample_from_seed(99)
+    assert a.question == b.question and a.answer == b.answer and a.objects == b.objects
+    assert a.image.tobytes() == b.image.tobytes()
+    c = world.sample_from_seed(100)
+    assert c.image.tobytes() != a.image.tobytes()
+    assert [s.question for s in world.heldout_set(20, 5)] == [s.question for s in world.heldout_set(20, 5)]
+
+
+def test_other_sizes():
+    s = world.sample_from_seed(4, size=336)
+    assert s.image.size == (336, 336)
+    for o in s.objects:
+        assert 21 <= o["box"][2] - o["box"][0] <= 94
+
+
+def test_examples_regenerate(tmp_path):
+    paths = world.write_examples(tmp_path)
+    assert len(paths) == 8
+    types = set()
+    for p in paths:
+        meta = json.loads(p.with_suffix(".json").read_text())
+        assert meta["image"] == p.name and meta["evidence"]
+        types.add(meta["qtype"])
+        shipped = world.EXAMPLES_DIR / p.name
+        if shipped.exists():  # the shipped examples are exactly what the function writes
+            assert shipped.read_bytes() == p.read_bytes()
+    assert types == set(world.QUESTION_TYPES)
