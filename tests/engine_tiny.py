@@ -1,0 +1,57 @@
+"""Shared helpers for the engine tests: tiny random models of every supported class, built once
+per test process into a temporary directory and loaded through ``dualview.load`` (the real path).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "shapes")
+"""Every adapter family, plus ``shapes``: the built-in model's layout (dualview.shapes.model) at its
+TINY size (SigLIP tower, no chat template, word-level tokenizer, 2 decoder layers)."""
+
+_ROOT = tempfile.mkdtemp(prefix="dualview-tiny-")
+atexit.register(shutil.rmtree, _ROOT, True)
+
+
+@functools.cache
+def tiny_dir(family: str) -> str:
+    path = os.path.join(_ROOT, family)
+    if family == "shapes":
+        from dualview.shapes import model as shapes
+
+        shapes.build_model(shapes.TINY, seed=0).save_pretrained(path)
+        shapes.build_processor(shapes.TINY).save_pretrained(path)
+    else:
+        from dualview.engine.tiny import build_tiny
+
+        build_tiny(family, path)
+    return path
+
+
+@functools.cache
+def tiny_session(family: str):
+    import dualview
+
+    return dualview.load(tiny_dir(family), device="cpu")
+
+
+def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Red encodes x, green encodes y (both 0..255 across the image), blue is noise."""
+    rng = np.random.default_rng(seed)
+    x = np.broadcast_to(np.linspace(0, 255, width)[None, :], (height, width))
+    y = np.broadcast_to(np.linspace(0, 255, height)[:, None], (height, width))
+    blue = rng.integers(0, 256, (height, width))
+    return Image.fromarray(np.stack([x, y, blue], axis=-1).round().astype(np.uint8))
+
+
+PROMPT = "what color is the circle?"

@@ -1,0 +1,194 @@
+"""Pruning inside the language model against independent references, on tiny models of every class.
+
+References: the unmodified model (keep everything); a model that keeps all tokens but masks the
+dropped ones out of attention from layer l on (no cache, no slicing, greedy decoding by full
+forward passes); for l = 0 the language model run on the shortened input embeddings with the
+original position ids. Captured q/k/v are checked against the model's own projections and KV cache.
+"""
+
+import pytest
+import torch
+
+from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_session
+
+IMAGE = gradient_image(100, 72)
+NEW_TOKENS = 5
+
+
+def kept_subset(session, fraction=0.4, seed=1):
+    count = session.prepare(IMAGE, PROMPT).visual_positions.numel()
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(count, generator=generator)[: max(1, int(fraction * count))]
+
+
+def extended(inputs, extra):
+    """Model inputs with token ids ``extra`` appended (text tokens)."""
+    if not extra:
+        return inputs
+    ids = torch.tensor([extra], dtype=inputs["input_ids"].dtype)
+    out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids], dim=1))
+    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            out[key] = torch.cat([inputs[key], torch.full_like(ids, fill).to(inputs[key].dtype)], dim=1)
+    return out
+
+
+def masked_logits(session, inputs, dropped, layer):
+    """Full-length forward; layers >= ``layer`` cannot attend to positions ``dropped``."""
+    length = inputs["input_ids"].shape[1]
+    allowed = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed[:, dropped] = False
+    allowed[dropped, dropped] = True  # a dropped row sees itself (its output is never used)
+    mask = torch.zeros(1, 1, length, length, dtype=session.model.dtype)
+    mask[0, 0][~allowed] = torch.finfo(session.model.dtype).min
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+
+    handles = [l.register_forward_pre_hook(hook, with_kwargs=True) for l in list(session.adapter.layers)[layer:]]
+    try:
+        with torch.no_grad():
+            return session.model(**inputs, use_cache=False).logits[0].float()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def masked_greedy(session, prepared, dropped, layer, steps):
+    eos = session.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    generated = []
+    for _ in range(steps):
+        token = int(masked_logits(session, extended(prepared.inputs, generated), dropped, layer)[-1].argmax())
+        generated.append(token)
+        if token in eos:
+            break
+    return generated
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keeping_every_token_is_the_unmodified_model(family):
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    everything = torch.arange(prepared.visual_positions.numel())
+    with torch.no_grad():
+        plain = session.model(**prepared.inputs, use_cache=False).logits[0].float()
+        plain_tokens = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    for layer in (0, session.default_layer):
+        logits, positions = session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
+        assert torch.equal(positions, torch.arange(prepared.length))
+        assert torch.equal(logits, plain)
+        answer = session.answer(IMAGE, PROMPT, keep=everything, layer=layer, max_new_tokens=NEW_TOKENS)
+        assert answer.token_ids == plain_tokens[0, prepared.length:].tolist()
+        assert answer.kept_tokens == answer.prompt_tokens == prepared.length
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_matches_masking_the_dropped_tokens(family):
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    kept = kept_subset(session)
+    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
+    dropped_visual[kept] = False
+    dropped = prepared.visual_positions[dropped_visual]
+    for layer in sorted({0, session.default_layer, session.num_layers - 1}):
+        logits, positions = session.logits(IMAGE, PROMPT, keep=kept, layer=layer)
+        assert positions.numel() == prepared.length - dropped.numel()
+        assert not set(positions.tolist()) & set(dropped.tolist())
+        reference = masked_logits(session, prepared.inputs, dropped, layer)[positions]
+        assert (logits - reference).abs().max() <= 1e-5
+        answer = session.answer(IMAGE, PROMPT, keep=kept, layer=layer, max_new_tokens=NEW_TOKENS)
+        assert answer.token_ids == masked_greedy(session, prepared, dropped, layer, NEW_TOKENS)
+        assert answer.kept_tokens == positions.numel()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    kept = kept_subset(session, fraction=0.3, seed=2)
+    language_model = session.adapter.language_model
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def grab(module, args, kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    handle = language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), pytest.raises(Stop):
+            session.model(**prepared.inputs, use_cache=False)
+    finally:
+        handle.remove()
+    keep = prepared.keep_positions(kept)
+    embeds = seen["inputs_embeds"][:, keep]
+    positions = seen.get("position_ids")
+    positions = torch.arange(prepared.length)[None] if positions is None else positions
+    with torch.no_grad():
+        # An explicit 2-D mask: without one (and without a cache) transformers reads position-id
+        # gaps as packed sequences and builds a block-diagonal mask.
+        hidden = language_model(inputs_embeds=embeds, position_ids=positions[..., keep], use_cache=False,
+                                attention_mask=torch.ones(1, keep.numel(), dtype=torch.long))
+        reference = session.model.lm_head(hidden.last_hidden_state)[0].float()
+    logits, got_positions = session.logits(IMAGE, PROMPT, keep=kept, layer=0)
+    assert torch.equal(got_positions, keep)
+    assert (logits - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_qkv_equal_the_models_own(family):
+    session = tiny_session(family)
+    layer = session.default_layer
+    analysis = session.analyze(IMAGE, PROMPT, layer=layer)
+    attention = session.adapter.layers[layer].self_attn
+    outputs = {}
+    handles = [getattr(attention, name).register_forward_hook(
+        lambda m, a, out, name=name: outputs.__setitem__(name, out[0])) for name in ("q_proj", "k_proj")]
+    try:
+        with torch.no_grad():
+            result = session.model(**analysis.prepared.inputs, use_cache=True)
+    finally:
+        for h in handles:
+            h.remove()
+    cache = result.cache if hasattr(result, "cache") else result.past_key_values
+    p = analysis.projections
+    d = attention.head_dim
+    length = analysis.prepared.length
+    assert torch.allclose(p.q_pre, outputs["q_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
+    assert torch.allclose(p.k_pre, outputs["k_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
+    assert torch.allclose(p.k_post, cache.layers[layer].keys[0].float(), atol=1e-6)
+    assert torch.allclose(p.v, cache.layers[layer].values[0].float(), atol=1e-6)
+    assert p.q_post.shape == p.q_pre.shape and not torch.allclose(p.q_post, p.q_pre)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_tokens_are_the_instruction(family):
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    text = session.adapter.tokenizer.decode(prepared.input_ids[prepared.text_positions])
+    expected = PROMPT.rstrip("?") if family == "shapes" else PROMPT  # its tokenizer drops "?"
+    assert text.strip() == expected
+    assert not set(prepared.text_positions.tolist()) & set(prepared.visual_positions.tolist())
+
+
+def test_answer_logprob_is_teacher_forced_log_likelihood():
+    session = tiny_session("llava")
+    prepared = session.prepare(IMAGE, PROMPT)
+    answer = session.answer(IMAGE, PROMPT, max_new_tokens=3)
+    text = session.adapter.tokenizer.decode(answer.token_ids)
+    ids = session.adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = session.model(**extended(prepared.inputs, ids), use_cache=False).logits[0].float()
+    steps = torch.log_softmax(logits[prepared.length - 1:-1], dim=-1)
+    expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
+    assert session.answer_logprob(IMAGE, PROMPT, text) == pytest.approx(expected, abs=1e-4)
+    kept = kept_subset(session)
+    dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
+    dropped[kept] = False
+    masked = masked_logits(session, extended(prepared.inputs, ids), prepared.visual_positions[dropped], 1)
+    steps = torch.log_softmax(masked[prepared.length - 1:-1], dim=-1)
+    expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
+    assert session.answer_logprob(IMAGE, PROMPT, text, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
