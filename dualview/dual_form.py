@@ -74,9 +74,9 @@ def kernel_logits(q_text: Tensor, k: Tensor) -> Tensor:
         raise ValueError("q_text holds no text token")
     dtype = _compute_dtype(q_text)
     group = _check_heads(q_text.shape[0], k.shape[0])
-    q_mean = q_text.to(dtype).mean(dim=1)  # [H, d]
-    k_per_q = k.to(dtype).repeat_interleave(group, dim=0)  # [H, N, d]
-    return torch.einsum("hd,hnd->hn", q_mean, k_per_q) / math.sqrt(k.shape[-1])
+    q_mean = q_text.to(dtype).mean(dim=1).reshape(k.shape[0], group, -1)  # [Hkv, H/Hkv, d]
+    logits = q_mean @ k.to(dtype).transpose(1, 2)  # [Hkv, H/Hkv, N]
+    return logits.reshape(q_text.shape[0], k.shape[1]) / math.sqrt(k.shape[-1])
 
 
 def value_norms(v: Tensor) -> Tensor:
@@ -139,11 +139,11 @@ class DuplicationBlocks:
         """``S̄²[rows][:, cols]``: rows ``[R]``, cols ``[C]`` (index tensors) -> ``[R, C]``."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         cols = torch.as_tensor(cols, dtype=torch.long)
-        k_r, k_c = self._k[:, rows], self._k[:, cols]
-        sq_dist = self._k_sq[:, rows, None] + self._k_sq[:, None, cols] - 2.0 * k_r @ k_c.transpose(1, 2)
-        cos_v = self._v_unit[:, rows] @ self._v_unit[:, cols].transpose(1, 2)
-        sim = cos_v * torch.exp(-sq_dist.clamp_min(0.0) / self._scale)  # [Hkv, R, C]
-        dup = (sim * sim).mean(dim=0).clamp_(0.0, 1.0)
+        # Columns against every token, then the rows: cheaper than gathering |rows| keys and values.
+        sq_dist = self._k_sq[:, :, None] + self._k_sq[:, None, cols] - 2.0 * self._k @ self._k[:, cols].transpose(1, 2)
+        cos_v = self._v_unit @ self._v_unit[:, cols].transpose(1, 2)
+        sim_sq = cos_v.square_() * torch.exp(sq_dist.clamp_min_(0.0) * (-2.0 / self._scale))  # [Hkv, N, C]
+        dup = sim_sq.mean(dim=0)[rows].clamp_(0.0, 1.0)
         dup[rows[:, None] == cols[None, :]] = 1.0
         return dup
 
