@@ -191,7 +191,7 @@ def validate_request(image, prompt, budget, *, method: str = "iwp", layer=None, 
     Args:
         image: PIL image, path, bytes or array (see :func:`load_image`).
         prompt: the question; budget: see :func:`parse_budget`.
-        method: a registered method name; layer: decoder layer (None: the model's default);
+        method: a registered method name; layer: decoder layer (None or blank: the model's default);
         b0 (1..MAX_B0), growth (1..MAX_GROWTH), lam (0..MAX_LAMBDA): PC-MMR's parameters.
         num_visual: visual tokens of this image, when known (the budget becomes a count);
         num_layers: decoder layers of the model, when known (the layer is range-checked).
@@ -206,11 +206,15 @@ def validate_request(image, prompt, budget, *, method: str = "iwp", layer=None, 
     names = method_names()
     if method not in names:
         raise DualviewError(f"Unknown method {method!r}; choose one of: {', '.join(names)}.")
-    if layer is not None and layer != "":
+    if isinstance(layer, str):
+        text = layer.strip()
+        try:
+            layer = int(text) if text else None
+        except ValueError:
+            raise DualviewError(f"The pruning layer must be a whole number, got {text!r}.") from None
+    if layer is not None:
         top = (num_layers - 1) if num_layers else 10_000
         layer = _integer(layer, "The pruning layer", 0, top)
-    else:
-        layer = None
     b0 = _integer(b0, "PC-MMR's first chunk b₀", 1, MAX_B0)
     growth = _integer(growth, "PC-MMR's growth g", 1, MAX_GROWTH)
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \

@@ -69,21 +69,21 @@ def _hover_numbers(ws: Workspace) -> dict:
 
 def magnitude_figure(ws: Workspace):
     return figures.token_map(ws.layout, ws.analysis.magnitude.numpy(), image=ws.request.image,
-                             title="Information magnitude P = κ(q_T,k)·‖v‖", hover=_hover_numbers(ws),
+                             title="Magnitude P = κ(q_T,k)·‖v‖", hover=_hover_numbers(ws),
                              colorscale="Inferno", colorbar_title="P", selected=ws.selected,
                              evidence=ws.evidence_boxes())
 
 
 def duplication_figure(ws: Workspace):
     return figures.token_map(ws.layout, ws.analysis.token_duplication.numpy(), image=ws.request.image,
-                             title="Information duplication (mean of 8 largest S̄²)", hover=_hover_numbers(ws),
+                             title="Duplication (top-8 mean S̄²)", hover=_hover_numbers(ws),
                              colorscale="Viridis", zmin=0.0, zmax=1.0, colorbar_title="S̄²", selected=ws.selected)
 
 
 def kept_figure(ws: Workspace):
     kept = ws.kept()
     return figures.kept_map(ws.layout, ws.rounds(), image=ws.request.image, hover=_hover_numbers(ws),
-                            title=f"Kept by {ws.request.method}: {len(kept)} of {ws.num_visual} tokens",
+                            title=f"Kept: {len(kept)} / {ws.num_visual} ({ws.request.method})",
                             num_rounds=len(ws.selection.chunks) + (1 if ws.forced_keep else 0),
                             selected=ws.selected, evidence=ws.evidence_boxes(),
                             forced={"keep": ws.forced_keep, "drop": ws.forced_drop})
@@ -282,7 +282,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                 method = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method")
                 budget = gr.Slider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
                 preset = gr.Radio([f"{100 * p:.1f} %" for p in PRESETS], label="Paper budgets", elem_id="preset")
-                layer = gr.Number(value=None, label="Pruning layer (empty: the paper's default)", precision=0)
+                layer = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
                 with gr.Accordion("PC-MMR parameters", open=False):
                     b0 = gr.Slider(1, 64, value=2, step=1, label="b₀ (first chunk)")
                     growth = gr.Slider(1, 8, value=2, step=1, label="g (chunk growth)")

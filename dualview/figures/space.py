@@ -14,7 +14,7 @@ def project_2d(features) -> np.ndarray:
     """PCA of ``features [Nv, D]`` (e.g. keys or values, heads concatenated) -> ``[Nv, 2]``.
 
     Deterministic (full SVD solver); with fewer than two informative directions the missing
-    coordinate is zero.
+    coordinate is zero (all zeros for identical tokens).
     """
     from sklearn.decomposition import PCA
 
@@ -22,7 +22,7 @@ def project_2d(features) -> np.ndarray:
     x = x.reshape(x.shape[0], -1)
     components = min(2, x.shape[0], x.shape[1])
     out = np.zeros((x.shape[0], 2))
-    if components:
+    if components and np.ptp(x, axis=0).any():
         out[:, :components] = PCA(n_components=components, svd_solver="full").fit_transform(x)
     return out
 

@@ -1,0 +1,195 @@
+"""Figures from plain results: every token lands in its own cell, once, with its own numbers."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dualview import figures
+from dualview.engine.geometry import anyres, fixed_grid, merged_patch_grid
+from dualview.selection import mmr, pc_mmr
+
+
+def _layouts():
+    return {
+        "square": fixed_grid((224, 224), 14, (0.0, 0.0, 224.0, 224.0)).to_dict(),
+        "qwen_wide": merged_patch_grid((300, 140), (10, 20), 2).to_dict(),  # 5 x 10, not square
+        "anyres": anyres((300, 200), (2, 3), 4, (6, 10), (6, 10), newline=True).to_dict(),  # two views
+    }
+
+
+def _heatmaps(fig):
+    return [t for t in fig.data if t.type == "heatmap"]
+
+
+def _cell_values(trace):
+    """(token index -> z) read back from a heat-map trace through its customdata."""
+    z = np.asarray(trace.z, dtype=float)
+    custom = np.asarray(trace.customdata, dtype=float)
+    out = {}
+    for r in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            if np.isfinite(custom[r, c, 0]):
+                out[int(custom[r, c, 0])] = z[r, c]
+    return out
+
+
+@pytest.mark.parametrize("name", ["square", "qwen_wide", "anyres"])
+def test_token_map_puts_every_value_in_its_token_box(name):
+    layout = _layouts()[name]
+    n = len(layout["boxes"])
+    values = np.random.default_rng(0).random(n)
+    fig = figures.token_map(layout, values, hover={"magnitude": values * 2})
+    traces = _heatmaps(fig)
+    assert len(traces) == len(layout["views"])
+    seen = {}
+    boxes = np.asarray(layout["boxes"])
+    for trace in traces:
+        z = np.asarray(trace.z, dtype=float)
+        custom = np.asarray(trace.customdata, dtype=float)
+        x_edges, y_edges = np.asarray(trace.x), np.asarray(trace.y)
+        assert z.shape == (len(y_edges) - 1, len(x_edges) - 1)
+        for r in range(z.shape[0]):
+            for c in range(z.shape[1]):
+                token = int(custom[r, c, 0])
+                assert token not in seen
+                seen[token] = z[r, c]
+                # the cell's edges are the token's box, the hover numbers are the token's
+                assert np.allclose([x_edges[c], y_edges[r], x_edges[c + 1], y_edges[r + 1]], boxes[token], atol=1e-3)
+                assert custom[r, c, 1] == pytest.approx(values[token] * 2)
+    assert sorted(seen) == list(range(n))
+    assert np.allclose([seen[i] for i in range(n)], values)
+    assert "magnitude" in traces[0].hovertemplate and "token" in traces[0].hovertemplate
+
+
+def test_token_map_outlines_selected_token_and_evidence():
+    layout = _layouts()["square"]
+    fig = figures.token_map(layout, np.zeros(196), selected=15, evidence=[[10, 20, 30, 40]])
+    rects = [(s.x0, s.y0, s.x1, s.y1) for s in fig.layout.shapes]
+    assert tuple(layout["boxes"][15]) in [tuple(round(v, 2) for v in r) for r in rects]
+    assert (10, 20, 30, 40) in rects
+
+
+def test_token_map_draws_the_image_underneath():
+    layout = _layouts()["qwen_wide"]
+    fig = figures.token_map(layout, np.zeros(50), image=Image.new("RGB", (300, 140), "red"))
+    (img,) = fig.layout.images
+    assert (img.sizex, img.sizey) == (300, 140)
+    assert fig.layout.yaxis.range == (140, 0)  # image coordinates: y grows downwards
+
+
+def test_kept_map_colours_kept_tokens_by_round_and_dims_the_rest():
+    layout = _layouts()["anyres"]
+    n = len(layout["boxes"])
+    rounds = np.full(n, -1)
+    rounds[[0, 5, 40]] = [0, 1, 1]
+    fig = figures.kept_map(layout, rounds, forced={"keep": [40], "drop": [3]})
+    dropped, kept = {}, {}
+    for trace in _heatmaps(fig):
+        (dropped if trace.name == "dropped" else kept).update(_cell_values(trace))
+    assert {t for t, z in dropped.items() if np.isfinite(z)} == set(range(n)) - {0, 5, 40}
+    assert {t: z for t, z in kept.items() if np.isfinite(z)} == {0: 0.0, 5: 1.0, 40: 1.0}
+    assert len(fig.layout.shapes) == 2  # the forced keep and the forced drop
+
+
+def _traced():
+    torch.manual_seed(0)
+    n = 196
+    magnitude = torch.rand(n, dtype=torch.float64)
+    features = torch.nn.functional.normalize(torch.randn(n, 6, dtype=torch.float64), dim=1)
+    duplication = (features @ features.T) ** 2
+    return magnitude, duplication
+
+
+def test_selection_step_shows_kept_so_far_new_chunk_and_remaining_scores():
+    layout = _layouts()["square"]
+    magnitude, duplication = _traced()
+    selection = pc_mmr(magnitude, duplication, 40)
+    chunks = [c.tolist() for c in selection.chunks]
+    scores = [s.numpy() for s in selection.scores]
+    for step in range(len(chunks)):
+        fig = figures.selection_step(layout, chunks, scores, selection.floored, step)
+        remaining = _cell_values(next(t for t in fig.data if t.name == "remaining"))
+        kept = _cell_values(next(t for t in fig.data if t.name == "kept"))
+        so_far = {t: r for r in range(step + 1) for t in chunks[r]}
+        assert {t: int(z) for t, z in kept.items() if np.isfinite(z)} == so_far
+        # remaining tokens show log10(score / max) of the scores this round chose from
+        alive = [t for t in range(196) if t not in so_far]
+        expected = np.log10(np.clip(scores[step][alive] / np.nanmax(scores[step][alive]), 1e-4, None))
+        assert np.allclose([remaining[t] for t in alive], expected)
+        assert all(not np.isfinite(remaining[t]) for t in so_far)
+        outlined = {(s.x0, s.y0) for s in fig.layout.shapes}
+        assert outlined == {tuple(layout["boxes"][t][:2]) for t in chunks[step]}
+        title = fig.layout.title.text
+        assert f"round {step + 1}/{len(chunks)}" in title and f"chunk of {len(chunks[step])}" in title
+        assert f"{selection.floored[step]} floored" in title
+    # out-of-range steps are clamped, not errors
+    last = figures.selection_step(layout, chunks, scores, selection.floored, 99)
+    assert f"round {len(chunks)}/{len(chunks)}" in last.layout.title.text
+
+
+def test_selection_step_for_classic_mmr_uses_raw_scores():
+    layout = _layouts()["qwen_wide"]
+    magnitude, duplication = _traced()
+    selection = mmr(magnitude[:50], duplication[:50, :50], 6)
+    fig = figures.selection_step(layout, [c.tolist() for c in selection.chunks], [s.numpy() for s in selection.scores],
+                                 selection.floored, 3, log_scores=False, label="classic MMR")
+    remaining = _cell_values(next(t for t in fig.data if t.name == "remaining"))
+    alive = [t for t in range(50) if t not in selection.kept[:4].tolist()]
+    assert np.allclose([remaining[t] for t in alive], selection.scores[3].numpy()[alive])
+
+
+def test_error_curves_one_line_per_method_and_metric_with_budget_marker():
+    curves = {"iwp": {"weight_error": [0.5, 0.3], "effective_rank": [2.0, 3.0], "attention_error": [0.2, 0.1]},
+              "oracle": {"weight_error": [0.4, 0.2]}}
+    fig = figures.error_curves([10, 20], curves, current=15, num_visual=40, highlight="iwp")
+    lines = [(t.name, tuple(t.y)) for t in fig.data]
+    assert ("iwp", (0.5, 0.3)) in lines and ("oracle", (0.4, 0.2)) in lines and ("iwp", (2.0, 3.0)) in lines
+    assert len(fig.data) == 4
+    assert [s.x0 for s in fig.layout.shapes] == [15, 15, 15]
+
+
+def test_project_2d_matches_an_independent_svd():
+    x = np.random.default_rng(1).normal(size=(30, 8))
+    points = figures.project_2d(x)
+    centred = x - x.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    reference = u[:, :2] * s[:2]
+    for k in range(2):  # equal up to the sign of each component
+        assert np.allclose(np.abs(points[:, k]), np.abs(reference[:, k]), atol=1e-8)
+    assert np.allclose(figures.project_2d(np.ones((5, 1)))[:, 1], 0.0)
+
+
+def test_token_space_groups_tokens_by_round():
+    rounds = np.array([-1, 0, 0, 1, -1, 2])
+    fig = figures.token_space(np.arange(12.0).reshape(6, 2), rounds, selected=3)
+    groups = {t.name: sorted(int(c[0]) for c in t.customdata) for t in fig.data if t.customdata is not None}
+    assert groups == {"dropped": [0, 4], "round 1": [1, 2], "round 2": [3], "round 3": [5]}
+    assert fig.data[-1].x == (6.0,) and fig.data[-1].y == (7.0,)
+
+
+def test_compare_kept_one_panel_per_method():
+    layout = _layouts()["square"]
+    fig = figures.compare_kept(layout, {"a": [0, 1], "b": [2]}, errors={"a": 0.5})
+    assert len(fig.data) == 2
+    dropped_a = {t for t, z in _cell_values(fig.data[0]).items() if np.isfinite(z)}
+    assert dropped_a == set(range(196)) - {0, 1}
+    assert "error 0.500" in fig.layout.annotations[0].text
+
+
+def test_animation_html_is_self_contained_and_has_every_frame():
+    layout = _layouts()["square"]
+    magnitude, duplication = _traced()
+    selection = pc_mmr(magnitude, duplication, 30)
+    chunks = [c.tolist() for c in selection.chunks]
+    frames = [figures.selection_step(layout, chunks, [s.numpy() for s in selection.scores], selection.floored, s)
+              for s in range(len(chunks))]
+    html = figures.animation_html(frames)
+    assert "<script src=\"http" not in html and "Plotly.newPlot" in html
+    spec = json.loads(re.search(r"Plotly\.addFrames\('[^']+',\s*(\[.*?\])\);", html, re.S).group(1))
+    assert [f["name"] for f in spec] == [str(i + 1) for i in range(len(chunks))]
+    with pytest.raises(ValueError):
+        figures.animation_html([])
