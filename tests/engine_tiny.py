@@ -45,12 +45,12 @@ def tiny_session(family: str):
     return dualview.load(tiny_dir(family), device="cpu")
 
 
-def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Red encodes x, green encodes y (both 0..255 across the image), blue is noise."""
-    rng = np.random.default_rng(seed)
+def gradient_image(width: int, height: int) -> Image.Image:
+    """Red encodes x, green encodes y (both 0..255 across the image); blue is 255 (so that black
+    padding added by a processor can be told apart from the image)."""
     x = np.broadcast_to(np.linspace(0, 255, width)[None, :], (height, width))
     y = np.broadcast_to(np.linspace(0, 255, height)[:, None], (height, width))
-    blue = rng.integers(0, 256, (height, width))
+    blue = np.full((height, width), 255)
     return Image.fromarray(np.stack([x, y, blue], axis=-1).round().astype(np.uint8))
 
 
