@@ -1,0 +1,224 @@
+"""The app's named endpoints, driven by gradio_client against the app launched in this process.
+
+The model is the built-in one when it is in assets/shapes-vlm, else a tiny random LLaVA (answers
+are noise then, so the ground-truth check needs the built-in model). Example scenes are written
+fresh by the shapes-world generator.
+"""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
+
+HAS_BUILTIN = (BUILTIN_DIR / "config.json").is_file()
+RUN_OUTPUTS = 20  # ui.build_demo: fresh views (16, the gr.State not returned) + answers, curves, space, table, per-head
+SUMMARY = 14
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from dualview.app.launch import create
+    from dualview.shapes.world import write_examples
+
+    root = tmp_path_factory.mktemp("app")
+    write_examples(root / "examples")
+    if HAS_BUILTIN:
+        model = "builtin"
+    else:
+        from dualview.engine.tiny import build_tiny
+
+        model = str(build_tiny("llava", root / "tiny"))
+    demo, css = create(model, examples_dir=root / "examples")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=css)
+    yield {"url": f"http://127.0.0.1:{port}/", "model": model, "examples": root / "examples"}
+    demo.close()
+
+
+def connect(app) -> Client:
+    return Client(app["url"], verbose=False)
+
+
+def run(client, app, example="04_count_objects", budget=5, method="iwp", prompt=None, layer="", b0=2, g=2, lam=5.0):
+    meta = json.loads((app["examples"] / f"{example}.json").read_text())
+    client.predict(example, api_name="/example")  # the example's sidecar (evidence) goes with the image
+    out = client.predict(handle_file(str(app["examples"] / f"{example}.png")),
+                         meta["question"] if prompt is None else prompt, app["model"], method, budget, layer,
+                         b0, g, lam, api_name="/run")
+    assert len(out) == RUN_OUTPUTS
+    return out, meta
+
+
+def plot_json(value) -> dict:
+    assert value["type"] == "plotly"
+    return json.loads(value["plot"])
+
+
+def decode(array):
+    """A plotly JSON array (plain list or plotly 7's typed {'dtype', 'bdata', 'shape'})."""
+    if isinstance(array, dict):
+        import base64
+
+        data = np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
+        shape = array.get("shape")
+        if shape:
+            data = data.reshape([int(s) for s in str(shape).split(",")])
+        return data
+    return np.asarray(array, dtype=float)
+
+
+def cell_values(trace) -> dict:
+    z, custom = decode(trace["z"]).astype(float), decode(trace["customdata"]).astype(float)
+    custom = custom.reshape(z.shape + (-1,))
+    return {int(custom[r, c, 0]): z[r, c] for r in range(z.shape[0]) for c in range(z.shape[1])
+            if np.isfinite(custom[r, c, 0])}
+
+
+def test_run_keeps_exactly_the_budget_in_pcmmr_chunks(app):
+    client = connect(app)
+    out, meta = run(client, app, budget=7)
+    summary = out[SUMMARY]
+    assert summary["kept_count"] == 7 == len(set(summary["kept"]))
+    assert summary["settings"]["prompt"] == meta["question"]
+    chunks = summary["pcmmr"]["chunks"]
+    assert [len(c) for c in chunks] == [2, 4, 1]  # b0 = 2, g = 2, capped by the budget
+    assert [t for c in chunks for t in c] == summary["kept"]
+    rounds = np.array(summary["rounds"])
+    assert sorted(np.nonzero(rounds >= 0)[0].tolist()) == sorted(summary["kept"])
+    assert summary["answers"]["full"] is not None and isinstance(summary["answers"]["agree"], bool)
+    # the kept-mask map draws exactly the kept tokens as kept
+    kept_plot = plot_json(out[3])
+    kept_cells = {}
+    for trace in kept_plot["data"]:
+        if trace.get("name") == "kept":
+            kept_cells.update({t: z for t, z in cell_values(trace).items() if np.isfinite(z)})
+    assert sorted(kept_cells) == sorted(summary["kept"])
+
+
+def test_moving_the_budget_changes_the_kept_set_without_a_new_analysis(app):
+    client = connect(app)
+    run(client, app, budget=4)
+    for budget in (3, 9):
+        out = client.predict("iwp", budget, 2, 2, 5.0, False, api_name="/update")
+        assert out[SUMMARY]["kept_count"] == budget
+    answered = client.predict(api_name="/answer")
+    assert answered[-1]["kept_count"] == 9 and answered[-1]["answers"]["tokens_after_pruning"] > 0
+
+
+def test_oracle_error_curve_is_non_increasing_and_zero_with_every_token(app):
+    client = connect(app)
+    out, _ = run(client, app, budget=4)
+    data = client.predict(True, api_name="/curve_data")
+    budgets = data["budgets"]
+    assert budgets == sorted(budgets) and budgets[-1] == out[SUMMARY]["num_visual"]
+    oracle = data["methods"]["oracle"]["weight_error"]
+    assert all(b <= a + 1e-9 for a, b in zip(oracle, oracle[1:]))
+    for method, curves in data["methods"].items():
+        assert curves["weight_error"][-1] == pytest.approx(0.0, abs=1e-9), method
+        # at each budget the oracle's own objective is no worse than the magnitude-only selector
+    assert all(o <= m + 1e-9 for o, m in zip(oracle, data["methods"]["iwp-magnitude"]["weight_error"]))
+
+
+def test_inspecting_patches_shows_a_symmetric_duplication_row(app):
+    client = connect(app)
+    run(client, app)
+    rows = {}
+    for token in (2, 11):
+        out = client.predict(token, "inspect", api_name="/inspect")
+        assert out[0] == token
+        rows[token] = {}
+        for trace in plot_json(out[1])["data"]:
+            rows[token].update(cell_values(trace))
+        assert rows[token][token] == pytest.approx(1.0)  # S̄²_ii = 1
+        assert f"Token {token}" in out[2]
+    assert rows[2][11] == pytest.approx(rows[11][2], abs=1e-6)
+
+
+def test_forcing_patches_changes_the_kept_set(app):
+    client = connect(app)
+    out, _ = run(client, app, budget=5)
+    kept = out[SUMMARY]["kept"]
+    dropped = next(t for t in range(out[SUMMARY]["num_visual"]) if t not in kept)
+    summary = client.predict(kept[0], "force drop", api_name="/inspect")[7]
+    assert kept[0] not in summary["kept"] and summary["kept_count"] == 4
+    summary = client.predict(dropped, "force keep", api_name="/inspect")[7]
+    assert dropped in summary["kept"] and summary["kept_count"] == 5
+    answered = client.predict(api_name="/reanswer")[-1]
+    assert answered["forced_keep"] == [dropped] and answered["forced_drop"] == [kept[0]]
+    assert client.predict(api_name="/clear_forced")[-1]["kept"] == kept
+
+
+def test_animation_steps_and_export(app):
+    client = connect(app)
+    out, _ = run(client, app, budget=7)
+    chunks = out[SUMMARY]["pcmmr"]["chunks"]
+    frame = plot_json(client.predict(1, api_name="/pcmmr_step"))
+    assert f"round 2/{len(chunks)}" in frame["layout"]["title"]["text"]
+    assert len(frame["layout"]["shapes"]) == len(chunks[1])  # the newest chunk, outlined
+    classic = plot_json(client.predict(6, api_name="/classic_step"))
+    assert "classic MMR · round 7/7" in classic["layout"]["title"]["text"]
+    files, command = client.predict(api_name="/export")
+    paths = [f if isinstance(f, str) else f["path"] if "path" in f else f["name"] for f in files]
+    payload = json.loads(open(next(p for p in paths if p.endswith(".json"))).read())
+    assert payload["kept"] == out[SUMMARY]["kept"] and len(payload["pcmmr_round_scores"]) == len(chunks)
+    assert len(payload["magnitude"]) == payload["num_visual"]
+    html = open(next(p for p in paths if p.endswith(".html"))).read()
+    assert "Plotly.addFrames" in html and '<script src="http' not in html
+    assert command.startswith("python -m dualview analyze") and "--budget 7" in command
+
+
+def test_every_method_answers_at_the_budget(app):
+    client = connect(app)
+    run(client, app, budget=6)
+    table = client.predict(api_name="/answer_all")
+    rows = table["data"]
+    methods = {row[0] for row in rows}
+    assert {"iwp", "iwp-magnitude", "fastv", "divprune", "random", "oracle", "mmr"} <= methods
+    assert all(row[1] == 6 for row in rows)
+
+
+def test_bad_input_is_refused_with_one_sentence(app):
+    client = connect(app)
+    with pytest.raises(AppError, match="Run an analysis first"):
+        client.predict("iwp", 5, 2, 2, 5.0, False, api_name="/update")
+    # sliders refuse values outside their range before the validator sees them (gradio's own sentence)
+    for kwargs, message in [(dict(prompt="   "), "prompt is empty"), (dict(budget=0), "less than minimum"),
+                            (dict(method="magic"), "not in the list of choices|Unknown method"),
+                            (dict(layer="99"), "pruning layer must be a whole number from 0 to"),
+                            (dict(layer="two"), "pruning layer must be a whole number"),
+                            (dict(lam=-1.0), "less than minimum"), (dict(budget=10_000), "greater than maximum")]:
+        with pytest.raises(AppError, match=message):
+            run(client, app, **kwargs)
+    run(client, app)
+    with pytest.raises(AppError, match="does not exist"):
+        client.predict(10_000, "inspect", api_name="/inspect")
+
+
+def test_two_users_keep_their_own_results(app):
+    first, second = connect(app), connect(app)
+    run(first, app, budget=3)
+    run(second, app, example="07_letter", budget=8)
+    assert first.predict("iwp", 3, 2, 2, 5.0, False, api_name="/update")[SUMMARY]["kept_count"] == 3
+    assert second.predict(api_name="/answer")[-1]["settings"]["example"] == "07_letter"
+
+
+@pytest.mark.skipif(not HAS_BUILTIN, reason="the built-in model is not in assets/shapes-vlm yet")
+def test_full_answer_on_an_example_is_its_ground_truth(app):
+    client = connect(app)
+    out, meta = run(client, app, example="04_count_objects", budget=69)
+    assert out[SUMMARY]["answers"]["full"] == meta["answer"]
