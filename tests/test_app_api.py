@@ -179,7 +179,7 @@ def test_animation_steps_and_export(app):
     assert len(payload["magnitude"]) == payload["num_visual"]
     html = open(next(p for p in paths if p.endswith(".html"))).read()
     assert "Plotly.addFrames" in html and '<script src="http' not in html
-    assert command.startswith("python -m dualview analyze") and "--budget 7" in command
+    assert command.startswith("python -m dualview answer") and "--budget 7" in command and "--param lam=5" in command
 
 
 def test_every_method_answers_at_the_budget(app):

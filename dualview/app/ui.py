@@ -240,14 +240,14 @@ def export_payload(ws: Workspace) -> dict:
 
 
 def cli_command(ws: Workspace) -> str:
-    """The CLI call that reproduces this view (``python -m dualview analyze``)."""
+    """The CLI call that reproduces this view's kept set and answers (``python -m dualview answer``)."""
     r = ws.request
     image = ws.example["path"] if ws.example else "IMAGE.png"
-    parts = ["python", "-m", "dualview", "analyze", "--model", ws.model_name, "--image", image,
+    parts = ["python", "-m", "dualview", "answer", "--model", ws.model_name, "--image", image,
              "--prompt", r.prompt, "--method", r.method, "--budget", str(r.budget), "--layer", str(ws.analysis.layer)]
-    if r.method == "iwp":
-        parts += ["--b0", str(r.b0), "--growth", str(r.growth), "--lam", f"{r.lam:g}"]
-    return " ".join(shlex.quote(p) for p in parts)
+    for name, value in ws.params().items():
+        parts += ["--param", f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"]
+    return " ".join(shlex.quote(p) for p in parts + ["--json"])
 
 
 # --- the page -------------------------------------------------------------------------------------
@@ -316,12 +316,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                         pcmmr_plot = gr.Plot(elem_id="pcmmr-plot")
                         with gr.Row():
                             pcmmr_play = gr.Button("▶ Play", elem_id="pcmmr-play", scale=0)
-                            pcmmr_pause = gr.Button("⏸ Pause", elem_id="pcmmr-pause", scale=0)
+                            pcmmr_pause = gr.Button("Pause", elem_id="pcmmr-pause", scale=0)
                             pcmmr_step = gr.Slider(0, 1, value=0, step=1, label="round (0-based)", elem_id="pcmmr-step")
                         mmr_plot = gr.Plot(elem_id="mmr-plot")
                         with gr.Row():
                             mmr_play = gr.Button("▶ Play", elem_id="mmr-play", scale=0)
-                            mmr_pause = gr.Button("⏸ Pause", elem_id="mmr-pause", scale=0)
+                            mmr_pause = gr.Button("Pause", elem_id="mmr-pause", scale=0)
                             mmr_step = gr.Slider(0, 1, value=0, step=1, label="step (0-based)", elem_id="mmr-step")
                         pcmmr_timer = gr.Timer(PLAY_INTERVAL_S, active=False)
                         mmr_timer = gr.Timer(PLAY_INTERVAL_S / 3, active=False)

@@ -1,0 +1,128 @@
+"""The app in a real browser: Debian's chromium driven by playwright (never `playwright install`).
+
+Loads the page (which opens on an example), uploads an image and runs, checks that the three maps
+rendered, plays the PC-MMR animation and sees the displayed round change, moves the budget slider
+and sees the kept count change, clicks a patch and sees its duplication row. Screenshots go to
+test-output/; with DUALVIEW_UPDATE_SCREENSHOT=1 the first one is copied to docs/screenshot.png.
+"""
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    from dualview.app.launch import create
+    from dualview.shapes.world import write_examples
+
+    root = tmp_path_factory.mktemp("browser")
+    write_examples(root / "examples")
+    if (BUILTIN_DIR / "config.json").is_file():
+        model = "builtin"
+    else:
+        from dualview.engine.tiny import build_tiny
+
+        model = str(build_tiny("llava_next", root / "tiny"))  # two views (base + crops): no square-grid shortcut
+    demo, css = create(model, examples_dir=root / "examples")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=css)
+    yield f"http://127.0.0.1:{port}/", root / "examples"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    assert Path(CHROMIUM).is_file(), "chromium is missing: apt-get install -y chromium (see .ci/run)"
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        tab = browser.new_page(viewport={"width": 1500, "height": 1250})
+        tab.set_default_timeout(TIMEOUT_MS)
+        yield tab
+        browser.close()
+
+
+def kept_count(page) -> int:
+    text = page.locator("#status").inner_text()
+    return int(re.search(r"keeps (\d+) of", text).group(1))
+
+
+def plot_title(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} .gtitle").first.text_content()
+
+
+def heatmap_count(page, elem_id: str) -> int:
+    return page.locator(f"#{elem_id} .hm image").count()
+
+
+def test_the_whole_page_in_a_browser(app_url, page):
+    url, examples = app_url
+    page.goto(url)
+    # the page opens on an example, already analysed
+    expect(page.locator("#status")).to_contain_text("keeps", timeout=TIMEOUT_MS)
+
+    # upload an image and run
+    page.locator("#input-image input[type=file]").set_input_files(str(examples / "07_letter.png"))
+    page.locator("#prompt textarea").fill("what letter is written?")
+    page.locator("#run").click()
+    expect(page.locator("#status")).to_contain_text("keeps", timeout=TIMEOUT_MS)
+    expect(page.locator("#teaching")).to_contain_text("Token 0")
+    for elem_id in ("map-magnitude", "map-duplication", "map-kept"):
+        expect(page.locator(f"#{elem_id} .js-plotly-plot")).to_be_visible()
+        assert heatmap_count(page, elem_id) >= 1, f"{elem_id} drew no heat-map"
+    page.screenshot(path=str(OUT / "app-maps.png"), full_page=True)
+    if os.environ.get("DUALVIEW_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(OUT / "app-maps.png", ROOT / "docs" / "screenshot.png")
+
+    # click a patch: its duplication row appears
+    before = plot_title(page, "map-row")
+    box = page.locator("#picker img").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.7)
+    expect(page.locator("#map-row .gtitle")).not_to_have_text(before, timeout=TIMEOUT_MS)
+    token = int(page.locator("#token input").input_value())
+    assert token != 0 and f"token {token}" in plot_title(page, "map-row")
+    expect(page.locator("#teaching")).to_contain_text(f"Token {token}")
+
+    # move the budget slider: the kept count follows
+    count = kept_count(page)
+    slider = page.locator("#budget input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.15, box["y"] + box["height"] / 2)
+    expect(page.locator("#status")).not_to_contain_text(f"keeps {count} of", timeout=TIMEOUT_MS)
+    new_count = kept_count(page)
+    assert new_count != count
+    assert int(page.locator("#budget input[type=number]").input_value()) == new_count
+    expect(page.locator("#map-kept .gtitle")).to_contain_text(f"Kept: {new_count} /")
+
+    # play the PC-MMR animation: the displayed round changes by itself
+    page.get_by_role("tab", name="PC-MMR step by step").click()
+    expect(page.locator("#pcmmr-plot .gtitle")).to_contain_text("round 1/")
+    first = plot_title(page, "pcmmr-plot")
+    page.locator("#pcmmr-play").click()
+    expect(page.locator("#pcmmr-plot .gtitle")).not_to_have_text(first, timeout=15_000)
+    page.screenshot(path=str(OUT / "app-pcmmr.png"), full_page=True)
+    page.locator("#pcmmr-pause").click()
+    page.wait_for_timeout(2_000)
+    paused = plot_title(page, "pcmmr-plot")
+    page.wait_for_timeout(2_500)
+    assert plot_title(page, "pcmmr-plot") == paused, "the animation kept running after Pause"
