@@ -51,13 +51,23 @@ class Prepared:
     def length(self) -> int:
         return int(self.input_ids.numel())
 
-    def keep_positions(self, kept_visual: Tensor | None) -> Tensor:
+    def check_kept(self, kept) -> Tensor:
+        """``kept`` (indices into the visual tokens) as a ``[M]`` LongTensor, or a DualviewError."""
+        kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
+        count = self.visual_positions.numel()
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= count):
+            raise DualviewError(f"Kept token indices must lie between 0 and {count - 1} "
+                                f"(this image has {count} visual tokens).")
+        if kept.unique().numel() != kept.numel():
+            raise DualviewError("The kept token indices contain duplicates; give each visual token once.")
+        return kept
+
+    def keep_positions(self, kept_visual) -> Tensor:
         """``[S']`` ascending positions that survive when only ``kept_visual`` (indices into the
-        visual tokens) are kept: every non-visual position plus the kept visual ones."""
+        visual tokens, checked) are kept: every non-visual position plus the kept visual ones."""
         keep = torch.ones(self.length, dtype=torch.bool)
-        if kept_visual is not None:
-            keep[self.visual_positions] = False
-            keep[self.visual_positions[torch.as_tensor(kept_visual, dtype=torch.long).reshape(-1)]] = True
+        keep[self.visual_positions] = False
+        keep[self.visual_positions[self.check_kept(kept_visual)]] = True
         return torch.nonzero(keep).reshape(-1)
 
 

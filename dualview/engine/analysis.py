@@ -118,20 +118,10 @@ class Analysis:
         return dual_form.token_duplication(self.duplication).float()
 
     # -- kept sets ------------------------------------------------------------------------
-    def check_kept(self, kept) -> Tensor:
-        """``kept`` (indices into the visual tokens) as a LongTensor, or a DualviewError."""
-        kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
-        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.num_visual):
-            raise DualviewError(f"Kept token indices must lie between 0 and {self.num_visual - 1} "
-                                f"(this image has {self.num_visual} visual tokens).")
-        if kept.unique().numel() != kept.numel():
-            raise DualviewError("The kept token indices contain duplicates; give each visual token once.")
-        return kept
-
     def sequence_keep(self, kept) -> Tensor:
         """``[S]`` bool: every non-visual token plus the kept visual tokens (what §6 calls S)."""
         mask = torch.zeros(self.prepared.length, dtype=torch.bool)
-        mask[self.prepared.keep_positions(self.check_kept(kept))] = True
+        mask[self.prepared.keep_positions(kept)] = True
         return mask
 
     def weight_error(self, kept) -> float:

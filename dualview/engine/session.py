@@ -9,7 +9,6 @@ before the language model.
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from contextlib import nullcontext
 from collections import OrderedDict
@@ -120,16 +119,6 @@ class Session:
             raise DualviewError("The prompt must be text.")
         return self.adapter.prepare(as_image(image), prompt, answer_ids)
 
-    def _keep_positions(self, prepared: Prepared, keep) -> Tensor | None:
-        if keep is None:
-            return None
-        kept = torch.as_tensor(keep, dtype=torch.long).reshape(-1)
-        count = prepared.visual_positions.numel()
-        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= count):
-            raise DualviewError(f"Kept token indices must lie between 0 and {count - 1} "
-                                f"(this image has {count} visual tokens).")
-        return prepared.keep_positions(kept)
-
     def _project(self, layer: int, captured: hooks.LayerInput) -> Projections:
         """q/k/v of decoder layer ``layer`` from its captured input, via its own modules."""
         module = self.adapter.layers[layer]
@@ -181,9 +170,9 @@ class Session:
 
     # -- answering ------------------------------------------------------------------------
     def _pruning(self, prepared: Prepared, keep, layer: int):
-        positions = self._keep_positions(prepared, keep)
-        if positions is None:
-            return positions, nullcontext()
+        if keep is None:
+            return None, nullcontext()
+        positions = prepared.keep_positions(keep)
         return positions, hooks.prune_from(self.adapter.layers, layer, positions, prepared.length)
 
     @torch.no_grad()
