@@ -3,7 +3,12 @@
 import importlib
 import sys
 
-SUITES = {"selection": "dualview.bench.selection"}
+SUITES = {
+    "accuracy": "dualview.bench.accuracy",
+    "error": "dualview.bench.error",
+    "prefill": "dualview.bench.prefill",
+    "selection": "dualview.bench.selection",
+}
 
 
 def main() -> None:

@@ -1,0 +1,208 @@
+"""Accuracy kept per method and budget on held-out shapes-world questions, with the paper's ablations.
+
+``python -m dualview.bench accuracy [--model builtin] [--n N] [--seed 12345] [--quick]``
+
+For every question: ONE analysis at the default pruning layer serves every method, budget and
+hyper-parameter setting; the full-token answer is computed once; each kept set is answered
+with the engine (``session.answer``, greedy, pruning from the method's own layer). Reported:
+accuracy per question type and overall, the relative score (pruned accuracy / full-token
+accuracy × 100, as the paper reports it) and the agreement with the full-token answer.
+
+- main table: methods × the paper's budgets (35.3 / 22.2 / 11.1 % of the visual tokens);
+- curve: accuracy versus budget (5 % to 100 %; at 100 % every token is kept, which is the
+  full-token run by definition, so it is not re-run);
+- ablations of ``iwp`` at the ablation budgets: pruning layer (0 … L−1, one analysis per layer),
+  λ (1, 5, 10), g (1, 2, 4, 8), b₀ (1, 2, 8, 64), and RoPE in the magnitude (q, k after RoPE
+  instead of before) or not in the duplication (keys before RoPE instead of after). The engine has
+  no RoPE switch; these two variants are built here from the analysis's own pre/post-RoPE
+  projections with ``dual_form.magnitude`` / ``dual_form.DuplicationBlocks`` and
+  ``selection.pc_mmr`` (defaults b₀ 2, g 2, λ 5), everything else unchanged.
+
+No hyper-parameter is tuned here: every method runs with its registry defaults (the paper's).
+"""
+
+from __future__ import annotations
+
+import time
+
+from dualview.bench import common
+
+CURVE_BUDGETS = (0.05, 0.111, 0.222, 0.353, 0.5, 0.75, 1.0)
+ABLATION_BUDGETS = (0.353, 0.111)
+LAMBDAS = (1.0, 5.0, 10.0)
+GROWTHS = (1, 2, 4, 8)
+FIRST_CHUNKS = (1, 2, 8, 64)
+ROPE = ("magnitude with RoPE", "duplication without RoPE")
+DEFAULTS = {"lam": 5.0, "growth": 2, "b0": 2}
+
+
+def rope_variant(analysis, variant: str, budget: float):
+    """Kept visual tokens of PC-MMR with RoPE toggled in one of its two scores (module docstring)."""
+    from dualview import dual_form, selection
+
+    p, visual, text = analysis.projections, analysis.prepared.visual_positions, analysis.prepared.text_positions
+    magnitude, duplication = analysis.magnitude, analysis.duplication_blocks
+    if variant == ROPE[0]:
+        magnitude = dual_form.magnitude(p.q_post[:, text], p.k_post[:, visual], p.v[:, visual]).float()
+    else:
+        duplication = dual_form.DuplicationBlocks(p.k_pre[:, visual], p.v[:, visual])
+    count = selection.resolve_budget(budget, analysis.num_visual)
+    return selection.pc_mmr(magnitude, duplication, count, b0=DEFAULTS["b0"], growth=DEFAULTS["growth"],
+                            lam=DEFAULTS["lam"]).kept
+
+
+def ablation_settings(num_layers: int, default_layer: int):
+    """(setting, value, is_default) for every ablation point."""
+    yield from (("layer", layer, layer == default_layer) for layer in range(num_layers))
+    yield from (("lambda", lam, lam == DEFAULTS["lam"]) for lam in LAMBDAS)
+    yield from (("g", growth, growth == DEFAULTS["growth"]) for growth in GROWTHS)
+    yield from (("b0", b0, b0 == DEFAULTS["b0"]) for b0 in FIRST_CHUNKS)
+    yield ("rope", "paper: magnitude without, duplication with", True)
+    yield from (("rope", variant, False) for variant in ROPE)
+
+
+def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
+    """Every prediction for one question: key -> normalised answer.
+
+    Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``.
+    """
+    analysis = session.analyze(sample.image, sample.question)
+    full = common.answer(session, sample)
+    found = {("full",): full}
+    for method in methods:
+        for budget in curve_budgets:
+            if budget == 1.0:
+                found[("main", method, budget)] = full
+                continue
+            kept = analysis.select(method, budget).kept
+            found[("main", method, budget)] = common.answer(session, sample, kept, analysis.prune_layer(method))
+    for budget in ablation_budgets:
+        for setting, value, is_default in ablation_settings(session.num_layers, session.default_layer):
+            key = ("ablation", setting, value, budget)
+            if is_default:
+                found[key] = found[("main", "iwp", budget)]
+            elif setting == "layer":
+                at_layer = session.analyze(sample.image, sample.question, layer=value)
+                found[key] = common.answer(session, sample, at_layer.select("iwp", budget).kept, value)
+            elif setting == "rope":
+                found[key] = common.answer(session, sample, rope_variant(analysis, value, budget), analysis.layer)
+            else:
+                param = {"lambda": "lam", "g": "growth", "b0": "b0"}[setting]
+                kept = analysis.select("iwp", budget, **{param: value}).kept
+                found[key] = common.answer(session, sample, kept, analysis.layer)
+    return found
+
+
+def summarise(samples, predictions: list[dict], num_visual: int, layers: dict) -> list[dict]:
+    """One row per key: accuracy per type and overall, relative score, agreement with full."""
+    from dualview.selection import resolve_budget
+
+    full = [p[("full",)] for p in predictions]
+    full_accuracy = common.accuracy_by_type(samples, full)
+    rows = []
+    for key in predictions[0]:
+        answers = [p[key] for p in predictions]
+        accuracy = common.accuracy_by_type(samples, answers)
+        group = key[0]
+        if group == "full":
+            method, setting, value, budget, layer = "full", "", "", 1.0, ""
+        elif group == "main":
+            (_, method, budget), setting, value = key, "", ""
+            layer = layers[method]
+        else:
+            (_, setting, value, budget), method = key, "iwp"
+            layer = value if setting == "layer" else layers["iwp"]
+        row = {"group": group, "method": method, "setting": setting, "value": value, "budget": budget,
+               "kept_tokens": resolve_budget(budget, num_visual), "layer": layer,
+               "n": len(samples), "accuracy": accuracy["overall"],
+               "relative": 100 * accuracy["overall"] / full_accuracy["overall"] if full_accuracy["overall"] else None,
+               "agreement": sum(a == f for a, f in zip(answers, full)) / len(samples)}
+        row.update({f"accuracy_{t}": a for t, a in accuracy.items() if t != "overall"})
+        rows.append(row)
+    return rows
+
+
+def accuracy_curve(rows: list[dict], full_accuracy: float):
+    """Plotly figure: accuracy versus kept fraction, one line per method, full-token level dashed."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in rows if r["group"] == "main"):
+        points = sorted((r["budget"], r["accuracy"]) for r in rows if r["group"] == "main" and r["method"] == method)
+        figure.add_trace(go.Scatter(x=[100 * b for b, _ in points], y=[100 * a for _, a in points],
+                                    mode="lines+markers", name=method,
+                                    line=dict(width=3 if method == "iwp" else 1.5)))
+    figure.add_hline(y=100 * full_accuracy, line=dict(dash="dash", color="gray"), annotation_text="all tokens")
+    figure.update_layout(title="Held-out accuracy versus visual tokens kept", xaxis_title="visual tokens kept (%)",
+                         yaxis_title="accuracy (%)", plot_bgcolor="white", paper_bgcolor="white",
+                         xaxis=dict(gridcolor="#eee"), yaxis=dict(gridcolor="#eee"))
+    return figure
+
+
+def percent(value) -> str:
+    """A relative score for a table: one decimal, or '-' when the full-token accuracy is 0."""
+    return f"{'-':>5}" if value is None else f"{value:5.1f}"
+
+
+def print_tables(rows: list[dict], budgets, methods) -> None:
+    full = next(r for r in rows if r["group"] == "full")
+    print(f"\nall tokens: accuracy {100 * full['accuracy']:.1f} % (n = {full['n']})")
+    main = {(r["method"], r["budget"]): r for r in rows if r["group"] == "main"}
+    print("\naccuracy % (relative score = pruned / full x 100) by visual tokens kept")
+    print(f"{'method':<15}" + "".join(f"{100 * b:>18.1f}%" for b in budgets))
+    for method in methods:
+        print(f"{method:<15}" + "".join(f"{100 * main[method, b]['accuracy']:>10.1f} ({percent(main[method, b]['relative'])})"
+                                          for b in budgets))
+    types = [k[len("accuracy_"):] for k in full if k.startswith("accuracy_")]
+    for budget in budgets:
+        print(f"\naccuracy % per question type at {100 * budget:.1f} % kept")
+        print(f"{'method':<15}" + "".join(f"{t[:13]:>14}" for t in types))
+        for method in ("full",) + tuple(methods):
+            row = full if method == "full" else main[method, budget]
+            print(f"{method:<15}" + "".join(f"{100 * row['accuracy_' + t]:>14.1f}" for t in types))
+    ablations = [r for r in rows if r["group"] == "ablation"]
+    for budget in dict.fromkeys(r["budget"] for r in ablations):
+        print(f"\niwp ablations at {100 * budget:.1f} % kept: accuracy % (relative)")
+        for r in (r for r in ablations if r["budget"] == budget):
+            print(f"  {r['setting']:<7} {str(r['value']):<58} {100 * r['accuracy']:6.1f} ({percent(r['relative'])})")
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__.split("\n")[0], n=300, quick_n=3)
+    p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
+    args = p.parse_args(argv)
+    n = common.question_count(args)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    session, model = common.load(args)
+    from dualview.engine.errors import DualviewError
+    from dualview.methods import get_method
+
+    try:
+        for method in methods:
+            get_method(method)
+    except DualviewError as error:
+        common.fail(str(error))
+    samples = common.questions(session, n, args.seed)
+    curve = CURVE_BUDGETS if not args.quick else (0.111, 0.222, 0.353, 1.0)
+    start = time.perf_counter()
+    predictions = [predict(session, s, methods, curve, ABLATION_BUDGETS)
+                   for s in common.progress(samples, "accuracy")]
+    seconds = time.perf_counter() - start
+    first = session.analyze(samples[0].image, samples[0].question)
+    layers = {m: first.prune_layer(m) for m in set(methods) | {"iwp"}}
+    rows = summarise(samples, predictions, first.num_visual, layers)
+    print_tables(rows, common.PAPER_BUDGETS, methods)
+    record = common.header("accuracy", args, model, n)
+    record.update(seconds=seconds, seconds_per_question=seconds / n, num_visual=first.num_visual,
+                  default_layer=session.default_layer, prune_layers=layers,
+                  full_accuracy=common.accuracy_by_type(samples, [p[("full",)] for p in predictions]),
+                  questions=[{"question": s.question, "qtype": s.qtype, "answer": s.answer, "full": p[("full",)]}
+                             for s, p in zip(samples, predictions)])
+    stem = "accuracy" + common.suffix(args)
+    written = common.write(args.out, stem, record, rows)
+    written += common.save_figure(accuracy_curve(rows, record["full_accuracy"]["overall"]), args.out, stem + "-curve")
+    print(f"\n{n} questions in {seconds:.0f} s ({seconds / n:.2f} s per question); wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()

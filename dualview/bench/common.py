@@ -1,0 +1,170 @@
+"""What the accuracy, error and prefill suites share: options, model and questions, answering,
+the per-question pass over methods and budgets, and writing tables, JSON, CSV and figures.
+
+The questions are ``world.heldout_set(n, seed)`` at the model's image size; the default seed
+12345 is the one ``python -m dualview.shapes.evaluate`` uses, a stream training never draws
+from. Answers are greedy with at most 4 new tokens and compared after
+``normalize_answer``, exactly as the evaluation code does, so the full-token accuracy here is
+the model's reported accuracy on the same questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MAIN_METHODS = ("iwp", "iwp-magnitude", "mmr", "fastv", "divprune", "cdpruner", "random", "grid")
+PAPER_BUDGETS = (0.353, 0.222, 0.111)
+"""Fractions of the visual tokens kept in the paper's tables (method.md §4)."""
+HELDOUT_SEED = 12345
+MAX_NEW_TOKENS = 4
+"""As ``dualview.shapes.model.answer``: every answer of the grammar fits in 4 tokens."""
+
+
+def parser(description: str, n: int, quick_n: int) -> argparse.ArgumentParser:
+    """Options every suite takes: --model, --n, --seed, --quick, --out, --threads."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default="builtin", help="'builtin' (assets/shapes-vlm) or a saved shapes-world model directory")
+    p.add_argument("--n", type=int, default=None, help=f"held-out questions (default {n}; {quick_n} with --quick)")
+    p.add_argument("--seed", type=int, default=HELDOUT_SEED, help="held-out question seed (training never uses it)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    p.add_argument("--out", default="results", help="folder for the JSON, CSV and figures")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(default_n=n, quick_n=quick_n)
+    return p
+
+
+def question_count(args) -> int:
+    n = args.n if args.n is not None else (args.quick_n if args.quick else args.default_n)
+    if n < 1:
+        fail(f"--n must be at least 1, got {n}.")
+    return n
+
+
+def fail(message: str) -> None:
+    """Print one sentence and exit with status 2 (bad input, missing model)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load(args):
+    """(session, model record) for ``args.model``; a DualviewError becomes one line and exit 2."""
+    import torch
+
+    import dualview
+    from dualview.engine.errors import DualviewError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        session = dualview.load(args.model, device="cpu", dtype="float32")
+    except DualviewError as error:
+        fail(str(error))
+    if session.family != "llava" or not hasattr(session.model.config, "shapes_world"):
+        fail(f"'{args.model}' is not a shapes-world model; these suites ask shapes-world questions.")
+    return session, model_record(session)
+
+
+def model_record(session) -> dict:
+    """Where the weights came from: directory, sha256 of the weights, git commit of that directory."""
+    from dualview.engine.loading import BUILTIN_DIR
+
+    directory = Path(BUILTIN_DIR if session.name == "builtin" else session.name).resolve()
+    digest = hashlib.sha256()
+    for weights in sorted(directory.glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    try:
+        commit = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", "."], cwd=directory,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"name": session.name, "path": str(directory), "weights_sha256": digest.hexdigest()[:16],
+            "commit": commit, "visual_tokens": session.model.config.image_seq_length,
+            "decoder_layers": session.num_layers}
+
+
+def questions(session, n: int, seed: int) -> list:
+    """``n`` held-out samples drawn at the model's input size."""
+    from dualview.shapes import world
+
+    return world.heldout_set(n, seed, session.model.config.vision_config.image_size)
+
+
+def answer(session, sample, keep=None, layer: int | None = None) -> str:
+    """Normalised greedy answer to ``sample`` keeping visual tokens ``keep`` (None = all) from ``layer`` on."""
+    from dualview.shapes.model import normalize_answer
+
+    return normalize_answer(session.answer(sample.image, sample.question, keep=keep, layer=layer,
+                                           max_new_tokens=MAX_NEW_TOKENS).text)
+
+
+def progress(items, description: str, quiet: bool = False):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+def accuracy_by_type(samples, predictions) -> dict:
+    """Accuracy per question type (in ``world.QUESTION_TYPES`` order) and ``overall``, in [0, 1]."""
+    from dualview.shapes import world
+
+    hits: dict = {}
+    for sample, prediction in zip(samples, predictions):
+        hits.setdefault(sample.qtype, []).append(prediction == sample.answer)
+    result = {t: sum(hits[t]) / len(hits[t]) for t in world.QUESTION_TYPES if t in hits}
+    result["overall"] = sum(sum(v) for v in hits.values()) / max(1, len(samples))
+    return result
+
+
+def machine() -> str:
+    from dualview.bench.selection import machine as torch_machine
+
+    return torch_machine()
+
+
+def header(suite: str, args, model: dict, n: int) -> dict:
+    import torch
+
+    return {"suite": suite, "command": "python -m dualview.bench " + " ".join([suite] + sys.argv[2:]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "torch": torch.__version__, "model": model, "n": n, "seed": args.seed, "quick": args.quick}
+
+
+def write(out: str | Path, stem: str, record: dict, rows: list[dict]) -> list[Path]:
+    """``record`` (with ``rows``) as ``<stem>.json`` and ``rows`` as ``<stem>.csv`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
+    json_path.write_text(json.dumps(dict(record, rows=rows), indent=1))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return [json_path, csv_path]
+
+
+def save_figure(figure, out: str | Path, stem: str) -> list[Path]:
+    """``<stem>.html`` (plotly.js inlined, works offline) and, when kaleido can drive a browser,
+    ``<stem>.png``; without one the PNG is skipped with a note on stderr."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"{stem}.html"
+    figure.write_html(html, include_plotlyjs=True, full_html=True)
+    written = [html]
+    try:
+        figure.write_image(out / f"{stem}.png", width=1100, height=520, scale=1)
+        written.append(out / f"{stem}.png")
+    except Exception as error:  # kaleido missing or no browser: HTML only
+        print(f"note: PNG not written ({str(error).splitlines()[0][:100]}); the HTML has the figure.", file=sys.stderr)
+    return written
+
+
+def suffix(args) -> str:
+    return "-quick" if args.quick else ""

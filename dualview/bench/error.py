@@ -1,0 +1,157 @@
+"""Approximation error of the implicit weight per method and budget, and whether it predicts answer flips.
+
+``python -m dualview.bench error [--model builtin] [--n N] [--seed 12345] [--quick] [--oracle]``
+
+For every held-out question: one analysis at the default pruning layer l; for every method and
+budget its kept set S, and at layer l (method.md §6) the relative weight error
+``‖W − W_S‖_F / ‖W‖_F``, the effective and stable rank of ``W_S`` (mean over KV heads), and the
+attention-output error of the text queries; then the answer with that kept set. All errors are
+measured on layer l's full-sequence keys and values, also for methods that prune earlier
+(divprune and cdpruner before the language model, fastv at layer 2): they say which rank-1
+updates of the full model's W a kept set retains.
+
+A flip is a pruned answer that differs from the full-token answer. For each error measure the
+suite reports the point-biserial correlation with flips (Pearson r between the measure and the
+0/1 flip) and the AUC (probability that a flipped case has the larger error; 0.5 = no signal),
+within each budget over all methods (the budget itself drives both error and flips, so pooling
+budgets would mostly measure the budget), and pooled.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dualview.bench import common
+
+MEASURES = ("weight_error", "effective_rank", "stable_rank", "attention_error")
+
+
+def measure(session, sample, methods, budgets) -> list[dict]:
+    """One record per (method, budget) for one question: errors, answer, flip."""
+    analysis = session.analyze(sample.image, sample.question)
+    full = common.answer(session, sample)
+    records = []
+    for method in methods:
+        for budget in budgets:
+            kept = analysis.select(method, budget).kept
+            prediction = common.answer(session, sample, kept, analysis.prune_layer(method))
+            records.append({"question": sample.question, "qtype": sample.qtype, "method": method, "budget": budget,
+                            "kept_tokens": int(kept.numel()), "weight_error": analysis.weight_error(kept),
+                            "effective_rank": analysis.effective_rank(kept), "stable_rank": analysis.stable_rank(kept),
+                            "attention_error": analysis.attention_error(kept), "answer": prediction, "full": full,
+                            "correct": prediction == sample.answer, "full_correct": full == sample.answer,
+                            "flip": prediction != full})
+    return records
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    _, first, counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    mean_rank = first + (counts + 1) / 2.0
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, counts)
+    return ranks
+
+
+def flip_association(values, flips) -> dict:
+    """Point-biserial r and AUC of ``values`` for the 0/1 ``flips`` (None where undefined)."""
+    x = np.asarray(values, dtype=float)
+    y = np.asarray(flips, dtype=bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0 or np.ptp(x) == 0:
+        return {"point_biserial": None, "auc": None, "flips": positives, "cases": len(y)}
+    r = float(np.corrcoef(x, y.astype(float))[0, 1])
+    auc = (average_ranks(x)[y].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    return {"point_biserial": r, "auc": float(auc), "flips": positives, "cases": len(y)}
+
+
+def summarise(records: list[dict], methods, budgets) -> tuple[list[dict], list[dict]]:
+    """(rows per method and budget, rows of flip associations per budget and pooled)."""
+    rows = []
+    for method in methods:
+        for budget in budgets:
+            mine = [r for r in records if r["method"] == method and r["budget"] == budget]
+            full_accuracy = np.mean([r["full_correct"] for r in mine])
+            accuracy = float(np.mean([r["correct"] for r in mine]))
+            row = {"method": method, "budget": budget, "kept_tokens": mine[0]["kept_tokens"], "n": len(mine)}
+            row.update({f"mean_{m}": float(np.mean([r[m] for r in mine])) for m in MEASURES})
+            row.update({"flip_rate": float(np.mean([r["flip"] for r in mine])), "accuracy": accuracy,
+                        "relative": 100 * accuracy / full_accuracy if full_accuracy else None})
+            rows.append(row)
+    associations = []
+    for budget in tuple(budgets) + ("all",):
+        mine = [r for r in records if budget == "all" or r["budget"] == budget]
+        for m in MEASURES:
+            associations.append({"budget": budget, "measure": m, **flip_association([r[m] for r in mine],
+                                                                                       [r["flip"] for r in mine])})
+    return rows, associations
+
+
+def print_tables(rows, associations, budgets, methods) -> None:
+    table = {(r["method"], r["budget"]): r for r in rows}
+    for title, key, fmt in (("relative weight error ‖W − W_S‖/‖W‖", "mean_weight_error", "{:>10.3f}"),
+                            ("effective rank of W_S", "mean_effective_rank", "{:>10.2f}"),
+                            ("attention-output error (text queries)", "mean_attention_error", "{:>10.3f}"),
+                            ("answer flips vs. all tokens (%)", "flip_rate", "{:>10.1%}")):
+        print(f"\n{title}, mean over questions, by visual tokens kept")
+        print(f"{'method':<15}" + "".join(f"{100 * b:>9.1f}%" for b in budgets))
+        for method in methods:
+            print(f"{method:<15}" + "".join(fmt.format(table[method, b][key]) for b in budgets))
+    print("\ndoes the error predict a flip? point-biserial r / AUC (flips / cases)")
+    for a in associations:
+        budget = a["budget"] if a["budget"] == "all" else f"{100 * a['budget']:.1f}%"
+        r = "-" if a["point_biserial"] is None else f"{a['point_biserial']:+.3f}"
+        auc = "-" if a["auc"] is None else f"{a['auc']:.3f}"
+        print(f"  {budget:>6} {a['measure']:<16} r {r:>7}  AUC {auc:>6}  ({a['flips']}/{a['cases']})")
+
+
+def error_figure(rows, methods, budgets, num_visual: int):
+    from dualview.figures.curves import error_curves
+
+    ordered = sorted(budgets)
+    counts = [next(r["kept_tokens"] for r in rows if r["budget"] == b) for b in ordered]
+    curves = {m: {measure: [next(r[f"mean_{measure}"] for r in rows if r["method"] == m and r["budget"] == b)
+                            for b in ordered] for measure in ("weight_error", "effective_rank", "attention_error")}
+              for m in methods}
+    return error_curves(counts, curves, num_visual=num_visual, highlight="iwp")
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__.split("\n")[0], n=300, quick_n=3)
+    p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
+    p.add_argument("--oracle", action="store_true", help="also the greedy weight-error oracle (slow)")
+    args = p.parse_args(argv)
+    n = common.question_count(args)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) + (("oracle",) if args.oracle else ())
+    session, model = common.load(args)
+    from dualview.engine.errors import DualviewError
+    from dualview.methods import get_method
+
+    try:
+        for method in methods:
+            get_method(method)
+    except DualviewError as error:
+        common.fail(str(error))
+    budgets = common.PAPER_BUDGETS
+    samples = common.questions(session, n, args.seed)
+    start = time.perf_counter()
+    records = [r for s in common.progress(samples, "error") for r in measure(session, s, methods, budgets)]
+    seconds = time.perf_counter() - start
+    rows, associations = summarise(records, methods, budgets)
+    print_tables(rows, associations, budgets, methods)
+    num_visual = int(session.model.config.image_seq_length)
+    record = common.header("error", args, model, n)
+    record.update(seconds=seconds, seconds_per_question=seconds / n, num_visual=num_visual,
+                  layer=session.default_layer, associations=associations, records=records)
+    stem = "error" + common.suffix(args)
+    written = common.write(args.out, stem, record, rows)
+    written += common.save_figure(error_figure(rows, methods, budgets, num_visual), args.out, stem + "-curves")
+    print(f"\n{n} questions in {seconds:.0f} s ({seconds / n:.2f} s per question); wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()
