@@ -162,7 +162,8 @@ def save_figure(figure, out: str | Path, stem: str) -> list[Path]:
         figure.write_image(out / f"{stem}.png", width=1100, height=520, scale=1)
         written.append(out / f"{stem}.png")
     except Exception as error:  # kaleido missing or no browser: HTML only
-        print(f"note: PNG not written ({str(error).splitlines()[0][:100]}); the HTML has the figure.", file=sys.stderr)
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:120]
+        print(f"note: PNG not written ({reason}); the HTML has the figure.", file=sys.stderr)
     return written
 
 
