@@ -192,3 +192,20 @@ def test_answer_logprob_is_teacher_forced_log_likelihood():
     steps = torch.log_softmax(masked[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(IMAGE, PROMPT, text, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "shapes"])
+def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family):
+    session = tiny_session(family)
+    for method, layer in (("iwp", None), ("divprune", 0)):
+        analysis = session.analyze(IMAGE, PROMPT, layer=layer)
+        selection = analysis.select(method, 0.3)
+        two_step = session.answer(IMAGE, PROMPT, keep=selection.kept, layer=analysis.layer, max_new_tokens=NEW_TOKENS)
+        fused = session.answer(IMAGE, PROMPT, method=method, budget=0.3, layer=layer, max_new_tokens=NEW_TOKENS)
+        assert fused.kept == selection.kept.tolist()
+        assert fused.token_ids == two_step.token_ids and fused.kept_tokens == two_step.kept_tokens
+        assert fused.selection_seconds > 0
+    from dualview.engine.errors import DualviewError
+
+    with pytest.raises(DualviewError, match="prunes at layer 0"):
+        session.answer(IMAGE, PROMPT, method="cdpruner", budget=0.3, layer=1)

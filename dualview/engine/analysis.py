@@ -65,11 +65,14 @@ class Analysis:
         prompt_embeddings: ``[T, D]`` the instruction tokens entering the language model.
         attention_received: ``[Nv]`` FastV's score at layer ``fastv_layer`` (attention each visual
             token receives, mean over heads and query rows).
+
+    An analysis made inside a pruned forward pass (``Session.answer(method=...)``) has only the
+    analysis layer: the embeddings exist only when that layer is 0, FastV's score not at all.
     """
 
     def __init__(self, *, model_name: str, image_hash: str, prompt: str, layer: int, num_layers: int,
-                 prepared: Prepared, projections: Projections, embeddings: Tensor,
-                 fastv_layer: int, fastv_received: Tensor):
+                 prepared: Prepared, projections: Projections, embeddings: Tensor | None,
+                 fastv_layer: int, fastv_received: Tensor | None):
         self.model_name = model_name
         self.image_hash = image_hash
         self.prompt = prompt
@@ -83,10 +86,27 @@ class Analysis:
         self.magnitude = dual_form.magnitude(p.q_pre[:, text], p.k_pre[:, visual], p.v[:, visual]).float()
         self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0)
         self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0)
-        self.input_embeddings = embeddings[visual]
-        self.prompt_embeddings = embeddings[text]
+        self._embeddings = embeddings
         self.fastv_layer = fastv_layer
-        self.attention_received = fastv_received[visual]
+        self._received = fastv_received
+
+    def _captured(self, value: Tensor | None, what: str) -> Tensor:
+        if value is None:
+            raise DualviewError(f"This analysis was made inside a pruned forward pass and has no {what}; "
+                                "use session.analyze() and then answer(keep=...) for this method.")
+        return value
+
+    @property
+    def input_embeddings(self) -> Tensor:
+        return self._captured(self._embeddings, "input embeddings")[self.prepared.visual_positions]
+
+    @property
+    def prompt_embeddings(self) -> Tensor:
+        return self._captured(self._embeddings, "input embeddings")[self.prepared.text_positions]
+
+    @property
+    def attention_received(self) -> Tensor:
+        return self._captured(self._received, "FastV attention score")[self.prepared.visual_positions]
 
     @property
     def num_visual(self) -> int:

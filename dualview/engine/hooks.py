@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -70,7 +71,7 @@ def _slice_mask(mask: Tensor, keep: Tensor, prefill_length: int) -> Tensor:
 
 
 @contextmanager
-def prune_from(layers, start: int, keep: Tensor, prefill_length: int):
+def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor], prefill_length: int):
     """From decoder layer ``start`` on, keep only sequence positions ``keep`` of the prompt.
 
     Layer ``start`` slices its incoming hidden states; every layer from ``start`` on slices its
@@ -81,14 +82,19 @@ def prune_from(layers, start: int, keep: Tensor, prefill_length: int):
     Args:
         layers: the decoder layers.
         start: first layer that sees the pruned sequence (0 = before the language model).
-        keep: ``[S']`` ascending positions to keep, out of ``prefill_length``.
+        keep: ``[S']`` ascending positions to keep, out of ``prefill_length``; or a function of
+            layer ``start``'s input (:class:`LayerInput`) returning them, called once inside the
+            prefill pass (selection fused into the forward pass).
     """
     handles = []
     on_device: dict[torch.device, Tensor] = {}
+    chosen: list[Tensor] = [] if callable(keep) else [keep]
 
     def hook(module, args, kwargs):
         cos, sin = kwargs["position_embeddings"]
-        index = on_device.setdefault(cos.device, keep.to(cos.device))
+        if not chosen:
+            chosen.append(keep(LayerInput(_hidden(args, kwargs)[0], cos[0], sin[0])).cpu())
+        index = on_device.setdefault(cos.device, chosen[0].to(cos.device))
         if cos.shape[-2] != prefill_length:  # a decoding step
             if isinstance(kwargs.get("attention_mask"), Tensor):
                 kwargs = {**kwargs, "attention_mask": _slice_mask(kwargs["attention_mask"], index, prefill_length)}

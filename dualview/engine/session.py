@@ -70,6 +70,7 @@ class Answer:
         prompt_tokens: prompt length the first layers saw; ``kept_tokens``: length from the
             pruning layer on.
         layer: the pruning layer; ``kept``: kept visual-token indices (None = all).
+        selection_seconds: time of a selection fused into the prefill (0 when none ran).
     """
 
     text: str
@@ -80,6 +81,7 @@ class Answer:
     kept_tokens: int
     layer: int
     kept: list[int] | None = field(default=None)
+    selection_seconds: float = 0.0
 
 
 class Session:
@@ -175,13 +177,57 @@ class Session:
         positions = prepared.keep_positions(keep)
         return positions, hooks.prune_from(self.adapter.layers, layer, positions, prepared.length)
 
+    def _fused_selection(self, prepared: Prepared, layer: int, method: str, budget, params: dict, record: dict):
+        """A function of layer ``layer``'s input that analyses it, selects with ``method`` and
+        returns the positions to keep (see :func:`dualview.engine.hooks.prune_from`)."""
+        from dualview.methods import get_method
+
+        chosen = get_method(method)
+        cuda = self.model.device.type == "cuda"
+
+        def select(captured: hooks.LayerInput) -> Tensor:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            projections = self._project(layer, captured)
+            projections = Projections(*(getattr(projections, f).cpu() for f in Projections.__dataclass_fields__))
+            analysis = Analysis(
+                model_name=self.name, image_hash="", prompt="", layer=layer, num_layers=self.num_layers,
+                prepared=prepared, projections=projections,
+                embeddings=captured.hidden.float().cpu() if layer == 0 else None,
+                fastv_layer=self.fastv_k - 1, fastv_received=None,
+            )
+            if chosen.prune_layer(analysis) != layer:
+                raise DualviewError(f"Method '{method}' prunes at layer {chosen.prune_layer(analysis)}, not {layer}; "
+                                    "pass that layer, or use analyze() and then answer(keep=...).")
+            selection = analysis.select(method, budget, **params)
+            record["kept"] = selection.kept.tolist()
+            record["seconds"] = time.perf_counter() - start
+            return prepared.keep_positions(selection.kept)
+
+        return select
+
     @torch.no_grad()
-    def answer(self, image, prompt: str, keep=None, layer: int | None = None,
-               max_new_tokens: int = 16) -> Answer:
-        """Greedy answer keeping visual tokens ``keep`` (indices, None = all) from ``layer`` on."""
+    def answer(self, image, prompt: str, keep=None, layer: int | None = None, max_new_tokens: int = 16,
+               method: str | None = None, budget: int | float | None = None, **params) -> Answer:
+        """Greedy answer keeping visual tokens ``keep`` (indices, None = all) from ``layer`` on.
+
+        With ``method`` and ``budget`` instead of ``keep``, the selection runs inside the prefill
+        pass at ``layer`` (scores from that layer's own q/k/v, then pruning), as a deployment would
+        do; ``params`` go to the method. Its time is ``Answer.selection_seconds``.
+        """
         layer = self.check_layer(layer)
         prepared = self.prepare(image, prompt)
-        positions, pruning = self._pruning(prepared, keep, layer)
+        record: dict = {}
+        if method is not None:
+            if keep is not None or budget is None:
+                raise DualviewError("Give either keep=... or method=... with budget=..., not both.")
+            keep_fn = self._fused_selection(prepared, layer, method, budget, params, record)
+            pruning = hooks.prune_from(self.adapter.layers, layer, keep_fn, prepared.length)
+        else:
+            _, pruning = self._pruning(prepared, keep, layer)
+            if keep is not None:
+                record["kept"] = torch.as_tensor(keep).reshape(-1).tolist()
         marks: list[float] = []
         cuda = self.model.device.type == "cuda"
 
@@ -204,15 +250,18 @@ class Session:
         finally:
             handle.remove()
         new_ids = output[0, prepared.length:].tolist()
+        kept = record.get("kept")
+        dropped = 0 if kept is None else prepared.visual_positions.numel() - len(kept)
         return Answer(
             text=self.adapter.tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
             token_ids=new_ids,
             prefill_seconds=marks[0] - start,
             total_seconds=end - start,
             prompt_tokens=prepared.length,
-            kept_tokens=prepared.length if positions is None else int(positions.numel()),
+            kept_tokens=prepared.length - dropped,
             layer=layer,
-            kept=None if keep is None else torch.as_tensor(keep).reshape(-1).tolist(),
+            kept=kept,
+            selection_seconds=record.get("seconds", 0.0),
         )
 
     @torch.no_grad()
