@@ -67,15 +67,17 @@ def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
     Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``.
     """
     analysis = session.analyze(sample.image, sample.question)
-    full = common.answer(session, sample)
+    answer = common.Answers(session, sample)
+    full = answer()
     found = {("full",): full}
+
     for method in methods:
         for budget in curve_budgets:
             if budget == 1.0:
                 found[("main", method, budget)] = full
                 continue
             kept = analysis.select(method, budget).kept
-            found[("main", method, budget)] = common.answer(session, sample, kept, analysis.prune_layer(method))
+            found[("main", method, budget)] = answer(kept, analysis.prune_layer(method))
     for budget in ablation_budgets:
         for setting, value, is_default in ablation_settings(session.num_layers, session.default_layer):
             key = ("ablation", setting, value, budget)
@@ -83,13 +85,13 @@ def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
                 found[key] = found[("main", "iwp", budget)]
             elif setting == "layer":
                 at_layer = session.analyze(sample.image, sample.question, layer=value)
-                found[key] = common.answer(session, sample, at_layer.select("iwp", budget).kept, value)
+                found[key] = answer(at_layer.select("iwp", budget).kept, value)
             elif setting == "rope":
-                found[key] = common.answer(session, sample, rope_variant(analysis, value, budget), analysis.layer)
+                found[key] = answer(rope_variant(analysis, value, budget), analysis.layer)
             else:
                 param = {"lambda": "lam", "g": "growth", "b0": "b0"}[setting]
                 kept = analysis.select("iwp", budget, **{param: value}).kept
-                found[key] = common.answer(session, sample, kept, analysis.layer)
+                found[key] = answer(kept, analysis.layer)
     return found
 
 

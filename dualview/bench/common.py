@@ -104,6 +104,22 @@ def answer(session, sample, keep=None, layer: int | None = None) -> str:
                                            max_new_tokens=MAX_NEW_TOKENS).text)
 
 
+class Answers:
+    """Answers to one sample, each distinct (pruning layer, kept set) generated once: methods and
+    settings that choose the same tokens share one generation. ``answers(kept, layer)``;
+    ``kept=None`` is the full-token answer."""
+
+    def __init__(self, session, sample):
+        self.session, self.sample = session, sample
+        self._known: dict = {}
+
+    def __call__(self, kept=None, layer: int | None = None) -> str:
+        key = None if kept is None else (layer, tuple(sorted(kept.tolist())))
+        if key not in self._known:
+            self._known[key] = answer(self.session, self.sample, kept, layer)
+        return self._known[key]
+
+
 def progress(items, description: str, quiet: bool = False):
     from tqdm import tqdm
 

@@ -31,12 +31,13 @@ MEASURES = ("weight_error", "effective_rank", "stable_rank", "attention_error")
 def measure(session, sample, methods, budgets) -> list[dict]:
     """One record per (method, budget) for one question: errors, answer, flip."""
     analysis = session.analyze(sample.image, sample.question)
-    full = common.answer(session, sample)
+    answer = common.Answers(session, sample)
+    full = answer()
     records = []
     for method in methods:
         for budget in budgets:
             kept = analysis.select(method, budget).kept
-            prediction = common.answer(session, sample, kept, analysis.prune_layer(method))
+            prediction = answer(kept, analysis.prune_layer(method))
             records.append({"question": sample.question, "qtype": sample.qtype, "method": method, "budget": budget,
                             "kept_tokens": int(kept.numel()), "weight_error": analysis.weight_error(kept),
                             "effective_rank": analysis.effective_rank(kept), "stable_rank": analysis.stable_rank(kept),
@@ -101,7 +102,9 @@ def print_tables(rows, associations, budgets, methods) -> None:
         print(f"{'method':<15}" + "".join(f"{100 * b:>9.1f}%" for b in budgets))
         for method in methods:
             print(f"{method:<15}" + "".join(fmt.format(table[method, b][key]) for b in budgets))
-    print("\ndoes the error predict a flip? point-biserial r / AUC (flips / cases)")
+    print("\ndoes the error predict a flip? point-biserial r / AUC = P(a flipped case has the larger value) "
+          "(flips / cases)\n  errors: AUC > 0.5 means a larger error goes with flips; "
+          "ranks: AUC < 0.5 means a higher rank goes with kept answers")
     for a in associations:
         budget = a["budget"] if a["budget"] == "all" else f"{100 * a['budget']:.1f}%"
         r = "-" if a["point_biserial"] is None else f"{a['point_biserial']:+.3f}"
