@@ -38,7 +38,7 @@ def test_accuracy_quick(tiny_model, tmp_path):
     record = run_suite(accuracy, tiny_model, tmp_path)
     rows, n = record["rows"], record["n"]
     assert n == 3 and record["num_visual"] == 16
-    for ext in ("csv", "json"):
+    for ext in ("csv", "json", "md"):
         assert (tmp_path / f"accuracy-quick.{ext}").stat().st_size > 0
     assert (tmp_path / "accuracy-quick-curve.html").stat().st_size > 0
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement"] <= 1.0 for r in rows)
@@ -69,7 +69,8 @@ def test_accuracy_quick(tiny_model, tmp_path):
 def test_error_quick(tiny_model, tmp_path):
     record = run_suite(error, tiny_model, tmp_path)
     rows, records = record["rows"], record["records"]
-    assert (tmp_path / "error-quick.csv").exists() and (tmp_path / "error-quick-curves.html").exists()
+    for name in ("error-quick.csv", "error-quick.md", "error-quick-curves.html"):
+        assert (tmp_path / name).stat().st_size > 0
     assert len(records) == 3 * len(common.MAIN_METHODS) * len(common.PAPER_BUDGETS)
     for r in records:
         assert 0.0 <= r["weight_error"] <= 1.0 + 1e-9 and r["attention_error"] >= 0.0
@@ -122,6 +123,7 @@ def test_decoder_layer_flops_match_torch_counter():
 def test_prefill_quick(tiny_model, tmp_path):
     record = run_suite(prefill, tiny_model, tmp_path)
     rows = record["rows"]
+    assert (tmp_path / "prefill-quick.csv").exists() and "| full |" in (tmp_path / "prefill-quick.md").read_text()
     assert rows[0]["method"] == "full" and rows[0]["flop_bound"] == 1.0
     assert len(rows) == 1 + len(common.MAIN_METHODS) * len(common.PAPER_BUDGETS)
     for r in rows[1:]:

@@ -169,6 +169,61 @@ def print_tables(rows: list[dict], budgets, methods) -> None:
             print(f"  {r['setting']:<7} {str(r['value']):<58} {100 * r['accuracy']:6.1f} ({percent(r['relative'])})")
 
 
+PAPER_ABLATIONS = {  # method.md §4-§5: LLaVA-OneVision-7B, 35.3 % kept, mean relative score
+    "layer": {0: 93.2, 2: 94.8, 4: 97.9, 6: 97.9, 8: 97.8, 10: 97.9},
+    "lambda": {1.0: 97.8, 5.0: 97.9, 10.0: 97.4},
+    "g": {1: 97.4, 2: 97.9, 4: 97.5, 8: 97.7},
+    "b0": {1: 97.4, 2: 97.9, 8: 97.2, 64: 97.5},
+    "rope": {"paper: magnitude without, duplication with": 97.9, ROPE[0]: 97.0, ROPE[1]: 94.6},
+}
+
+
+def markdown(rows: list[dict], methods) -> str:
+    """README tables: accuracy and relative score beside the paper's, per type, ablations."""
+    def cell(row):
+        return f"{100 * row['accuracy']:.1f} ({percent(row['relative']).strip()})"
+
+    full = next(r for r in rows if r["group"] == "full")
+    main = {(r["method"], r["budget"]): r for r in rows if r["group"] == "main"}
+    budgets = common.PAPER_BUDGETS
+    papers = list(common.PAPER_RELATIVE)
+    lines = ["Accuracy % (relative score = pruned / all tokens × 100); the paper's relative scores at the same "
+             "budgets beside.", "",
+             "| method | " + " | ".join(f"{100 * b:.1f} %" for b in budgets) + " | " +
+             " | ".join(f"paper {p}" for p in papers) + " |",
+             "|---|" + "---:|" * len(budgets) + "---|" * len(papers),
+             "| " + " | ".join(["all tokens", f"{100 * full['accuracy']:.1f}"] + [""] * (len(budgets) - 1 + len(papers)))
+             + " |"]
+    for method in methods:
+        paper = [" / ".join(map(str, common.PAPER_RELATIVE[p][method])) if method in common.PAPER_RELATIVE[p]
+                 else "" for p in papers]
+        lines.append(f"| {method} | " + " | ".join(cell(main[method, b]) for b in budgets) + " | " +
+                     " | ".join(paper) + " |")
+    types = [k[len("accuracy_"):] for k in full if k.startswith("accuracy_")]
+    lowest = min(budgets)
+    lines += ["", f"Accuracy % per question type, all tokens and {100 * lowest:.1f} % kept:", "",
+              "| method | " + " | ".join(t.replace("_", " ") for t in types) + " |",
+              "|---|" + "---:|" * len(types)]
+    for method in ("all tokens",) + tuple(methods):
+        row = full if method == "all tokens" else main[method, lowest]
+        lines.append(f"| {method} | " + " | ".join(f"{100 * row['accuracy_' + t]:.1f}" for t in types) + " |")
+    ablations = [r for r in rows if r["group"] == "ablation"]
+    ablation_budgets = list(dict.fromkeys(r["budget"] for r in ablations))
+    lines += ["", "iwp ablations, accuracy % (relative score); paper: LLaVA-OV-7B at 35.3 %:", "",
+              "| setting | value | " + " | ".join(f"{100 * b:.1f} %" for b in ablation_budgets) + " | paper |",
+              "|---|---|" + "---:|" * len(ablation_budgets) + "---:|"]
+    for setting, value in dict.fromkeys((r["setting"], r["value"]) for r in ablations):
+        cells = [cell(next(r for r in ablations if (r["setting"], r["value"], r["budget"]) == (setting, value, b)))
+                 for b in ablation_budgets]
+        paper = PAPER_ABLATIONS[setting].get(value, "")
+        lines.append(f"| {setting} | {value} | " + " | ".join(cells) + f" | {paper} |")
+    if ("iwp-magnitude", lowest) in main and ("iwp", lowest) in main:
+        lines += ["", f"Magnitude only (iwp-magnitude) vs. magnitude + duplication (iwp) at {100 * lowest:.1f} %: "
+                  f"{cell(main['iwp-magnitude', lowest])} vs. {cell(main['iwp', lowest])} (paper, LLaVA-OV-7B: "
+                  "87.9 vs. 90.5)."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = common.parser(__doc__.split("\n")[0], n=300, quick_n=3)
     p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
@@ -202,6 +257,7 @@ def main(argv=None) -> None:
                              for s, p in zip(samples, predictions)])
     stem = "accuracy" + common.suffix(args)
     written = common.write(args.out, stem, record, rows)
+    written.append(common.write_markdown(args.out, stem, record, markdown(rows, methods)))
     written += common.save_figure(accuracy_curve(rows, record["full_accuracy"]["overall"]), args.out, stem + "-curve")
     print(f"\n{n} questions in {seconds:.0f} s ({seconds / n:.2f} s per question); wrote " + ", ".join(map(str, written)))
 

@@ -22,6 +22,12 @@ from pathlib import Path
 MAIN_METHODS = ("iwp", "iwp-magnitude", "mmr", "fastv", "divprune", "cdpruner", "random", "grid")
 PAPER_BUDGETS = (0.353, 0.222, 0.111)
 """Fractions of the visual tokens kept in the paper's tables (method.md §4)."""
+PAPER_RELATIVE = {  # method.md §7: mean relative score at 35.3 / 22.2 / 11.1 % kept
+    "LLaVA-OV-7B": {"iwp": (97.9, 95.6, 90.5), "fastv": (96.7, 94.4, 88.8), "divprune": (91.8, 86.9, 79.8),
+                    "cdpruner": (91.7, 91.0, 90.4)},
+    "Qwen2.5-VL-7B": {"iwp": (96.8, 93.0, 84.7), "fastv": (92.1, 88.7, 80.2), "divprune": (94.0, 89.2, 80.2),
+                      "cdpruner": (90.9, 85.8, 77.2)},
+}
 HELDOUT_SEED = 12345
 MAX_NEW_TOKENS = 4
 """As ``dualview.shapes.model.answer``: every answer of the grammar fits in 4 tokens."""
@@ -139,9 +145,19 @@ def accuracy_by_type(samples, predictions) -> dict:
 
 
 def machine() -> str:
-    from dualview.bench.selection import machine as torch_machine
+    """CPU model, cores and torch threads (these suites time the CPU)."""
+    import os
 
-    return torch_machine()
+    import torch
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        from dualview.bench.selection import machine as torch_machine
+
+        return torch_machine()
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def header(suite: str, args, model: dict, n: int) -> dict:
@@ -164,6 +180,18 @@ def write(out: str | Path, stem: str, record: dict, rows: list[dict]) -> list[Pa
         writer.writeheader()
         writer.writerows(rows)
     return [json_path, csv_path]
+
+
+def write_markdown(out: str | Path, stem: str, record: dict, tables: str) -> Path:
+    """``<stem>.md``: the headline tables for the README, under the command, date, machine and model."""
+    model = record["model"]
+    text = (f"`{record['command']}` — {record['date']}, {record['machine']}, torch {record['torch']}; "
+            f"model `{model['name']}` (weights sha256 {model.get('weights_sha256', '-')}, "
+            f"commit {model.get('commit') or 'not committed'}); {record['n']} held-out questions, seed {record['seed']}.\n\n"
+            + tables)
+    path = Path(out) / f"{stem}.md"
+    path.write_text(text)
+    return path
 
 
 def save_figure(figure, out: str | Path, stem: str) -> list[Path]:

@@ -112,6 +112,29 @@ def print_tables(rows, associations, budgets, methods) -> None:
         print(f"  {budget:>6} {a['measure']:<16} r {r:>7}  AUC {auc:>6}  ({a['flips']}/{a['cases']})")
 
 
+def markdown(rows, associations, budgets, methods) -> str:
+    """README tables: mean errors and flip rate per method and budget; flip associations."""
+    table = {(r["method"], r["budget"]): r for r in rows}
+    heads = " | ".join(f"{100 * b:.1f} %" for b in budgets)
+    lines = ["Mean over questions at each budget: relative weight error ‖W − W_S‖/‖W‖ / effective rank of W_S / "
+             "attention-output error / answers changed vs. all tokens (%).", "",
+             f"| method | {heads} |", "|---|" + "---|" * len(budgets)]
+    for method in methods:
+        cells = [f"{r['mean_weight_error']:.3f} / {r['mean_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
+                 f"{100 * r['flip_rate']:.1f}" for r in (table[method, b] for b in budgets)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Does the measure predict a changed answer? Point-biserial r / AUC (AUC = probability that a "
+              "changed answer has the larger value), over all methods at each budget:", "",
+              f"| measure | {heads} | all budgets |", "|---|" + "---|" * (len(budgets) + 1)]
+    for measure_name in MEASURES:
+        cells = []
+        for budget in tuple(budgets) + ("all",):
+            a = next(x for x in associations if x["budget"] == budget and x["measure"] == measure_name)
+            cells.append("-" if a["auc"] is None else f"{a['point_biserial']:+.2f} / {a['auc']:.2f} ({a['flips']}/{a['cases']})")
+        lines.append(f"| {measure_name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def error_figure(rows, methods, budgets, num_visual: int):
     from dualview.figures.curves import error_curves
 
@@ -152,6 +175,7 @@ def main(argv=None) -> None:
                   layer=session.default_layer, associations=associations, records=records)
     stem = "error" + common.suffix(args)
     written = common.write(args.out, stem, record, rows)
+    written.append(common.write_markdown(args.out, stem, record, markdown(rows, associations, budgets, methods)))
     written += common.save_figure(error_figure(rows, methods, budgets, num_visual), args.out, stem + "-curves")
     print(f"\n{n} questions in {seconds:.0f} s ({seconds / n:.2f} s per question); wrote " + ", ".join(map(str, written)))
 

@@ -121,6 +121,27 @@ def timed_runs(session, samples, configs, repeats: int, max_new_tokens: int) -> 
     return times
 
 
+PAPER_EFFICIENCY = {"prefill": (1.13, 0.39), "end-to-end": (1.37, 0.64)}
+"""method.md §7: LLaVA-OneVision-7B at 11.1 % kept, one A6000: seconds, full vs. IWP."""
+
+
+def markdown(rows: list[dict], record: dict) -> str:
+    """README table: prefill and end-to-end medians, speedups, FLOP bound, selection time."""
+    lines = [f"Medians over {record['n']} questions × {record['repeats']} interleaved passes "
+             f"({record['threads']} torch threads; load average {record['load_average'][0]:.1f} before, "
+             f"{record['load_average'][1]:.1f} after); selection time not included in prefill.", "",
+             "| method | kept | layer | prefill ms | speedup | FLOP bound | end-to-end ms | speedup | selection ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        label = r["method"] if r["method"] == "full" else f"{r['method']} {100 * r['budget']:.1f} %"
+        lines.append(f"| {label} | {r['kept_tokens']} | {r['layer']} | {r['prefill_ms']:.1f} | {r['speedup']:.2f} | "
+                     f"{r['flop_bound']:.2f} | {r['total_ms']:.1f} | {r['total_speedup']:.2f} | {r['selection_ms']:.2f} |")
+    (pf, pp), (ef, ep) = PAPER_EFFICIENCY["prefill"], PAPER_EFFICIENCY["end-to-end"]
+    lines += ["", f"Paper (LLaVA-OneVision-7B, 11.1 %, A6000): prefill {pp} s vs. {pf} s ({pf / pp:.2f}×), "
+              f"end-to-end {ep} s vs. {ef} s ({ef / ep:.2f}×)."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = common.parser(__doc__.split("\n")[0], n=10, quick_n=2)
     p.add_argument("--repeats", type=int, default=3, help="passes over the questions (1 with --quick)")
@@ -210,6 +231,7 @@ def main(argv=None) -> None:
                   load_average=[load_before[0], load_after[0]], threads=torch.get_num_threads())
     stem = "prefill" + ("-" + args.shape if args.shape else "") + common.suffix(args)
     written = common.write(args.out, stem, record, rows)
+    written.append(common.write_markdown(args.out, stem, record, markdown(rows, record)))
     print("wrote " + ", ".join(map(str, written)))
 
 
