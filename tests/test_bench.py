@@ -133,6 +133,21 @@ def test_prefill_quick(tiny_model, tmp_path):
     assert by["divprune", 0.111] > by["iwp", 0.111] > by["iwp", 0.353]  # earlier layer, fewer tokens: larger bound
 
 
+def test_random_llava_session_prunes_with_the_gpu_path_code():
+    """The --shape path (random LLaVA-1.5-style model, 336 px, 576 visual tokens) with small widths on CPU."""
+    shape = {"text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                          num_key_value_heads=2),
+             "vision": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)}
+    session = prefill.random_llava_session("cpu", shape, dtype=torch.float32)
+    sample = prefill.random_samples(1, 0)[0]
+    analysis = session.analyze(sample.image, sample.question)
+    assert analysis.num_visual == 576
+    times = prefill.timed_runs(session, [sample], {"full": [(None, None)],
+                                                   "iwp": [(analysis.select("iwp", 0.111).kept, analysis.layer)]},
+                               repeats=1, max_new_tokens=2)
+    assert all(len(t["prefill"]) == 1 and t["new_tokens"][0] >= 1 for t in times.values())
+
+
 def test_bad_model_is_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         accuracy.main(["--model", str(tmp_path / "missing"), "--quick", "--out", str(tmp_path)])

@@ -18,8 +18,9 @@ decoder layers below the method's pruning layer at full length, the rest at the 
 (matrix multiplications only: 2 FLOPs per multiply-add; causal attention counts S²/2 scores).
 
 ``--shape llava-7b`` builds a LLaVA-1.5-7B-shaped model (CLIP ViT-L/14 at 336 px, 576 visual
-tokens, Llama 4096 × 32 layers) with random bf16 weights directly on the GPU. This path has
-not been run: the machine that wrote this suite has no GPU.
+tokens, Llama 4096 × 32 layers) with random bf16 weights directly on the GPU. Unverified on a GPU:
+the machine that wrote this suite has none; the tests run the same construction with small
+dimensions on the CPU.
 """
 
 from __future__ import annotations
@@ -60,8 +61,18 @@ def prefill_flops(config, full_length: int, kept_length: int, layer: int) -> int
     return vision_flops(vision, patches) + projector + decoder + head
 
 
-def llava_7b_session(device: str):
-    """A Session over a LLaVA-1.5-7B-shaped model with random bf16 weights on ``device`` (unverified)."""
+LLAVA_7B = {
+    "text": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32),
+    "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+}
+"""LLaVA-1.5-7B: Llama-2-7B language model, CLIP ViT-L/14 at 336 px (576 visual tokens)."""
+
+
+def random_llava_session(device: str, shape: dict = LLAVA_7B, dtype=None):
+    """A Session over a LLaVA-1.5-style model of ``shape`` with random weights (bf16 by default),
+    built directly on ``device``; the tokenizer and processor come from the tiny LLaVA builder,
+    with images at 336 px. Nothing is written to disk."""
     import torch
     import transformers as tf
 
@@ -69,27 +80,29 @@ def llava_7b_session(device: str):
     from dualview.engine.session import Session
     from dualview.engine.tiny import build_tiny
 
-    directory = build_tiny("llava", tempfile.mkdtemp(prefix="dualview-7b-"))  # tokenizer + processor files
+    directory = build_tiny("llava", tempfile.mkdtemp(prefix="dualview-shaped-"))  # tokenizer + processor files
     processor = tf.AutoProcessor.from_pretrained(directory)
     processor.image_processor.size = {"shortest_edge": 336}
     processor.image_processor.crop_size = {"height": 336, "width": 336}
     small = tf.AutoConfig.from_pretrained(directory)
-    text = tf.LlamaConfig(vocab_size=small.text_config.vocab_size, hidden_size=4096, intermediate_size=11008,
-                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                          max_position_embeddings=4096, eos_token_id=small.text_config.eos_token_id,
-                          pad_token_id=small.text_config.pad_token_id)
-    vision = tf.CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                 num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+    text = tf.LlamaConfig(vocab_size=small.text_config.vocab_size, max_position_embeddings=4096,
+                          eos_token_id=small.text_config.eos_token_id, pad_token_id=small.text_config.pad_token_id,
+                          **shape["text"])
+    vision = tf.CLIPVisionConfig(image_size=336, patch_size=14, **shape["vision"])
     config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_index=small.image_token_index,
                             vision_feature_select_strategy="default", vision_feature_layer=-2,
                             projector_hidden_act="gelu")
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = tf.LlavaForConditionalGeneration(config).eval()
-    torch.set_default_dtype(torch.float32)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = tf.LlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config.eos_token_id = text.eos_token_id
     model.generation_config.pad_token_id = text.pad_token_id
-    return Session("llava-7b-shaped (random weights)", model, processor, ADAPTERS["llava"](model, processor))
+    name = "llava-7b-shaped (random weights)" if shape is LLAVA_7B else "llava-shaped (random weights)"
+    return Session(name, model, processor, ADAPTERS["llava"](model, processor))
 
 
 def random_samples(n: int, seed: int, size: int = 336):
@@ -157,7 +170,7 @@ def main(argv=None) -> None:
     if args.shape:
         if not (args.device.startswith("cuda") and torch.cuda.is_available()):
             common.fail("--shape llava-7b needs --device cuda and a CUDA GPU; none is available here.")
-        session = llava_7b_session(args.device)
+        session = random_llava_session(args.device)
         model = {"name": session.name, "visual_tokens": 576, "decoder_layers": session.num_layers}
         samples, max_new_tokens = random_samples(n, args.seed), 8
     else:
