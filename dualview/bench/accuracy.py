@@ -33,7 +33,13 @@ LAMBDAS = (1.0, 5.0, 10.0)
 GROWTHS = (1, 2, 4, 8)
 FIRST_CHUNKS = (1, 2, 8, 64)
 ROPE = ("magnitude with RoPE", "duplication without RoPE")
-DEFAULTS = {"lam": 5.0, "growth": 2, "b0": 2}
+
+
+def iwp_defaults() -> dict:
+    """The registry's iwp defaults (b0, growth, lam): the paper's."""
+    from dualview.methods import get_method
+
+    return dict(get_method("iwp").params)
 
 
 def rope_variant(analysis, variant: str, budget: float):
@@ -47,16 +53,16 @@ def rope_variant(analysis, variant: str, budget: float):
     else:
         duplication = dual_form.DuplicationBlocks(p.k_pre[:, visual], p.v[:, visual])
     count = selection.resolve_budget(budget, analysis.num_visual)
-    return selection.pc_mmr(magnitude, duplication, count, b0=DEFAULTS["b0"], growth=DEFAULTS["growth"],
-                            lam=DEFAULTS["lam"]).kept
+    return selection.pc_mmr(magnitude, duplication, count, **iwp_defaults()).kept
 
 
 def ablation_settings(num_layers: int, default_layer: int):
     """(setting, value, is_default) for every ablation point."""
+    defaults = iwp_defaults()
     yield from (("layer", layer, layer == default_layer) for layer in range(num_layers))
-    yield from (("lambda", lam, lam == DEFAULTS["lam"]) for lam in LAMBDAS)
-    yield from (("g", growth, growth == DEFAULTS["growth"]) for growth in GROWTHS)
-    yield from (("b0", b0, b0 == DEFAULTS["b0"]) for b0 in FIRST_CHUNKS)
+    yield from (("lambda", lam, lam == defaults["lam"]) for lam in LAMBDAS)
+    yield from (("g", growth, growth == defaults["growth"]) for growth in GROWTHS)
+    yield from (("b0", b0, b0 == defaults["b0"]) for b0 in FIRST_CHUNKS)
     yield ("rope", "paper: magnitude without, duplication with", True)
     yield from (("rope", variant, False) for variant in ROPE)
 
@@ -64,13 +70,13 @@ def ablation_settings(num_layers: int, default_layer: int):
 def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
     """Every prediction for one question: key -> normalised answer.
 
-    Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``.
+    Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``
+    (ablations need ``iwp`` among ``methods``).
     """
     analysis = session.analyze(sample.image, sample.question)
     answer = common.Answers(session, sample)
     full = answer()
     found = {("full",): full}
-
     for method in methods:
         for budget in curve_budgets:
             if budget == 1.0:
@@ -209,7 +215,7 @@ def markdown(rows: list[dict], methods) -> str:
         lines.append(f"| {method} | " + " | ".join(f"{100 * row['accuracy_' + t]:.1f}" for t in types) + " |")
     ablations = [r for r in rows if r["group"] == "ablation"]
     ablation_budgets = list(dict.fromkeys(r["budget"] for r in ablations))
-    lines += ["", "iwp ablations, accuracy % (relative score); paper: LLaVA-OV-7B at 35.3 %:", "",
+    lines += [] if not ablations else ["", "iwp ablations, accuracy % (relative score); paper: LLaVA-OV-7B at 35.3 %:", "",
               "| setting | value | " + " | ".join(f"{100 * b:.1f} %" for b in ablation_budgets) + " | paper |",
               "|---|---|" + "---:|" * len(ablation_budgets) + "---:|"]
     for setting, value in dict.fromkeys((r["setting"], r["value"]) for r in ablations):
@@ -242,7 +248,8 @@ def main(argv=None) -> None:
     samples = common.questions(session, n, args.seed)
     curve = CURVE_BUDGETS if not args.quick else (0.111, 0.222, 0.353, 1.0)
     start = time.perf_counter()
-    predictions = [predict(session, s, methods, curve, ABLATION_BUDGETS)
+    ablation_budgets = ABLATION_BUDGETS if "iwp" in methods else ()
+    predictions = [predict(session, s, methods, curve, ablation_budgets)
                    for s in common.progress(samples, "accuracy")]
     seconds = time.perf_counter() - start
     first = session.analyze(samples[0].image, samples[0].question)
