@@ -85,7 +85,7 @@ def test_the_whole_page_in_a_browser(app_url, page):
     page.locator("#input-image input[type=file]").set_input_files(str(examples / "07_letter.png"))
     page.locator("#prompt textarea").fill("what letter is written?")
     page.locator("#run").click()
-    expect(page.locator("#status")).to_contain_text("keeps", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_contain_text("“what letter is written?”", timeout=TIMEOUT_MS)
     expect(page.locator("#teaching")).to_contain_text("Token 0")
     for elem_id in ("map-magnitude", "map-duplication", "map-kept"):
         expect(page.locator(f"#{elem_id} .js-plotly-plot")).to_be_visible()

@@ -15,6 +15,8 @@ def create(model: str = "builtin", device: str | None = None, examples_dir=None)
     from dualview.app.service import ModelHolder
     from dualview.app.ui import CSS, build_demo
 
+    import sklearn.decomposition  # noqa: F401 - imported now so the first token-space view is fast
+
     holder = ModelHolder(device=device)
     holder.get(model)
     demo = build_demo(holder, default_model=model, examples_dir=examples_dir)

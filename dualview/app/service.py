@@ -26,7 +26,8 @@ PRESETS = (0.353, 0.222, 0.111)
 CURVE_FRACTIONS = (0.03, 0.06, 0.111, 0.16, 0.222, 0.29, 0.353, 0.45, 0.6, 0.75, 0.9, 1.0)
 CURVE_METHODS = ("iwp-magnitude", "random", "fastv", "divprune")
 """Methods drawn in the error-vs-budget panel besides the selected one (oracle on request)."""
-MAX_NEW_TOKENS = 12
+MAX_NEW_TOKENS = 8
+"""Answers in the shapes world are at most three words; enough for a short answer elsewhere."""
 
 
 def budget_count(fraction: float, num_visual: int) -> int:
@@ -111,11 +112,12 @@ class Workspace:
     forced_drop: list = field(default_factory=list)
     selected: int = 0
     curves: dict = field(default_factory=dict)
-    curve_params: tuple | None = None
+    curve_params: tuple | None = None  # (method, params) the selected method's curve was computed for
     projections: dict = field(default_factory=dict)
     answers: Answers | None = None
     full_answer: object = None
     method_answers: list = field(default_factory=list)
+    _measured: tuple | None = None
 
     @property
     def num_visual(self) -> int:
@@ -137,9 +139,10 @@ class Workspace:
         """Recompute the selections for the current request (no model call)."""
         a, r = self.analysis, self.request
         self.selection = a.select(r.method, r.budget, **self.params())
+        # the animations read the analysis's cached [Nv, Nv] duplication matrix (no recomputed blocks)
         self.pcmmr = (self.selection if r.method == "iwp" else
-                      pc_mmr(a.magnitude, a.duplication_blocks, r.budget, b0=r.b0, growth=r.growth, lam=r.lam))
-        self.classic = mmr(a.magnitude, a.duplication_blocks, r.budget)
+                      pc_mmr(a.magnitude, a.duplication, r.budget, b0=r.b0, growth=r.growth, lam=r.lam))
+        self.classic = self.selection if r.method == "mmr" else mmr(a.magnitude, a.duplication, r.budget)
 
     def kept(self) -> list[int]:
         """Kept visual tokens in selection order, with the user's forced keeps / drops applied."""
@@ -157,9 +160,17 @@ class Workspace:
         return rounds
 
     def measures(self, kept) -> dict:
+        """Weight error, effective rank of W_S and attention-output error of a kept set."""
         a = self.analysis
         return {"weight_error": a.weight_error(kept), "effective_rank": a.effective_rank(kept),
                 "attention_error": a.attention_error(kept)}
+
+    def current_measures(self) -> dict:
+        """:meth:`measures` of the current kept set, computed once per kept set."""
+        key = tuple(sorted(self.kept()))
+        if self._measured is None or self._measured[0] != key:
+            self._measured = (key, self.measures(self.kept()))
+        return self._measured[1]
 
     # -- curves ----------------------------------------------------------------------------
     def curve_budgets(self) -> list[int]:
@@ -174,16 +185,25 @@ class Workspace:
                 result[name].append(value)
         return result
 
+    def _curve_key(self) -> tuple:
+        return (self.request.method, tuple(sorted(self.params().items())))
+
+    def curves_current(self, with_oracle: bool = False) -> bool:
+        """Whether every curve to draw is computed for the current method and parameters."""
+        wanted = CURVE_METHODS + (("oracle",) if with_oracle else ())
+        return all(m in self.curves for m in wanted) and self.curve_params == self._curve_key()
+
     def update_curves(self, with_oracle: bool = False) -> dict:
         """Error-vs-budget curves of the selected method, the comparison methods and (on request)
-        the oracle; only the selected method's curve is recomputed when its parameters change."""
+        the oracle; only the selected method's curve is recomputed when it or its parameters change."""
+        selected = self.request.method
         for method in CURVE_METHODS + (("oracle",) if with_oracle else ()):
-            if method not in self.curves:
-                self.curves[method] = self._curve(method)
-        params = (self.request.method, tuple(sorted(self.params().items())))
-        if self.request.method not in self.curves or (self.curve_params != params and self.params()):
-            self.curves[self.request.method] = self._curve(self.request.method)
-            self.curve_params = params
+            if method not in self.curves and method != selected:
+                self.curves[method] = self._curve(method)  # parameter-free: computed once per analysis
+        if self.curve_params != self._curve_key():
+            if self.params() or selected not in self.curves:
+                self.curves[selected] = self._curve(selected)
+            self.curve_params = self._curve_key()
         order = [self.request.method] + [m for m in CURVE_METHODS + ("oracle",) if m != self.request.method]
         return {m: self.curves[m] for m in order if m in self.curves}
 

@@ -145,7 +145,7 @@ def teaching_text(ws: Workspace) -> str:
         f"4. PC-MMR (b₀={r.b0}, g={r.growth}, λ={r.lam:g}): after each chunk L, "
         "$P_i\\leftarrow P_i\\cdot\\max(0.01,\\,1-\\lambda\\max_{j\\in L}\\bar S^2_{ij})$; "
         f"this token's score in the last round: {score}. Error of the kept set: "
-        f"$\\lVert W-W_S\\rVert/\\lVert W\\rVert = {ws.analysis.weight_error(ws.kept()):.4f}$.",
+        f"$\\lVert W-W_S\\rVert/\\lVert W\\rVert = {ws.current_measures()['weight_error']:.4f}$.",
     ])
 
 
@@ -181,14 +181,14 @@ def answers_text(ws: Workspace) -> str:
 
 
 def status_text(ws: Workspace) -> str:
-    m = ws.measures(ws.kept())
+    m = ws.current_measures()
     forced = ""
     if ws.forced_keep or ws.forced_drop:
         forced = f" (forced: +{len(ws.forced_keep)} / −{len(ws.forced_drop)})"
     return (f"**{ws.request.method}** keeps **{len(ws.kept())}** of {ws.num_visual} visual tokens{forced} "
             f"({100 * len(ws.kept()) / ws.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
             f"effective rank {m['effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
-            f"layer {ws.analysis.layer} of {ws.analysis.num_layers}")
+            f"layer {ws.analysis.layer} of {ws.analysis.num_layers} · “{ws.request.prompt}”")
 
 
 def summary(ws: Workspace) -> dict:
@@ -208,7 +208,7 @@ def summary(ws: Workspace) -> dict:
         "rounds": [int(x) for x in rounds],
         "forced_keep": list(ws.forced_keep),
         "forced_drop": list(ws.forced_drop),
-        "measures": ws.measures(kept),
+        "measures": ws.current_measures(),
         "pcmmr": {"chunks": [c.tolist() for c in ws.pcmmr.chunks], "floored": list(ws.pcmmr.floored)},
         "answers": ws.answers.to_dict() if ws.answers else None,
         "selected_token": ws.token_numbers(ws.selected),
@@ -388,13 +388,23 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             progress(0.6, desc="answering")
             ws.answer(holder, session)
             views = fresh_views(ws)
-            views.update({answers: answers_text(ws), curves_plot: curves_figure(ws, False),
+            # the error curves (dozens of selections) follow in a chained step: see refresh_curves
+            views.update({answers: answers_text(ws), curves_plot: None,
                           space_plot: space_figure(ws, "keys"), method_table: None, per_head: per_head_text(ws)})
             return views
 
+        @user_errors
+        def refresh_curves(with_oracle_value, ws, progress=gr.Progress()):
+            """Compute the missing curves and redraw; when they were current, the event before drew them."""
+            if ws is None or ws.curves_current(with_oracle_value):
+                return gr.skip()
+            progress(0.1, desc="selecting at every budget")
+            return curves_figure(ws, with_oracle_value)
+
         run_outputs = fresh_outputs + [answers, curves_plot, space_plot, method_table, per_head]
-        run.click(do_run, [image, prompt, model, method, budget, layer, b0, growth, lam, example_state],
-                  run_outputs, api_name="run", concurrency_limit=2)
+        run_inputs = [image, prompt, model, method, budget, layer, b0, growth, lam, example_state]
+        run.click(do_run, run_inputs, run_outputs, api_name="run", concurrency_limit=2).then(
+            refresh_curves, [with_oracle, workspace], [curves_plot], api_name=False, show_progress="minimal")
 
         @user_errors
         def do_update(method_value, budget_value, b0_value, growth_value, lam_value, with_oracle_value, ws):
@@ -407,8 +417,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             views = fresh_views(ws)
             for fixed in (magnitude_plot, duplication_plot, row_plot, picker, budget):
                 views[fixed] = gr.skip()
-            views.update({curves_plot: curves_figure(ws, with_oracle_value), space_plot: space_figure(ws, "keys"),
-                          per_head: per_head_text(ws)})
+            current = ws.curves_current(with_oracle_value)  # else refresh_curves follows
+            views.update({curves_plot: curves_figure(ws, with_oracle_value) if current else gr.skip(),
+                          space_plot: space_figure(ws, "keys"), per_head: per_head_text(ws)})
             return views
 
         update_inputs = [method, budget, b0, growth, lam, with_oracle, workspace]
@@ -421,11 +432,13 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             return ws, answers_text(ws), summary(ws)
 
         answer_outputs = [workspace, answers, shown]
-        for control in (method, b0, growth, lam):
-            control.input(do_update, update_inputs, update_outputs, api_name=False,
-                          show_progress="hidden").then(do_answer, [workspace], answer_outputs, api_name=False)
-        budget.release(do_update, update_inputs, update_outputs, api_name="update",
-                       show_progress="hidden").then(do_answer, [workspace], answer_outputs, api_name="answer")
+        curve_step = dict(fn=refresh_curves, inputs=[with_oracle, workspace], outputs=[curves_plot], api_name=False,
+                          show_progress="minimal")
+        for event in (method.input, b0.release, growth.release, lam.release):
+            event(do_update, update_inputs, update_outputs, api_name=False, show_progress="hidden").then(
+                do_answer, [workspace], answer_outputs, api_name=False).then(**curve_step)
+        budget.release(do_update, update_inputs, update_outputs, api_name="update", show_progress="hidden").then(
+            do_answer, [workspace], answer_outputs, api_name="answer").then(**curve_step)
         reanswer.click(do_answer, [workspace], answer_outputs, api_name="reanswer")
 
         def do_preset(choice, ws):
@@ -435,7 +448,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
 
         preset.input(do_preset, [preset, workspace], [budget], api_name=False).then(
             do_update, update_inputs, update_outputs, api_name=False, show_progress="hidden").then(
-            do_answer, [workspace], answer_outputs, api_name=False)
+            do_answer, [workspace], answer_outputs, api_name=False).then(**curve_step)
 
         @user_errors
         def do_inspect(token_value, mode, ws):
