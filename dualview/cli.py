@@ -29,17 +29,6 @@ def _param(text: str) -> tuple[str, object]:
     return name, value
 
 
-def _budget(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is neither a token count nor a fraction") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m dualview",
                      description="Look inside visual-token pruning of vision-language models (IWP).")
@@ -49,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--prompt", required=True, help="the question about the image")
     common.add_argument("--model", default="builtin",
                         help="'builtin' (default), a model directory, or a Hugging Face id on disk")
-    common.add_argument("--layer", type=int, default=None,
+    common.add_argument("--layer", default=None,
                         help="decoder layer to analyse, and where iwp-style methods prune "
                              "(default: 4, or max(1, L//4) for models under 8 layers)")
     common.add_argument("--device", default=None, help="cuda, mps or cpu (default: the first available)")
@@ -61,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Answer with all visual tokens and with the kept set of a method.")
     answer.add_argument("--method", default="iwp",
                         help="iwp (default), iwp-magnitude, mmr, fastv, divprune, cdpruner, random, grid, oracle")
-    answer.add_argument("--budget", type=_budget, default=0.111,
-                        help="visual tokens to keep: a fraction in (0, 1] or a count (default 0.111)")
+    answer.add_argument("--budget", default="0.111",
+                        help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
     answer.add_argument("--seed", type=int, default=0, help="seed for seeded methods (random)")
     answer.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
                         help="method parameter, e.g. --param lam=5 (repeatable)")
@@ -88,28 +77,48 @@ def _model_dict(session) -> dict:
     return {"name": session.name, "family": session.family, "num_layers": session.num_layers}
 
 
+PCMMR_PARAMS = ("b0", "growth", "lam")
+
+
+def load_checked(args, params: dict):
+    """The session and the request of ``args``, checked by the app's own validator
+    (:func:`dualview.validation.validate_request`): cheap checks before the model loads, the layer
+    against the model's depth after."""
+    import dualview
+    from dualview.validation import validate_request
+
+    pcmmr = {name: params[name] for name in PCMMR_PARAMS if name in params}
+    request = validate_request(args.image, args.prompt, getattr(args, "budget", 1),
+                               method=getattr(args, "method", "iwp"), layer=args.layer, **pcmmr)
+    session = dualview.load(args.model, device=args.device, dtype=args.dtype)
+    request = validate_request(request.image, request.prompt, request.budget, method=request.method,
+                               layer=request.layer, num_layers=session.num_layers, **pcmmr)
+    return session, request
+
+
 def run_answer(args) -> dict:
     import dualview
     from dualview.methods import get_method
+    from dualview.validation import parse_budget
 
-    session = dualview.load(args.model, device=args.device, dtype=args.dtype)
-    method = get_method(args.method)
-    analysis = session.analyze(args.image, args.prompt, layer=args.layer)
     params = dict(args.param)
+    session, request = load_checked(args, params)
+    image, prompt = request.image, request.prompt
+    method = get_method(args.method)
+    analysis = session.analyze(image, prompt, layer=request.layer)
     if "seed" in method.params:
         params.setdefault("seed", args.seed)
-    selection = analysis.select(args.method, args.budget, **params)
+    selection = analysis.select(args.method, parse_budget(request.budget, analysis.num_visual), **params)
     layer = method.prune_layer(analysis)
-    full = session.answer(args.image, args.prompt, layer=layer, max_new_tokens=args.max_new_tokens)
-    pruned = session.answer(args.image, args.prompt, keep=selection.kept, layer=layer,
-                            max_new_tokens=args.max_new_tokens)
+    full = session.answer(image, prompt, layer=layer, max_new_tokens=args.max_new_tokens)
+    pruned = session.answer(image, prompt, keep=selection.kept, layer=layer, max_new_tokens=args.max_new_tokens)
     result = {
         "version": dualview.__version__,
         "model": _model_dict(session),
-        "settings": {"method": args.method, "budget": args.budget, "kept_count": int(selection.kept.numel()),
+        "settings": {"method": args.method, "budget": request.budget, "kept_count": int(selection.kept.numel()),
                      "visual_tokens": analysis.num_visual, "analysis_layer": analysis.layer, "prune_layer": layer,
                      "seed": args.seed, "params": params, "max_new_tokens": args.max_new_tokens,
-                     "image": str(args.image), "prompt": args.prompt},
+                     "image": str(args.image), "prompt": prompt},
         "full_answer": _answer_dict(full),
         "pruned_answer": _answer_dict(pruned),
         "kept": selection.kept.tolist(),
@@ -121,8 +130,8 @@ def run_answer(args) -> dict:
     }
     if full.text:
         result["full_answer_logprob"] = {
-            "all_tokens": session.answer_logprob(args.image, args.prompt, full.text, layer=layer),
-            "kept_tokens": session.answer_logprob(args.image, args.prompt, full.text, keep=selection.kept, layer=layer),
+            "all_tokens": session.answer_logprob(image, prompt, full.text, layer=layer),
+            "kept_tokens": session.answer_logprob(image, prompt, full.text, keep=selection.kept, layer=layer),
         }
     return result
 
@@ -130,14 +139,14 @@ def run_answer(args) -> dict:
 def run_analyze(args) -> dict:
     import dualview
 
-    session = dualview.load(args.model, device=args.device, dtype=args.dtype)
-    analysis = session.analyze(args.image, args.prompt, layer=args.layer)
+    session, request = load_checked(args, {})
+    analysis = session.analyze(request.image, request.prompt, layer=request.layer)
     prepared = analysis.prepared
     return {
         "version": dualview.__version__,
         "model": _model_dict(session),
         "settings": {"analysis_layer": analysis.layer, "fastv_layer": analysis.fastv_layer,
-                     "image": str(args.image), "prompt": args.prompt},
+                     "image": str(args.image), "prompt": request.prompt},
         "sequence_length": prepared.length,
         "visual_positions": prepared.visual_positions.tolist(),
         "text_positions": prepared.text_positions.tolist(),

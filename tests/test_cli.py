@@ -70,7 +70,7 @@ def test_answer_random_uses_the_seed_and_analyze_json(image_path, capsys):
     (["answer", "--image", "/no/such.png", "--prompt", "x", "--model", "MODEL"], "No image file"),
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--method", "nope"], "Unknown method"),
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--budget", "2.5"], "Budget"),
-    (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--layer", "9"], "Layer 9"),
+    (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--layer", "9"], "pruning layer must be a whole number from 0 to 3"),
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--param", "lam"], "NAME=VALUE"),
     (["answer", "--image", "IMAGE"], "required"),
 ])
