@@ -117,7 +117,8 @@ def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
             On cuda the model loads with ``device_map="auto"`` (spread over all visible GPUs).
         dtype: default float32 on CPU, bfloat16 on GPU.
     Raises:
-        DualviewError: unknown model class, missing path, model not on disk while offline.
+        DualviewError: unknown model class, missing path, model not on disk while offline, weights
+            not in safetensors form (pickled ``.bin`` checkpoints are never unpickled).
     """
     import transformers
 
@@ -137,7 +138,8 @@ def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
     torch_dtype = resolve_dtype(dtype, device)
     placement = {"device_map": "auto"} if device.startswith("cuda") else {}
     try:
-        model = getattr(transformers, architecture).from_pretrained(location, dtype=torch_dtype, **placement)
+        model = getattr(transformers, architecture).from_pretrained(location, dtype=torch_dtype, use_safetensors=True,
+                                                                    **placement)
     except (OSError, ValueError) as error:
         raise DualviewError(f"Cannot load the weights of '{name}': {str(error).splitlines()[0][:200]}.") from None
     if not placement:
