@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualview.bench import accuracy, common, error, prefill
+from dualview.bench import accuracy, common, error, prefill, readme
 from dualview.selection import resolve_budget
 from dualview.shapes import world
 from dualview.shapes.evaluate import run_eval
@@ -154,3 +154,17 @@ def test_bad_model_is_one_sentence(tmp_path, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("error:") and "\n" not in message and "Traceback" not in message
+
+
+def test_readme_replaces_only_the_marked_block(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "error.md").write_text("| new | table |\n")
+    (results / "error-curves.png").write_bytes(b"png")
+    page = tmp_path / "README.md"
+    page.write_text("# x\nintro\n<!-- bench:error -->\nold\n<!-- /bench:error -->\nafter\n"
+                    "<!-- bench:prefill -->\nkept\n<!-- /bench:prefill -->\n")
+    assert readme.update(page, results) == ["error"]
+    assert page.read_text() == ("# x\nintro\n<!-- bench:error -->\n| new | table |\n\n![error](results/error-curves.png)"
+                                "\n\nInteractive: `results/error-curves.html`.\n<!-- /bench:error -->\nafter\n"
+                                "<!-- bench:prefill -->\nkept\n<!-- /bench:prefill -->\n")

@@ -7,6 +7,7 @@ SUITES = {
     "accuracy": "dualview.bench.accuracy",
     "error": "dualview.bench.error",
     "prefill": "dualview.bench.prefill",
+    "readme": "dualview.bench.readme",
     "selection": "dualview.bench.selection",
 }
 
