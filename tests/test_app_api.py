@@ -20,7 +20,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
 
 HAS_BUILTIN = (BUILTIN_DIR / "config.json").is_file()
-RUN_OUTPUTS = 20  # ui.build_demo: fresh views (16, the gr.State not returned) + answers, curves, space, table, per-head
+RUN_OUTPUTS = 21  # ui.build_demo: fresh views (17, the gr.State not returned) + answers, curves, space, table, per-head
 SUMMARY = 14
 
 
@@ -43,9 +43,9 @@ def app(tmp_path_factory):
         from dualview.engine.tiny import build_tiny
 
         model = str(build_tiny("llava", root / "tiny"))
-    demo, css = create(model, examples_dir=root / "examples")
+    demo, launch_kwargs = create(model, examples_dir=root / "examples")
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=css)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
     yield {"url": f"http://127.0.0.1:{port}/", "model": model, "examples": root / "examples"}
     demo.close()
 

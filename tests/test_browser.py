@@ -26,6 +26,21 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
+# page coordinates from plotly's own axes (layout.meta carries token ids, points and boxes)
+POINT_OF_FIRST_KEPT = """() => {
+  const gd = document.querySelector('#space .js-plotly-plot');
+  const token = gd.layout.meta.dv_ids[1][0];
+  const [x, y] = gd.layout.meta.dv_points[token];
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+  return [r.left + xa._offset + xa.l2p(x), r.top + ya._offset + ya.l2p(y)];
+}"""
+CENTRE_OF_TOKEN_ON_MAP = """(token) => {
+  const gd = document.querySelector('#map-kept .js-plotly-plot');
+  const [x0, y0, x1, y1] = gd.layout.meta.dv_boxes[token];
+  const suffix = gd.layout.meta.dv_xref[token].slice(1);
+  const xa = gd._fullLayout['xaxis' + suffix], ya = gd._fullLayout['yaxis' + suffix], r = gd.getBoundingClientRect();
+  return [r.left + xa._offset + xa.l2p((x0 + x1) / 2), r.top + ya._offset + ya.l2p((y0 + y1) / 2)];
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +56,11 @@ def app_url(tmp_path_factory):
         from dualview.engine.tiny import build_tiny
 
         model = str(build_tiny("llava_next", root / "tiny"))  # two views (base + crops): no square-grid shortcut
-    demo, css = create(model, examples_dir=root / "examples")
+    demo, launch_kwargs = create(model, examples_dir=root / "examples")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=css)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
     yield f"http://127.0.0.1:{port}/", root / "examples"
     demo.close()
 
@@ -113,6 +128,18 @@ def test_the_whole_page_in_a_browser(app_url, page):
     assert new_count != count
     assert int(page.locator("#budget input[type=number]").input_value()) == new_count
     expect(page.locator("#map-kept .gtitle")).to_contain_text(f"Kept: {new_count} /")
+
+    # hover a token in the token space: the same token is outlined on the kept map, and back
+    page.locator("#space").scroll_into_view_if_needed()
+    x, y = page.evaluate(POINT_OF_FIRST_KEPT)
+    page.mouse.move(x, y)
+    expect(page.locator("#map-kept .js-plotly-plot > .dv-link")).to_be_visible()
+    token_on_map = page.locator("#map-kept .js-plotly-plot").get_attribute("data-dv-linked")
+    page.locator("#map-kept").scroll_into_view_if_needed()
+    x, y = page.evaluate(CENTRE_OF_TOKEN_ON_MAP, int(token_on_map))
+    page.mouse.move(x, y)
+    expect(page.locator("#space .js-plotly-plot > .dv-link")).to_be_visible()
+    assert page.locator("#space .js-plotly-plot").get_attribute("data-dv-linked") == token_on_map
 
     # play the PC-MMR animation: the displayed round changes by itself
     page.get_by_role("tab", name="PC-MMR step by step").click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from dualview.engine.errors import DualviewError
 
@@ -11,7 +12,8 @@ QUEUE_CONCURRENCY = 2
 
 
 def create(model: str = "builtin", device: str | None = None, examples_dir=None):
-    """The Blocks app with ``model`` already loaded (a DualviewError when it cannot be)."""
+    """The Blocks app with ``model`` already loaded (a DualviewError when it cannot be) and the
+    keyword arguments its ``launch`` needs (page CSS and the linked-hover script)."""
     from dualview.app.service import ModelHolder
     from dualview.app.ui import CSS, build_demo
 
@@ -21,16 +23,15 @@ def create(model: str = "builtin", device: str | None = None, examples_dir=None)
     holder.get(model)
     demo = build_demo(holder, default_model=model, examples_dir=examples_dir)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)
-    return demo, CSS
+    return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text()}
 
 
 def serve(model: str = "builtin", host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           device: str | None = None) -> None:
     """Load, build and launch (blocking). Prints one sentence and exits 2 when the model cannot load."""
     try:
-        demo, css = create(model, device)
+        demo, page = create(model, device)
     except DualviewError as error:
         print(f"dualview: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo.launch(server_name=host, server_port=port, share=share, css=css, max_file_size=MAX_UPLOAD,
-                show_error=True)
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, show_error=True, **page)

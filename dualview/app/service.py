@@ -114,6 +114,7 @@ class Workspace:
     curves: dict = field(default_factory=dict)
     curve_params: tuple | None = None  # (method, params) the selected method's curve was computed for
     projections: dict = field(default_factory=dict)
+    space_kind: str = "keys"  # what the token-space PCA projects: "keys" or "values"
     answers: Answers | None = None
     full_answer: object = None
     method_answers: list = field(default_factory=list)

@@ -114,7 +114,8 @@ def curves_figure(ws: Workspace, with_oracle: bool):
                                 num_visual=ws.num_visual, highlight=ws.request.method)
 
 
-def space_figure(ws: Workspace, kind: str):
+def space_figure(ws: Workspace):
+    kind = ws.space_kind
     rounds = ws.rounds()
     return figures.token_space(ws.projection(kind), rounds, selected=ws.selected,
                                title=f"PCA of the visual tokens' {kind} at layer {ws.analysis.layer}",
@@ -297,7 +298,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                             duplication_plot = gr.Plot(label="duplication", elem_id="map-duplication")
                             kept_plot = gr.Plot(label="kept", elem_id="map-kept")
                         with gr.Row():
-                            with gr.Column(scale=1):
+                            with gr.Column(scale=1, min_width=240):
                                 picker = gr.Image(label="Pick a patch (click)", type="pil", interactive=False,
                                                   height=300, elem_id="picker")
                                 click_mode = gr.Radio(["inspect", "force keep", "force drop"], value="inspect",
@@ -306,8 +307,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                                 with gr.Row():
                                     reanswer = gr.Button("Re-answer with forced patches", elem_id="reanswer")
                                     clear_forced = gr.Button("Clear forced patches")
-                            with gr.Column(scale=2):
+                            with gr.Column(scale=1, min_width=240):
                                 row_plot = gr.Plot(label="duplication row", elem_id="map-row")
+                            with gr.Column(scale=1, min_width=240):
+                                space_plot = gr.Plot(label="token space (hover: linked to the kept map)",
+                                                     elem_id="space")
+                                space_kind = gr.Radio(["keys", "values"], value="keys", label="PCA of the tokens'")
                         teaching = gr.Markdown(latex_delimiters=LATEX, elem_classes=["teach"], elem_id="teaching")
                     with gr.Tab("PC-MMR step by step", elem_id="tab-steps"):
                         gr.Markdown("One frame per round: kept tokens coloured by the round that took them, "
@@ -334,9 +339,6 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                         answer_all = gr.Button("Answer with every method at this budget")
                         method_table = gr.Dataframe(headers=["method", "kept", "answer", "agrees with full",
                                                              "weight error", "prefill s"], interactive=False)
-                    with gr.Tab("Token space"):
-                        space_kind = gr.Radio(["keys", "values"], value="keys", label="project")
-                        space_plot = gr.Plot(elem_id="space")
                     with gr.Tab("Compare methods"):
                         compare_methods = gr.CheckboxGroup(methods, value=["iwp", "iwp-magnitude", "fastv", "divprune"],
                                                            label="methods")
@@ -362,11 +364,11 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                 mmr_plot: step_figure(ws, "classic", 0),
                 mmr_step: gr.Slider(0, max(1, steps_of(ws, "classic") - 1), value=0, step=1),
                 budget: gr.Slider(1, ws.num_visual, value=ws.budget, step=1),
-                command: cli_command(ws), shown: summary(ws),
+                command: cli_command(ws), shown: summary(ws), space_kind: ws.space_kind,
             }
 
         fresh_outputs = [workspace, status, magnitude_plot, duplication_plot, kept_plot, row_plot, teaching, picker,
-                         token, pcmmr_plot, pcmmr_step, mmr_plot, mmr_step, budget, command, shown]
+                         token, pcmmr_plot, pcmmr_step, mmr_plot, mmr_step, budget, command, shown, space_kind]
 
         @user_errors
         def do_run(image_value, prompt_value, model_name, method_value, budget_value, layer_value,
@@ -390,7 +392,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             views = fresh_views(ws)
             # the error curves (dozens of selections) follow in a chained step: see refresh_curves
             views.update({answers: answers_text(ws), curves_plot: None,
-                          space_plot: space_figure(ws, "keys"), method_table: None, per_head: per_head_text(ws)})
+                          space_plot: space_figure(ws), method_table: None, per_head: per_head_text(ws)})
             return views
 
         @user_errors
@@ -419,7 +421,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                 views[fixed] = gr.skip()
             current = ws.curves_current(with_oracle_value)  # else refresh_curves follows
             views.update({curves_plot: curves_figure(ws, with_oracle_value) if current else gr.skip(),
-                          space_plot: space_figure(ws, "keys"), per_head: per_head_text(ws)})
+                          space_plot: space_figure(ws), per_head: per_head_text(ws)})
             return views
 
         update_inputs = [method, budget, b0, growth, lam, with_oracle, workspace]
@@ -469,7 +471,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             return {workspace: ws, token: t, row_plot: row_figure(ws), teaching: teaching_text(ws),
                     kept_plot: kept_figure(ws), magnitude_plot: magnitude_figure(ws),
                     duplication_plot: duplication_figure(ws), status: status_text(ws), shown: summary(ws),
-                    space_plot: space_figure(ws, "keys")}
+                    space_plot: space_figure(ws)}
 
         inspect_outputs = [workspace, token, row_plot, teaching, kept_plot, magnitude_plot, duplication_plot, status,
                            shown, space_plot]
@@ -535,8 +537,13 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         curve_data = gr.JSON(visible=False)
         with_oracle.change(do_curve_data, [with_oracle, workspace], [curve_data], api_name="curve_data")
 
-        space_kind.change(user_errors(lambda kind, ws: space_figure(_require(ws), kind)), [space_kind, workspace],
-                          [space_plot], api_name="token_space")
+        @user_errors
+        def do_space(kind, ws):
+            ws = _require(ws)
+            ws.space_kind = kind
+            return space_figure(ws)
+
+        space_kind.change(do_space, [space_kind, workspace], [space_plot], api_name="token_space")
 
         @user_errors
         def do_answer_all(ws, progress=gr.Progress()):

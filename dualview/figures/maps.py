@@ -93,12 +93,12 @@ def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str
     return np.stack(columns, axis=1), template + "<extra></extra>"
 
 
-def _outline(boxes: np.ndarray, tokens, color: str, ref: tuple[str, str] | None, panel_of: np.ndarray, refs, width=2.5):
+def _outline(boxes: np.ndarray, tokens, color: str, panel_of: np.ndarray, refs, width=2.5):
     """Rectangle shapes around ``tokens`` (each drawn in the panel its view belongs to)."""
     shapes = []
     for t in tokens:
         x0, y0, x1, y1 = boxes[int(t)]
-        xref, yref = ref if ref is not None else refs[panel_of[int(t)]]
+        xref, yref = refs[panel_of[int(t)]]
         shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
                            line=dict(color=color, width=width), fillcolor="rgba(0,0,0,0)"))
     return shapes
@@ -114,7 +114,10 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
         panel_of[grid.index[grid.index >= 0]] = p
     fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height,
                       margin=dict(l=4, r=4, t=36, b=4), plot_bgcolor="white", paper_bgcolor="white",
-                      hoverlabel=dict(font_size=12), clickmode="event")
+                      hoverlabel=dict(font_size=12),
+                      # for linked hovering in the app (dualview/app/linking.js): each token's box and panel
+                      meta=dict(dv_boxes=np.round(np.asarray(layout["boxes"], dtype=float), 2).tolist(),
+                                dv_xref=[refs[p][0] for p in panel_of]))
     if len(grids) > 1:
         for grid, (xref, _) in zip(grids, refs):
             fig.add_annotation(text=grid.name, xref=xref + " domain", yref="paper", x=0.5, y=1.0,
@@ -154,7 +157,7 @@ def token_map(layout: dict, values, *, image: Image.Image | None = None, title: 
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
     shapes = _evidence_shapes(evidence, refs)
     if selected is not None:
-        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, None, panel_of, refs, width=3)
+        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, width=3)
     fig.update_layout(shapes=shapes)
     return fig
 
@@ -224,9 +227,9 @@ def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: s
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
     shapes = _evidence_shapes(evidence, refs)
     for key, color in (("keep", "#ffffff"), ("drop", "#ff3030")):
-        shapes += _outline(boxes, (forced or {}).get(key, []), color, None, panel_of, refs, width=2)
+        shapes += _outline(boxes, (forced or {}).get(key, []), color, panel_of, refs, width=2)
     if selected is not None:
-        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, None, panel_of, refs, width=3)
+        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, width=3)
     fig.update_layout(shapes=shapes)
     return fig
 
@@ -275,7 +278,7 @@ def selection_step(layout: dict, chunks: list, scores: list, floored: list, step
                             colorbar=dict(title=dict(text=bar, side="right"), thickness=12, len=0.9, x=1.14)))
         fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and total > 1))
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    fig.update_layout(shapes=_outline(boxes, chunks[step], CHUNK_OUTLINE, None, panel_of, refs, width=3))
+    fig.update_layout(shapes=_outline(boxes, chunks[step], CHUNK_OUTLINE, panel_of, refs, width=3))
     return fig
 
 

@@ -58,6 +58,10 @@ def token_space(points, rounds, *, title: str = "", selected: int | None = None,
         fig.add_trace(go.Scatter(x=[points[selected, 0]], y=[points[selected, 1]], mode="markers",
                                  name=f"token {selected}", hoverinfo="skip",
                                  marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(color="#ff2bd6", width=3))))
+    # for linked hovering in the app (dualview/app/linking.js): token ids per trace, each token's point
+    ids = [np.nonzero(dropped)[0].tolist()] + [np.nonzero(rounds == r)[0].tolist()
+                                               for r in range(len(colors)) if (rounds == r).any()]
+    fig.update_layout(meta=dict(dv_ids=ids, dv_points=np.round(points, 5).tolist()))
     fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=380,
                       margin=dict(l=30, r=10, t=36, b=30), plot_bgcolor="white", paper_bgcolor="white",
                       xaxis=dict(title="PC 1", gridcolor="#eee"), yaxis=dict(title="PC 2", gridcolor="#eee"))
