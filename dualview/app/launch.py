@@ -13,7 +13,7 @@ QUEUE_CONCURRENCY = 2
 
 def create(model: str = "builtin", device: str | None = None, examples_dir=None):
     """The Blocks app with ``model`` already loaded (a DualviewError when it cannot be) and the
-    keyword arguments its ``launch`` needs (page CSS and the linked-hover script)."""
+    keyword arguments its ``launch`` needs (page CSS, the linked-hover script, the upload size limit)."""
     from dualview.app.service import ModelHolder
     from dualview.app.ui import CSS, build_demo
 
@@ -23,7 +23,7 @@ def create(model: str = "builtin", device: str | None = None, examples_dir=None)
     holder.get(model)
     demo = build_demo(holder, default_model=model, examples_dir=examples_dir)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)
-    return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text()}
+    return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text(), "max_file_size": MAX_UPLOAD}
 
 
 def serve(model: str = "builtin", host: str = "127.0.0.1", port: int = 7860, share: bool = False,
@@ -34,4 +34,4 @@ def serve(model: str = "builtin", host: str = "127.0.0.1", port: int = 7860, sha
     except DualviewError as error:
         print(f"dualview: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, show_error=True, **page)
+    demo.launch(server_name=host, server_port=port, share=share, show_error=True, **page)

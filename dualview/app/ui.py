@@ -8,6 +8,7 @@ is shared through one :class:`ModelHolder`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import json
@@ -50,6 +51,21 @@ def user_errors(function):
                            print_exception=False) from None
 
     return wrapper
+
+
+class ImageUpload(gr.Image):
+    """``gr.Image`` whose handler gets the upload undecoded (its file path, or the bytes of a data
+    URL), so :func:`dualview.validation.load_image` alone decodes it: bomb check before decoding,
+    16-bit rescaling, one sentence for files that are not images. Same front end as gr.Image."""
+
+    is_template = True  # gradio: draw it with gr.Image's front end
+
+    def preprocess(self, payload) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.path is None and payload.url and payload.url.startswith("data:"):
+            return base64.b64decode(payload.url.partition(",")[2])
+        return payload.path
 
 
 def _require(workspace: Workspace | None) -> Workspace:
@@ -273,7 +289,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             latex_delimiters=LATEX)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = gr.Image(label="Image", type="pil", value=first["path"] if first else None,
+                image = ImageUpload(label="Image", value=first["path"] if first else None,
                                  sources=["upload", "clipboard"], height=260, elem_id="input-image")
                 gallery = gr.Gallery(label="Examples (click one)", value=[(e["path"], e["question"]) for e in examples],
                                      columns=4, height=170, allow_preview=False, elem_id="examples")
@@ -503,6 +519,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                 ws = _require(ws)
                 return step_figure(ws, which, int(step_value or 0))
 
+            @user_errors
             def tick(step_value, ws):
                 if ws is None:
                     return gr.skip(), gr.skip()
@@ -584,7 +601,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             chosen = examples[evt.index]
             return chosen["path"], chosen["question"], chosen
 
-        gallery.select(do_example, None, [image, prompt, example_state], api_name=False)
+        gallery.select(do_example, None, [image, prompt, example_state], api_name=False).then(
+            do_run, run_inputs, run_outputs, api_name=False).then(
+            refresh_curves, [with_oracle, workspace], [curves_plot], api_name=False, show_progress="minimal")
 
         @user_errors
         def do_example_by_name(name):
@@ -598,8 +617,8 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         image.upload(lambda: None, None, [example_state], api_name=False)
 
         if first is not None:
-            demo.load(do_run, [image, prompt, model, method, budget, layer, b0, growth, lam, example_state],
-                      run_outputs, api_name=False)
+            demo.load(do_run, run_inputs, run_outputs, api_name=False).then(
+                refresh_curves, [with_oracle, workspace], [curves_plot], api_name=False, show_progress="minimal")
     return demo
 
 
