@@ -169,7 +169,7 @@ def vision_features(model, pixels):
     return out.hidden_states[model.config.vision_feature_layer]
 
 
-def forward(model, heads, batch: dict, device, vision_only: bool = False):
+def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None):
     """Losses (dict) and, for the QA part, per-segment exact-match flags."""
     import torch
     import torch.nn.functional as F
@@ -178,10 +178,17 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False):
     feats = vision_features(model, pixels)  # [B, P, Dv]
     losses = {}
     if heads is not None and batch["aux"] is not None:
+        # class-balanced: the mean loss over patches that hold something (an object, a letter, a
+        # centre) plus the mean over the empty ones, so sparse targets (centres) are not drowned
         aux = 0.0
         for k, head in heads.items():
-            tgt = torch.from_numpy(batch["aux"][k]).to(device)
-            aux = aux + F.cross_entropy(head(feats).flatten(0, 1), tgt.flatten())
+            tgt = torch.from_numpy(batch["aux"][k]).to(device).flatten()
+            logits = head(feats).flatten(0, 1)
+            ce = F.cross_entropy(logits, tgt, reduction="none")
+            pos = tgt > 0
+            aux = aux + ce[~pos].mean() + (ce[pos].mean() if pos.any() else 0.0)
+            if metrics is not None and pos.any():
+                metrics[k] = float((logits[pos].argmax(-1) == tgt[pos]).float().mean())
         losses["aux"] = aux / len(heads)
     if vision_only:
         return losses, None
@@ -263,6 +270,7 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=None, help="stop this slice after so many minutes")
     ap.add_argument("--vision-steps", type=int, default=0, help="first steps train the aux heads only (no LM)")
     ap.add_argument("--scenes", type=int, default=16, help="scenes per step")
+    ap.add_argument("--vision-scenes", type=int, default=32, help="scenes per vision-only step")
     ap.add_argument("--questions", type=int, default=6, help="questions per scene")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -345,10 +353,12 @@ def train(args) -> dict:
             break
         rng = np.random.default_rng([args.seed, TRAIN_STREAM, step])
         vision_only = step < args.vision_steps
-        batch = make_batch(rng, args.scenes, args.questions, size, type_weights)
+        batch = make_batch(rng, args.vision_scenes if vision_only else args.scenes, args.questions, size,
+                           type_weights)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        losses, correct = forward(model, heads, batch, device, vision_only=vision_only)
+        metrics = {} if (step + 1) % 25 == 0 else None
+        losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics)
         loss = losses.get("qa", 0.0) + args.aux_weight * losses["aux"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -359,11 +369,12 @@ def train(args) -> dict:
         last_loss = float(loss.detach())
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
-        bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items()}
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}
                         | ({"acc": f"{float(correct.float().mean()):.2f}"} if correct is not None else {}))
         if step % 25 == 0:
-            say(f"step {step} " + " ".join(f"{k}={float(v):.4f}" for k, v in losses.items())
+            say(f"step {step} " + " ".join(f"{k}={float(v.detach()):.4f}" for k, v in losses.items())
                 + (f" train_acc={float(correct.float().mean()):.3f}" if correct is not None else "")
+                + " " + " ".join(f"{k}={v:.2f}" for k, v in (metrics or {}).items())
                 + f" lr={opt.param_groups[0]['lr']:.2e} seen={seen} min={(elapsed0 + time.time() - t0) / 60:.1f}")
         if heldout and (step % args.eval_every == 0 or step == args.steps) and not vision_only:
             acc = evaluate_tf(model, heldout, size, device)
