@@ -21,13 +21,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dualview.engine.errors import DualviewError
 
 __all__ = ["Request", "validate_request", "load_image", "parse_budget", "MAX_PIXELS", "MAX_SIDE",
-           "MAX_PROMPT_CHARS", "MAX_B0", "MAX_GROWTH", "MAX_LAMBDA"]
+           "MAX_PROMPT_CHARS", "FORMATS", "MAX_B0", "MAX_GROWTH", "MAX_LAMBDA"]
 
 MAX_PIXELS = 64_000_000
 """Images with more pixels than this are refused before decoding (decompression bombs)."""
 MAX_SIDE = 2048
 """Images whose longer side exceeds this are downscaled (aspect kept) before anything else."""
 MAX_PROMPT_CHARS = 2000
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+"""The only decoders Pillow may use (JPEG includes MPO, the JPEG of phone cameras); never EPS
+(Ghostscript) nor the dozens of rarer formats Pillow would otherwise try on any upload."""
 MAX_B0 = 4096
 MAX_GROWTH = 16
 MAX_LAMBDA = 100.0
@@ -95,14 +98,15 @@ def load_image(source) -> Image.Image:
             stream, name = io.BytesIO(source), "The uploaded data"
         elif isinstance(source, (str, Path)):
             if not Path(source).is_file():
-                raise DualviewError(f"No image file at '{source}'; check the path.")
+                raise DualviewError(f"No image file at {str(source)!r}; check the path.")
             stream, name = str(source), f"'{Path(source).name}'"
         else:
             raise DualviewError(f"An image must be a file, a PIL image or an array, not {type(source).__name__}.")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(stream)
+                Image.init()  # register every plugin, so that FORMATS can name them
+                image = Image.open(stream, formats=FORMATS)
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise DualviewError(f"{name} has {width}x{height} pixels, more than the limit of "
@@ -147,13 +151,13 @@ def parse_budget(budget, num_visual: int | None = None) -> int | float:
             if text.endswith("%"):
                 budget = float(text[:-1]) / 100.0
                 if budget > 1.0:
-                    raise DualviewError(f"A budget of {original} keeps more than all visual tokens; use at most 100%.")
+                    raise DualviewError(f"A budget of {original!r} keeps more than all visual tokens; use at most 100%.")
             elif text.lstrip("+-").isdigit():
                 budget = int(text)
             else:
                 budget = float(text)
         except ValueError:
-            raise DualviewError(f"Budget '{original}' is not a number; give a token count (e.g. 69), "
+            raise DualviewError(f"Budget {original!r} is not a number; give a token count (e.g. 69), "
                                 "a fraction (e.g. 0.353) or a percentage (e.g. 35.3%).") from None
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
         raise DualviewError(f"Budget must be a token count or a fraction, not {type(original).__name__}.")
