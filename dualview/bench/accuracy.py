@@ -205,6 +205,13 @@ def markdown(rows: list[dict], methods) -> str:
                  else "" for p in papers]
         lines.append(f"| {method} | " + " | ".join(cell(main[method, b]) for b in budgets) + " | " +
                      " | ".join(paper) + " |")
+    n, p = full["n"], full["accuracy"]
+    lines += ["", f"n = {n}: one question is {100 / n:.1f} points; the binomial standard error of the all-token "
+              f"accuracy is ±{100 * (p * (1 - p) / n) ** 0.5:.1f} points.", "",
+              "Answers identical to the all-token answer (%):", "",
+              "| method | " + " | ".join(f"{100 * b:.1f} %" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    lines += [f"| {method} | " + " | ".join(f"{100 * main[method, b]['agreement']:.1f}" for b in budgets) + " |"
+              for method in methods]
     types = [k[len("accuracy_"):] for k in full if k.startswith("accuracy_")]
     lowest = min(budgets)
     lines += ["", f"Accuracy % per question type, all tokens and {100 * lowest:.1f} % kept:", "",
