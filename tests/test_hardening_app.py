@@ -218,6 +218,7 @@ def test_queue_is_bounded_and_cancelled_jobs_free_their_place(app):
     from dualview.app.launch import QUEUE_CONCURRENCY
 
     demo = app["demo"]
+    assert demo.analytics_enabled is False  # no usage reports to gradio's servers
     assert demo._queue.default_concurrency_limit == QUEUE_CONCURRENCY and demo._queue.max_size is not None
     client = Client(app["url"], verbose=False)
     image = app["images"]["la.png"][0]

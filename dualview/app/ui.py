@@ -276,7 +276,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
     methods = dualview_methods()
     first = examples[0] if examples else None
 
-    with gr.Blocks(title="dualview") as demo:
+    with gr.Blocks(title="dualview", analytics_enabled=False) as demo:  # no usage reports leave the machine
         workspace = gr.State(None)
         example_state = gr.State(first)
         gr.Markdown(
