@@ -57,3 +57,14 @@ def test_pickled_weights_are_refused_safetensors_load(tmp_path):
 def test_models_that_cannot_load_say_why(tmp_path, make, message):
     with pytest.raises(DualviewError, match=message):
         dualview.load(str(make(tmp_path)), device="cpu")
+
+
+def test_a_prompt_beyond_the_models_positions_is_refused_before_the_forward_pass():
+    """2000 characters pass the validator, but '€' is 3 byte tokens each: 6000 > 4096 positions."""
+    from tests.engine_tiny import gradient_image
+
+    session = dualview.load(tiny_dir("llava"), device="cpu")
+    assert session.max_length == 4096
+    with pytest.raises(DualviewError, match=r"make \d+ tokens, more than this model's limit of 4096"):
+        session.analyze(gradient_image(80, 60), "€" * 2000)
+    assert session.analyze(gradient_image(80, 60), "€" * 1000).num_visual > 0

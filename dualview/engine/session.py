@@ -89,7 +89,8 @@ class Session:
 
     Attributes:
         name: what was loaded (``builtin``, a path, or a model id); ``family``: adapter family;
-        num_layers: decoder layers L; ``default_layer``: method.md §5 pruning layer.
+        num_layers: decoder layers L; ``default_layer``: method.md §5 pruning layer;
+        ``max_length``: the language model's ``max_position_embeddings`` (None when unstated).
     """
 
     def __init__(self, name: str, model, processor, adapter: Adapter, cache_size: int = 8):
@@ -98,6 +99,7 @@ class Session:
         self.processor = processor
         self.adapter = adapter
         self.family = adapter.family
+        self.max_length = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         self.num_layers = len(adapter.layers)
         self.default_layer = default_layer(self.num_layers)
         self.fastv_k = min(FASTV_K, self.num_layers - 1)
@@ -119,7 +121,11 @@ class Session:
     def prepare(self, image, prompt: str, answer_ids: list[int] | None = None) -> Prepared:
         if not isinstance(prompt, str):
             raise DualviewError("The prompt must be text.")
-        return self.adapter.prepare(as_image(image), prompt, answer_ids)
+        prepared = self.adapter.prepare(as_image(image), prompt, answer_ids)
+        if self.max_length and prepared.length > self.max_length:
+            raise DualviewError(f"The image and prompt make {prepared.length} tokens, more than this model's limit "
+                                f"of {self.max_length}; shorten the prompt or use a smaller image.")
+        return prepared
 
     def _project(self, layer: int, captured: hooks.LayerInput) -> Projections:
         """q/k/v of decoder layer ``layer`` from its captured input, via its own modules."""
