@@ -187,7 +187,7 @@ def write_markdown(out: str | Path, stem: str, record: dict, tables: str) -> Pat
     model = record["model"]
     text = (f"`{record['command']}` — {record['date']}, {record['machine']}, torch {record['torch']}; "
             f"model `{model['name']}` (weights sha256 {model.get('weights_sha256', '-')}, "
-            f"commit {model.get('commit') or 'not committed'}); {record['n']} held-out questions, seed {record['seed']}.\n\n"
+            f"commit {model.get('commit') or 'none (not in git)'}); {record['n']} held-out questions, seed {record['seed']}.\n\n"
             + tables)
     path = Path(out) / f"{stem}.md"
     path.write_text(text)
@@ -195,12 +195,12 @@ def write_markdown(out: str | Path, stem: str, record: dict, tables: str) -> Pat
 
 
 def save_figure(figure, out: str | Path, stem: str) -> list[Path]:
-    """``<stem>.html`` (plotly.js inlined, works offline) and, when kaleido can drive a browser,
-    ``<stem>.png``; without one the PNG is skipped with a note on stderr."""
+    """``<stem>.html`` (loading ``plotly.min.js`` written once beside it: works offline) and, when
+    kaleido can drive a browser, ``<stem>.png``; without one the PNG is skipped with a note on stderr."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"{stem}.html"
-    figure.write_html(html, include_plotlyjs=True, full_html=True)
+    figure.write_html(html, include_plotlyjs="directory", full_html=True)
     written = [html]
     try:
         figure.write_image(out / f"{stem}.png", width=1100, height=520, scale=1)
