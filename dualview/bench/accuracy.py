@@ -238,7 +238,7 @@ def markdown(rows: list[dict], methods) -> str:
 
 
 def main(argv=None) -> None:
-    p = common.parser(__doc__.split("\n")[0], n=300, quick_n=3)
+    p = common.parser("accuracy", __doc__.split("\n")[0], n=300, quick_n=3)
     p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
     args = p.parse_args(argv)
     n = common.question_count(args)

@@ -33,9 +33,9 @@ MAX_NEW_TOKENS = 4
 """As ``dualview.shapes.model.answer``: every answer of the grammar fits in 4 tokens."""
 
 
-def parser(description: str, n: int, quick_n: int) -> argparse.ArgumentParser:
+def parser(suite: str, description: str, n: int, quick_n: int) -> argparse.ArgumentParser:
     """Options every suite takes: --model, --n, --seed, --quick, --out, --threads."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(prog=f"python -m dualview.bench {suite}", description=description)
     p.add_argument("--model", default="builtin", help="'builtin' (assets/shapes-vlm) or a saved shapes-world model directory")
     p.add_argument("--n", type=int, default=None, help=f"held-out questions (default {n}; {quick_n} with --quick)")
     p.add_argument("--seed", type=int, default=HELDOUT_SEED, help="held-out question seed (training never uses it)")

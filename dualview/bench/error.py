@@ -94,7 +94,7 @@ def summarise(records: list[dict], methods, budgets) -> tuple[list[dict], list[d
 
 def print_tables(rows, associations, budgets, methods) -> None:
     table = {(r["method"], r["budget"]): r for r in rows}
-    for title, key, fmt in (("relative weight error ‖W − W_S‖/‖W‖", "mean_weight_error", "{:>10.3f}"),
+    for title, key, fmt in (("relative weight error ‖W − W_S‖/‖W‖", "mean_weight_error", "{:>10.3g}"),
                             ("effective rank of W_S", "mean_effective_rank", "{:>10.2f}"),
                             ("attention-output error (text queries)", "mean_attention_error", "{:>10.3f}"),
                             ("answer flips vs. all tokens (%)", "flip_rate", "{:>10.1%}")):
@@ -120,7 +120,7 @@ def markdown(rows, associations, budgets, methods) -> str:
              "attention-output error / answers changed vs. all tokens (%).", "",
              f"| method | {heads} |", "|---|" + "---|" * len(budgets)]
     for method in methods:
-        cells = [f"{r['mean_weight_error']:.3f} / {r['mean_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
+        cells = [f"{r['mean_weight_error']:.3g} / {r['mean_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
                  f"{100 * r['flip_rate']:.1f}" for r in (table[method, b] for b in budgets)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Does the measure predict a changed answer? Point-biserial r / AUC (AUC = probability that a "
@@ -147,7 +147,7 @@ def error_figure(rows, methods, budgets, num_visual: int):
 
 
 def main(argv=None) -> None:
-    p = common.parser(__doc__.split("\n")[0], n=300, quick_n=3)
+    p = common.parser("error", __doc__.split("\n")[0], n=300, quick_n=3)
     p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
     p.add_argument("--oracle", action="store_true", help="also the greedy weight-error oracle (slow)")
     args = p.parse_args(argv)

@@ -156,7 +156,7 @@ def markdown(rows: list[dict], record: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = common.parser(__doc__.split("\n")[0], n=10, quick_n=2)
+    p = common.parser("prefill", __doc__.split("\n")[0], n=10, quick_n=2)
     p.add_argument("--repeats", type=int, default=3, help="passes over the questions (1 with --quick)")
     p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
     p.add_argument("--device", default="cpu", help="cpu (the built-in or --model), or cuda with --shape")
