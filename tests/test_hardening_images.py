@@ -28,3 +28,26 @@ def test_phone_jpegs_stored_as_mpo_are_read():
     data = encoded("MPO", save_all=True, append_images=[Image.new("RGB", (16, 12))])  # two frames
     assert Image.open(io.BytesIO(data)).format == "MPO"
     assert load_image(data).size == (16, 12)
+
+
+def test_the_python_api_decodes_with_the_same_validator(tmp_path):
+    """Session.analyze/answer take the same images as the app and refuse the same ones, same sentence."""
+    import numpy as np
+
+    import dualview
+    from tests.engine_tiny import tiny_dir
+
+    session = dualview.load(tiny_dir("llava"), device="cpu")
+    bomb, notes = tmp_path / "bomb.png", tmp_path / "notes.png"
+    Image.new("1", (9000, 9000)).save(bomb)
+    notes.write_text("not an image")
+    for path in (bomb, notes):
+        with pytest.raises(DualviewError) as from_validator:
+            load_image(str(path))
+        with pytest.raises(DualviewError) as from_session:
+            session.analyze(str(path), "what?")
+        assert str(from_session.value) == str(from_validator.value)
+    sixteen = tmp_path / "sixteen.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (40, 30), dtype=np.uint16), "I;16").save(sixteen)
+    by_path = session.analyze(str(sixteen), "what?")
+    assert by_path.image_hash == session.analyze(load_image(str(sixteen)), "what?").image_hash

@@ -13,11 +13,9 @@ import time
 from contextlib import nullcontext
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from dualview.engine import hooks
@@ -35,20 +33,11 @@ def default_layer(num_layers: int) -> int:
 
 
 def as_image(image) -> Image.Image:
-    """A PIL image, a path to one, or an ``[H, W, 3]`` uint8 array, as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                return opened.convert("RGB")
-        except FileNotFoundError:
-            raise DualviewError(f"No image file at '{image}'; check the path.") from None
-        except (UnidentifiedImageError, OSError):
-            raise DualviewError(f"'{image}' is not an image file Pillow can read (PNG, JPEG, ...).") from None
-    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    raise DualviewError(f"An image must be a PIL image, a file path or an [H, W, 3] array, not {type(image).__name__}.")
+    """A PIL image, a path, bytes or an ``[H, W(, 3)]`` array as an RGB PIL image, decoded by the
+    app's own validator (:func:`dualview.validation.load_image`: formats, modes, bomb limit, downscale)."""
+    from dualview.validation import load_image
+
+    return load_image(image)
 
 
 def image_hash(image: Image.Image) -> str:
