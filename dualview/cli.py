@@ -29,6 +29,19 @@ def _param(text: str) -> tuple[str, object]:
     return name, value
 
 
+MAX_NEW_TOKENS = 512
+
+
+def _new_tokens(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_NEW_TOKENS}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m dualview",
                      description="Look inside visual-token pruning of vision-language models (IWP).")
@@ -55,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--seed", type=int, default=0, help="seed for seeded methods (random)")
     answer.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
                         help="method parameter, e.g. --param lam=5 (repeatable)")
-    answer.add_argument("--max-new-tokens", type=int, default=16)
+    answer.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
 
     commands.add_parser("analyze", parents=[common], help="scores of every visual token at the analysis layer",
                         description="Scores of every visual token at the analysis layer (magnitude, "
