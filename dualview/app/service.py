@@ -164,6 +164,8 @@ class Workspace:
         """Weight error, effective rank of W_S and attention-output error of a kept set."""
         a = self.analysis
         return {"weight_error": a.weight_error(kept), "effective_rank": a.effective_rank(kept),
+                "visual_weight_error": a.weight_error(kept, scope="visual"),
+                "visual_effective_rank": a.effective_rank(kept, scope="visual"),
                 "attention_error": a.attention_error(kept)}
 
     def current_measures(self) -> dict:
@@ -179,11 +181,11 @@ class Workspace:
 
     def _curve(self, method: str) -> dict:
         a = self.analysis
-        result = {name: [] for name in ("weight_error", "effective_rank", "attention_error")}
+        result = {}
         for budget in self.curve_budgets():
             kept = a.select(method, budget, **self.params(method)).kept
             for name, value in self.measures(kept).items():
-                result[name].append(value)
+                result.setdefault(name, []).append(value)
         return result
 
     def _curve_key(self) -> tuple:

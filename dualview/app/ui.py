@@ -204,7 +204,8 @@ def status_text(ws: Workspace) -> str:
         forced = f" (forced: +{len(ws.forced_keep)} / −{len(ws.forced_drop)})"
     return (f"**{ws.request.method}** keeps **{len(ws.kept())}** of {ws.num_visual} visual tokens{forced} "
             f"({100 * len(ws.kept()) / ws.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
-            f"effective rank {m['effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
+            f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
+            f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
             f"layer {ws.analysis.layer} of {ws.analysis.num_layers} · “{ws.request.prompt}”")
 
 

@@ -144,25 +144,42 @@ class Analysis:
         mask[self.prepared.keep_positions(kept)] = True
         return mask
 
-    def weight_error(self, kept) -> float:
+    SCOPES = ("sequence", "visual")
+
+    def implicit_weight(self, kept, scope: str = "sequence") -> tuple[Tensor, Tensor, Tensor]:
+        """Keys ``[Hkv, n, d]`` (post-RoPE), values ``[Hkv, n, dv]`` and kept mask ``[n]`` of the
+        implicit weight a measure is taken on.
+
+        ``scope="sequence"`` is method.md §6: W sums the updates of every token of the sequence and
+        S holds every non-visual token plus the kept visual ones. ``scope="visual"`` sums the visual
+        tokens' updates only (n = Nv): the view to use when a few non-visual tokens (an attention
+        sink such as BOS, with a large ‖k‖) dominate W and hide the differences between kept sets.
+        """
+        if scope == "sequence":
+            return self.projections.k_post, self.projections.v, self.sequence_keep(kept)
+        if scope == "visual":
+            return self.visual_keys, self.visual_values, dual_form.keep_mask(self.prepared.check_kept(kept), self.num_visual)
+        raise DualviewError(f"Unknown scope {scope!r} for the implicit weight; use one of {', '.join(self.SCOPES)}.")
+
+    def weight_error(self, kept, scope: str = "sequence") -> float:
         """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight (method.md §6)."""
-        return dual_form.weight_error(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+        return dual_form.weight_error(*self.implicit_weight(kept, scope))
 
-    def weight_error_per_head(self, kept) -> Tensor:
+    def weight_error_per_head(self, kept, scope: str = "sequence") -> Tensor:
         """``[Hkv]`` the same error per KV head."""
-        return dual_form.weight_error_per_head(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+        return dual_form.weight_error_per_head(*self.implicit_weight(kept, scope))
 
-    def effective_rank(self, kept) -> float:
+    def effective_rank(self, kept, scope: str = "sequence") -> float:
         """Effective rank of ``W_S`` (mean over KV heads)."""
-        return dual_form.effective_rank(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+        return dual_form.effective_rank(*self.implicit_weight(kept, scope))
 
-    def stable_rank(self, kept) -> float:
+    def stable_rank(self, kept, scope: str = "sequence") -> float:
         """Stable rank of ``W_S`` (mean over KV heads)."""
-        return dual_form.stable_rank(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+        return dual_form.stable_rank(*self.implicit_weight(kept, scope))
 
-    def weight_spectrum(self, kept) -> Tensor:
-        """``[Hkv, dv]`` singular values of ``W_S`` per KV head."""
-        return dual_form.weight_spectrum(self.projections.k_post, self.projections.v, self.sequence_keep(kept))
+    def weight_spectrum(self, kept, scope: str = "sequence") -> Tensor:
+        """``[Hkv, dv]`` singular values of ``W_S`` per KV head, relative to ``‖W‖_F``."""
+        return dual_form.weight_spectrum(*self.implicit_weight(kept, scope))
 
     def attention_error(self, kept) -> float:
         """Relative attention-output error of the text queries at this layer (causal)."""

@@ -10,6 +10,8 @@ __all__ = ["METRICS", "error_curves"]
 METRICS = {
     "weight_error": "‖W − W_S‖ / ‖W‖",
     "effective_rank": "effective rank of W_S",
+    "visual_weight_error": "visual part: ‖W_V − W_S∩V‖ / ‖W_V‖",
+    "visual_effective_rank": "visual part: effective rank",
     "attention_error": "attention-output error",
 }
 
