@@ -25,7 +25,8 @@ import numpy as np
 
 from dualview.bench import common
 
-MEASURES = ("weight_error", "effective_rank", "stable_rank", "attention_error")
+MEASURES = ("weight_error", "effective_rank", "stable_rank", "visual_weight_error", "visual_effective_rank",
+            "attention_error")
 
 
 def measure(session, sample, methods, budgets) -> list[dict]:
@@ -41,6 +42,8 @@ def measure(session, sample, methods, budgets) -> list[dict]:
             records.append({"question": sample.question, "qtype": sample.qtype, "method": method, "budget": budget,
                             "kept_tokens": int(kept.numel()), "weight_error": analysis.weight_error(kept),
                             "effective_rank": analysis.effective_rank(kept), "stable_rank": analysis.stable_rank(kept),
+                            "visual_weight_error": analysis.weight_error(kept, scope="visual"),
+                            "visual_effective_rank": analysis.effective_rank(kept, scope="visual"),
                             "attention_error": analysis.attention_error(kept), "answer": prediction, "full": full,
                             "correct": prediction == sample.answer, "full_correct": full == sample.answer,
                             "flip": prediction != full})
@@ -96,6 +99,8 @@ def print_tables(rows, associations, budgets, methods) -> None:
     table = {(r["method"], r["budget"]): r for r in rows}
     for title, key, fmt in (("relative weight error ‖W − W_S‖/‖W‖", "mean_weight_error", "{:>10.3g}"),
                             ("effective rank of W_S", "mean_effective_rank", "{:>10.2f}"),
+                            ("visual tokens only: ‖W_V − W_S∩V‖/‖W_V‖", "mean_visual_weight_error", "{:>10.3g}"),
+                            ("visual tokens only: effective rank", "mean_visual_effective_rank", "{:>10.2f}"),
                             ("attention-output error (text queries)", "mean_attention_error", "{:>10.3f}"),
                             ("answer flips vs. all tokens (%)", "flip_rate", "{:>10.1%}")):
         print(f"\n{title}, mean over questions, by visual tokens kept")
@@ -117,10 +122,12 @@ def markdown(rows, associations, budgets, methods) -> str:
     table = {(r["method"], r["budget"]): r for r in rows}
     heads = " | ".join(f"{100 * b:.1f} %" for b in budgets)
     lines = ["Mean over questions at each budget: relative weight error ‖W − W_S‖/‖W‖ / effective rank of W_S / "
-             "attention-output error / answers changed vs. all tokens (%).", "",
+             "the same two over the visual tokens' updates only / attention-output error / answers changed vs. "
+             "all tokens (%).", "",
              f"| method | {heads} |", "|---|" + "---|" * len(budgets)]
     for method in methods:
-        cells = [f"{r['mean_weight_error']:.3g} / {r['mean_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
+        cells = [f"{r['mean_weight_error']:.3g} / {r['mean_effective_rank']:.2f} / {r['mean_visual_weight_error']:.3g} / "
+                 f"{r['mean_visual_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
                  f"{100 * r['flip_rate']:.1f}" for r in (table[method, b] for b in budgets)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Does the measure predict a changed answer? Point-biserial r / AUC (AUC = probability that a "
