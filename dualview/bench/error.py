@@ -143,12 +143,12 @@ def markdown(rows, associations, budgets, methods) -> str:
 
 
 def error_figure(rows, methods, budgets, num_visual: int):
-    from dualview.figures.curves import error_curves
+    from dualview.figures.curves import METRICS, error_curves
 
     ordered = sorted(budgets)
     counts = [next(r["kept_tokens"] for r in rows if r["budget"] == b) for b in ordered]
     curves = {m: {measure: [next(r[f"mean_{measure}"] for r in rows if r["method"] == m and r["budget"] == b)
-                            for b in ordered] for measure in ("weight_error", "effective_rank", "attention_error")}
+                            for b in ordered] for measure in METRICS}
               for m in methods}
     return error_curves(counts, curves, num_visual=num_visual, highlight="iwp")
 
