@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,12 +37,17 @@ def budget_count(fraction: float, num_visual: int) -> int:
 
 
 class ModelHolder:
-    """Loaded models by name, loaded once and shared; ``lock`` serialises calls into a model."""
+    """Loaded models by name, loaded once and shared; ``lock`` serialises calls into a model.
 
-    def __init__(self, device: str | None = None):
+    At most ``capacity`` models stay loaded (least recently used first out), so visitors naming
+    model after model cannot fill the server's memory.
+    """
+
+    def __init__(self, device: str | None = None, capacity: int = 2):
         self.device = device
+        self.capacity = capacity
         self.lock = threading.Lock()
-        self._sessions: dict = {}
+        self._sessions: OrderedDict = OrderedDict()
 
     def get(self, name: str):
         """The session for ``name``, loading it on first use (DualviewError when it cannot load)."""
@@ -59,6 +65,9 @@ class ModelHolder:
                 except Exception as error:  # noqa: BLE001 - a model that cannot load must not take the app down
                     raise DualviewError(f"Model '{name}' could not be loaded ({type(error).__name__}); "
                                         "the previous model stays loaded.") from None
+                while len(self._sessions) > self.capacity:
+                    self._sessions.popitem(last=False)
+            self._sessions.move_to_end(name)
             return self._sessions[name]
 
 
