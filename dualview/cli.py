@@ -139,6 +139,8 @@ def run_answer(args) -> dict:
         "weight_error": analysis.weight_error(selection.kept),
         "effective_rank": analysis.effective_rank(selection.kept),
         "effective_rank_full": analysis.effective_rank(range(analysis.num_visual)),
+        "visual_weight_error": analysis.weight_error(selection.kept, scope="visual"),
+        "visual_effective_rank": analysis.effective_rank(selection.kept, scope="visual"),
         "attention_error": analysis.attention_error(selection.kept),
     }
     if full.text:
@@ -181,7 +183,9 @@ def _print_text(command: str, result: dict) -> None:
         print(f"full answer:   {result['full_answer']['text']!r}")
         print(f"pruned answer: {result['pruned_answer']['text']!r}")
         print(f"weight error {result['weight_error']:.4f}, effective rank {result['effective_rank']:.2f} "
-              f"(all tokens {result['effective_rank_full']:.2f}), attention error {result['attention_error']:.4f}")
+              f"(all tokens {result['effective_rank_full']:.2f}); visual tokens only: weight error "
+              f"{result['visual_weight_error']:.4f}, effective rank {result['visual_effective_rank']:.2f}; "
+              f"attention error {result['attention_error']:.4f}")
     else:
         print(f"model: {result['model']['name']}, layer {result['settings']['analysis_layer']}, "
               f"{len(result['magnitude'])} visual tokens")

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from PIL import Image
 
-from dualview import cli
-from tests.engine_tiny import PROMPT, gradient_image, tiny_dir
+from dualview import cli, dual_form
+from tests.engine_tiny import PROMPT, gradient_image, tiny_dir, tiny_session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
@@ -47,6 +49,9 @@ def test_answer_json(image_path, capsys):
     assert result["pruned_answer"]["kept_tokens"] == result["full_answer"]["prompt_tokens"] - (
         settings["visual_tokens"] - settings["kept_count"])
     assert 0.0 < result["weight_error"] < 1.0
+    analysis = tiny_session("llava_next").analyze(Image.open(image_path), PROMPT)
+    assert result["visual_weight_error"] == pytest.approx(dual_form.weight_error(
+        analysis.visual_keys, analysis.visual_values, torch.tensor(result["kept"])), rel=1e-6)
 
 
 def test_answer_random_uses_the_seed_and_analyze_json(image_path, capsys):
