@@ -85,7 +85,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="N = 576 only, one repeat")
     parser.add_argument("--out", default="results", help="folder for selection-<device>.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     counts, repeats = ((576,), 1) if args.quick else (TOKEN_COUNTS, 5)
     rows = run(args.device, counts, repeats=repeats)
     print(f"selection time, ms (median of up to {repeats} runs), device {args.device}: {machine()}")
