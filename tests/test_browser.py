@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
+from dualview.figures.curves import METRICS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output"
@@ -149,10 +150,10 @@ def test_the_whole_page_in_a_browser(app_url, page):
     expect(page.locator("#pcmmr-plot .gtitle")).not_to_have_text(first, timeout=15_000)
     page.screenshot(path=str(OUT / "app-pcmmr.png"), full_page=True)
     page.locator("#pcmmr-pause").click()
-    # the error curves arrive in the step chained after the run: three panels, the budget marked
+    # the error curves arrive in the step chained after the run: one panel per metric, the budget marked
     page.get_by_role("tab", name="Low-rank error").click()
     expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=TIMEOUT_MS)
-    expect(page.locator("#curves .gtitle, #curves .annotation-text")).to_have_count(3, timeout=TIMEOUT_MS)
+    expect(page.locator("#curves .gtitle, #curves .annotation-text")).to_have_count(len(METRICS), timeout=TIMEOUT_MS)
     page.get_by_role("tab", name="PC-MMR step by step").click()
     page.wait_for_timeout(2_000)
     paused = plot_title(page, "pcmmr-plot")
