@@ -84,8 +84,8 @@ def test_tiny_training_reduces_loss(tmp_path):
 def _args(tmp_path, steps=30):
     import argparse
 
-    return argparse.Namespace(run=str(tmp_path / "run"), seed=0, steps=steps, minutes=None, vision_steps=0,
-                              scenes=4, vision_scenes=4, questions=4, lr=3e-3, warmup=5, aux_weight=1.0, threads=1,
+    return argparse.Namespace(run=str(tmp_path / "run"), seed=0, steps=steps, minutes=None, until=None,
+                              vision_steps=0, scenes=4, vision_scenes=4, questions=4, lr=3e-3, warmup=5, aux_weight=1.0, threads=1,
                               eval_every=1000, eval_n=0, eval_seed=1, save_every=5.0, size="tiny",
                               size_json=None, export=None, export_only=False, device="cpu", no_progress=True)
 

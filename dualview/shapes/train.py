@@ -268,6 +268,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=6000, help="total optimizer steps of the schedule")
     ap.add_argument("--minutes", type=float, default=None, help="stop this slice after so many minutes")
+    ap.add_argument("--until", type=int, default=None, help="stop this slice at this step (schedule unchanged)")
     ap.add_argument("--vision-steps", type=int, default=0, help="first steps train the aux heads only (no LM)")
     ap.add_argument("--scenes", type=int, default=16, help="scenes per step")
     ap.add_argument("--vision-scenes", type=int, default=32, help="scenes per vision-only step")
@@ -350,6 +351,8 @@ def train(args) -> dict:
     first_loss = last_loss = None
     while step < args.steps:
         if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        if args.until is not None and step >= args.until:
             break
         rng = np.random.default_rng([args.seed, TRAIN_STREAM, step])
         vision_only = step < args.vision_steps
