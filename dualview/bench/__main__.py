@@ -5,6 +5,7 @@ import sys
 
 SUITES = {
     "accuracy": "dualview.bench.accuracy",
+    "app": "dualview.bench.app",
     "error": "dualview.bench.error",
     "prefill": "dualview.bench.prefill",
     "readme": "dualview.bench.readme",
