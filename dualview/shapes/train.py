@@ -24,6 +24,7 @@ same command continues from it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -44,22 +45,31 @@ AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.S
 SEG_LEN = 11  # longest segment: 6 question words + <sep> + 2 answer words + </s> = 10
 
 
-_QCACHE: dict = {}
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from .model import build_tokenizer
+
+    return build_tokenizer()
 
 
-def question_ids(question: str) -> list:
+@functools.lru_cache(maxsize=4096)
+def question_ids(question: str) -> tuple:
     """Word ids of a question exactly as the shipped tokenizer produces them (no specials)."""
-    ids = _QCACHE.get(question)
-    if ids is None:
-        from .model import build_tokenizer
-        tok = _QCACHE.setdefault("__tok__", build_tokenizer())
-        ids = tok(question, add_special_tokens=False)["input_ids"]
-        _QCACHE[question] = ids
-    return ids
+    return tuple(_tokenizer()(question, add_special_tokens=False)["input_ids"])
 
 
 def answer_ids(answer: str) -> list:
     return [VOCAB[w] for w in answer.split()]
+
+
+def write_segment(seg_row: np.ndarray, lab_row: np.ndarray, question: str, answer: str) -> None:
+    """Fill one packed segment ``question <sep> answer </s>`` and its labels (the answer and
+    ``</s>``, each predicted from the token before it)."""
+    ans = answer_ids(answer)
+    ids = list(question_ids(question)) + [VOCAB[SEP]] + ans + [VOCAB[EOS]]
+    seg_row[: len(ids)] = ids
+    sep = len(ids) - len(ans) - 2
+    lab_row[sep: len(ids) - 1] = ids[sep + 1:]
 
 
 def patch_targets(scene: world.Scene, labels: np.ndarray, patch: int) -> dict:
@@ -109,10 +119,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
         for q in range(n_questions):
             qt = types[rng.choice(len(types), p=probs / probs.sum())]
             qa = world.ask(scene, qt, rng)
-            ids = question_ids(qa.question) + [VOCAB[SEP]] + answer_ids(qa.answer) + [VOCAB[EOS]]
-            seg[b, q, : len(ids)] = ids
-            sep = len(ids) - len(answer_ids(qa.answer)) - 2
-            lab[b, q, sep: len(ids) - 1] = ids[sep + 1:]
+            write_segment(seg[b, q], lab[b, q], qa.question, qa.answer)
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes}
@@ -125,10 +132,7 @@ def heldout_batch(samples: list, size: ModelSize) -> dict:
     seg = np.full((n, 1, SEG_LEN), VOCAB[PAD], np.int64)
     lab = np.full((n, 1, SEG_LEN), IGNORE, np.int64)
     for b, s in enumerate(samples):
-        ids = question_ids(s.question) + [VOCAB[SEP]] + answer_ids(s.answer) + [VOCAB[EOS]]
-        seg[b, 0, : len(ids)] = ids
-        sep = len(ids) - len(answer_ids(s.answer)) - 2
-        lab[b, 0, sep: len(ids) - 1] = ids[sep + 1:]
+        write_segment(seg[b, 0], lab[b, 0], s.question, s.answer)
     return {"images": imgs, "aux": None, "seg": seg, "labels": lab, "qtypes": [[s.qtype] for s in samples]}
 
 

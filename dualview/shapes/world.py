@@ -402,7 +402,7 @@ def heldout_set(n: int, seed: int, size: int = 224) -> list:
 # Example scenes shipped in assets/examples/
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
-# (name, question type, seed, constraints): small objects and letters are the interesting cases
+# (file name, question type, constraints): small objects and letters are the interesting cases
 _EXAMPLES = [
     ("01_color_of_small_shape", "color_of_shape", dict(max_side=0.09)),
     ("02_shape_of_color", "shape_of_color", dict()),
