@@ -369,20 +369,22 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                         shown = gr.JSON(label="summary of what is shown", elem_id="summary")
 
         # -- handlers ------------------------------------------------------------------------------
-        def fresh_views(ws: Workspace) -> dict:
-            """Every view, for a new or re-selected workspace."""
-            return {
-                workspace: ws, status: status_text(ws),
-                magnitude_plot: magnitude_figure(ws), duplication_plot: duplication_figure(ws),
-                kept_plot: kept_figure(ws), row_plot: row_figure(ws), teaching: teaching_text(ws),
-                picker: ws.request.image, token: ws.selected,
-                pcmmr_plot: step_figure(ws, "pcmmr", 0),
-                pcmmr_step: gr.Slider(0, max(1, steps_of(ws, "pcmmr") - 1), value=0, step=1),
-                mmr_plot: step_figure(ws, "classic", 0),
-                mmr_step: gr.Slider(0, max(1, steps_of(ws, "classic") - 1), value=0, step=1),
-                budget: gr.Slider(1, ws.num_visual, value=ws.budget, step=1),
-                command: cli_command(ws), shown: summary(ws), space_kind: ws.space_kind,
+        def fresh_views(ws: Workspace, unchanged=()) -> dict:
+            """Every view, for a new or re-selected workspace; views in ``unchanged`` are skipped
+            (not even drawn)."""
+            makers = {
+                workspace: lambda: ws, status: lambda: status_text(ws),
+                magnitude_plot: lambda: magnitude_figure(ws), duplication_plot: lambda: duplication_figure(ws),
+                kept_plot: lambda: kept_figure(ws), row_plot: lambda: row_figure(ws),
+                teaching: lambda: teaching_text(ws), picker: lambda: ws.request.image, token: lambda: ws.selected,
+                pcmmr_plot: lambda: step_figure(ws, "pcmmr", 0),
+                pcmmr_step: lambda: gr.Slider(0, max(1, steps_of(ws, "pcmmr") - 1), value=0, step=1),
+                mmr_plot: lambda: step_figure(ws, "classic", 0),
+                mmr_step: lambda: gr.Slider(0, max(1, steps_of(ws, "classic") - 1), value=0, step=1),
+                budget: lambda: gr.Slider(1, ws.num_visual, value=ws.budget, step=1),
+                command: lambda: cli_command(ws), shown: lambda: summary(ws), space_kind: lambda: ws.space_kind,
             }
+            return {view: gr.skip() if view in unchanged else make() for view, make in makers.items()}
 
         fresh_outputs = [workspace, status, magnitude_plot, duplication_plot, kept_plot, row_plot, teaching, picker,
                          token, pcmmr_plot, pcmmr_step, mmr_plot, mmr_step, budget, command, shown, space_kind]
@@ -433,9 +435,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                                        num_visual=ws.num_visual)
             ws.request = request
             ws.reselect()
-            views = fresh_views(ws)
-            for fixed in (magnitude_plot, duplication_plot, row_plot, picker, budget):
-                views[fixed] = gr.skip()
+            views = fresh_views(ws, unchanged=(magnitude_plot, duplication_plot, row_plot, picker, budget))
             current = ws.curves_current(with_oracle_value)  # else refresh_curves follows
             views.update({curves_plot: curves_figure(ws, with_oracle_value) if current else gr.skip(),
                           space_plot: space_figure(ws), per_head: per_head_text(ws)})
