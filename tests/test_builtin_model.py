@@ -49,3 +49,15 @@ def test_heldout_accuracy(builtin):
     model, processor = builtin
     res = run_eval(model, processor, world.heldout_set(100, HELDOUT_SEED))
     assert res["accuracy"]["overall"] >= MIN_ACCURACY_100, res["accuracy"]
+
+
+def test_the_apps_loader_answers_like_the_model(builtin):
+    """dualview.load("builtin") (what the app and CLI use) gives the same answers as the model itself."""
+    import dualview
+    from dualview.shapes.model import answer
+
+    model, processor = builtin
+    session = dualview.load("builtin", device="cpu")
+    assert session.num_layers >= 8 and session.adapter.family == "llava"
+    for s in world.heldout_set(8, HELDOUT_SEED):
+        assert session.answer(s.image, s.question).text == answer(model, processor, s.image, s.question)
