@@ -242,16 +242,8 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default=",".join(common.MAIN_METHODS), help="comma-separated registry names")
     args = p.parse_args(argv)
     n = common.question_count(args)
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = common.method_names(args.methods)
     session, model = common.load(args)
-    from dualview.engine.errors import DualviewError
-    from dualview.methods import get_method
-
-    try:
-        for method in methods:
-            get_method(method)
-    except DualviewError as error:
-        common.fail(str(error))
     samples = common.questions(session, n, args.seed)
     curve = CURVE_BUDGETS if not args.quick else (0.111, 0.222, 0.353, 1.0)
     start = time.perf_counter()

@@ -59,6 +59,21 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def method_names(text: str, extra: tuple = ()) -> tuple:
+    """Registered method names from a comma-separated ``--methods`` value (plus ``extra``); an unknown
+    name ends the run with one sentence."""
+    from dualview.engine.errors import DualviewError
+    from dualview.methods import get_method
+
+    methods = tuple(m.strip() for m in text.split(",") if m.strip()) + tuple(extra)
+    try:
+        for method in methods:
+            get_method(method)
+    except DualviewError as error:
+        fail(str(error))
+    return methods
+
+
 def load(args):
     """(session, model record) for ``args.model``; a DualviewError becomes one line and exit 2."""
     import torch

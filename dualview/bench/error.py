@@ -159,16 +159,8 @@ def main(argv=None) -> None:
     p.add_argument("--oracle", action="store_true", help="also the greedy weight-error oracle (slow)")
     args = p.parse_args(argv)
     n = common.question_count(args)
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) + (("oracle",) if args.oracle else ())
+    methods = common.method_names(args.methods, ("oracle",) if args.oracle else ())
     session, model = common.load(args)
-    from dualview.engine.errors import DualviewError
-    from dualview.methods import get_method
-
-    try:
-        for method in methods:
-            get_method(method)
-    except DualviewError as error:
-        common.fail(str(error))
     budgets = common.PAPER_BUDGETS
     samples = common.questions(session, n, args.seed)
     start = time.perf_counter()
