@@ -1,5 +1,7 @@
 """Training code of the built-in model: packing is exact, a tiny model learns, export round-trips."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -81,13 +83,11 @@ def test_tiny_training_reduces_loss(tmp_path):
     assert more["step"] == 32
 
 
-def _args(tmp_path, steps=30):
-    import argparse
-
-    return argparse.Namespace(run=str(tmp_path / "run"), seed=0, steps=steps, minutes=None, until=None,
-                              vision_steps=0, scenes=4, vision_scenes=4, questions=4, lr=3e-3, warmup=5, aux_weight=1.0, threads=1,
-                              eval_every=1000, eval_n=0, eval_seed=1, save_every=5.0, size="tiny",
-                              size_json=None, export=None, export_only=False, device="cpu", no_progress=True)
+def _args(tmp_path, steps=30, *extra):
+    return T.build_parser().parse_args(
+        ["--run", str(tmp_path / "run"), "--steps", str(steps), "--scenes", "4", "--vision-scenes", "4",
+         "--questions", "4", "--lr", "3e-3", "--warmup", "5", "--threads", "1", "--eval-every", "1000",
+         "--eval-n", "0", "--size", "tiny", "--device", "cpu", "--no-progress", *extra])
 
 
 def test_export_round_trip(tiny, tmp_path):
@@ -105,3 +105,49 @@ def test_export_round_trip(tiny, tmp_path):
         got = model(**inputs).logits
     assert torch.allclose(ref, got, atol=0.05)  # fp16 weights, fp32 compute
     assert isinstance(M.answer(model, processor, s.image, s.question), str)
+
+
+def test_init_starts_from_an_exported_model(tiny, tmp_path):
+    src = T.export(tiny, tmp_path / "m", M.TINY)
+    run = T.build_parser().parse_args(["--run", str(tmp_path / "warm"), "--init", str(src), "--until", "0",
+                                       "--threads", "1", "--eval-n", "0", "--device", "cpu", "--no-progress"])
+    T.train(run)  # stops before the first step, checkpointing what it started from
+    state = torch.load(tmp_path / "warm" / "ckpt.pt", weights_only=False)
+    assert state["size"] == dataclasses.asdict(M.TINY)  # the size comes from the exported config, not --size
+    for name, w in tiny.state_dict().items():
+        assert torch.equal(state["model"][name], w.half().float()), name  # the fp16 export, read back
+
+
+def test_word_alignment_loss_matches_a_per_patch_reference():
+    g = torch.Generator().manual_seed(0)
+    B, P, D = 2, 5, 8
+    img = torch.randn(B, P, D, generator=g)
+    emb = torch.randn(len(M.VOCAB), D, generator=g)
+    aux = {k: np.zeros((B, P), np.int64) for k in T.AUX}
+    aux["cover_color"][0, 1], aux["cover_shape"][0, 1] = 3, 2  # a patch over an object
+    aux["cover_color"][1, 4], aux["cover_shape"][1, 4] = 7, 5
+    aux["letter"][1, 0] = 26  # a patch over the letter Z
+
+    terms = []
+    for k, words in T.ALIGN_WORDS.items():
+        ces = []
+        for b in range(B):
+            for p in range(P):
+                c = int(aux[k][b, p])
+                if c == 0:
+                    continue
+                sims = [T.ALIGN_SCALE * float(torch.nn.functional.cosine_similarity(img[b, p], emb[M.VOCAB[w]], dim=0))
+                        for w in words]
+                ces.append(-sims[c - 1] + float(torch.logsumexp(torch.tensor(sims), 0)))
+        terms.append(sum(ces) / len(ces))
+    got = T.word_alignment_loss(img, emb, aux, "cpu")
+    assert abs(float(got) - sum(terms) / len(terms)) < 1e-5
+
+    # tokens equal to the sum of their two words' directions are classified right
+    for b, p in [(0, 1), (1, 4)]:
+        img[b, p] = (torch.nn.functional.normalize(emb[M.VOCAB[world.COLOR_NAMES[aux["cover_color"][b, p] - 1]]], dim=0)
+                     + torch.nn.functional.normalize(emb[M.VOCAB[world.SHAPES[aux["cover_shape"][b, p] - 1]]], dim=0))
+    img[1, 0] = emb[M.VOCAB["Z"]]
+    metrics = {}
+    T.word_alignment_loss(img, emb, aux, "cpu", metrics)
+    assert metrics == {"align_cover_color": 1.0, "align_cover_shape": 1.0, "align_letter": 1.0}

@@ -173,6 +173,40 @@ def vision_features(model, pixels):
     return out.hidden_states[model.config.vision_feature_layer]
 
 
+# per-patch targets whose classes are words of the vocabulary (class i + 1 -> word ALIGN_WORDS[k][i])
+ALIGN_WORDS = {"cover_color": world.COLOR_NAMES, "cover_shape": world.SHAPES, "letter": world.LETTERS}
+ALIGN_SCALE = 10.0
+
+
+def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None = None):
+    """Pull each visual token towards the input embeddings of the words that name what covers it.
+
+    ``img`` [B, P, D] projector outputs; ``word_emb`` [V, D] (detached: the LM's words stay put);
+    ``aux`` per-patch class targets [B, P]. For each target in :data:`ALIGN_WORDS`, the cosine
+    similarities (times :data:`ALIGN_SCALE`) between a covered patch's token and the candidate
+    words are the logits of a cross-entropy whose class is the right word. A token over a red
+    circle thus points towards both ``red`` and ``circle``, so a question word can find it by a
+    dot product. Training only; nothing of it is saved.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    tokens = F.normalize(img.flatten(0, 1), dim=-1)  # [B*P, D]
+    total, terms = 0.0, 0
+    for k, words in ALIGN_WORDS.items():
+        tgt = torch.from_numpy(aux[k]).to(device).flatten()
+        pos = tgt > 0
+        if not pos.any():
+            continue
+        ids = torch.tensor([VOCAB[w] for w in words], device=device)
+        logits = ALIGN_SCALE * tokens[pos] @ F.normalize(word_emb[ids], dim=-1).T  # [n, len(words)]
+        total = total + F.cross_entropy(logits, tgt[pos] - 1)
+        terms += 1
+        if metrics is not None:
+            metrics["align_" + k] = float((logits.argmax(-1) == tgt[pos] - 1).float().mean())
+    return total / max(1, terms)
+
+
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None):
     """Losses (dict) and, for the QA part, per-segment exact-match flags."""
     import torch
@@ -180,6 +214,8 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
 
     pixels = to_pixels(batch["images"], device)
     feats = vision_features(model, pixels)  # [B, P, Dv]
+    img = model.model.multi_modal_projector(feats)  # [B, P, D]: the visual tokens the LM reads
+    emb = model.model.language_model.get_input_embeddings()
     losses = {}
     if heads is not None and batch["aux"] is not None:
         # class-balanced: the mean loss over patches that hold something (an object, a letter, a
@@ -194,12 +230,11 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
             if metrics is not None and pos.any():
                 metrics[k] = float((logits[pos].argmax(-1) == tgt[pos]).float().mean())
         losses["aux"] = aux / len(heads)
+        losses["align"] = word_alignment_loss(img, emb.weight.detach(), batch["aux"], device, metrics)
     if vision_only:
         return losses, None
     B, Q, S = batch["seg"].shape
     P = feats.shape[1]
-    emb = model.model.language_model.get_input_embeddings()
-    img = model.model.multi_modal_projector(feats)
     bos = emb(torch.full((B, 1), VOCAB[BOS], device=device))
     seg = torch.from_numpy(batch["seg"]).to(device).reshape(B, Q * S)
     x = torch.cat([bos, img, emb(seg)], 1)
@@ -222,6 +257,21 @@ def build_heads(size: ModelSize):
     import torch
 
     return torch.nn.ModuleDict({k: torch.nn.Linear(size.vision_hidden, n) for k, n in AUX.items()})
+
+
+def init_size(model_dir) -> ModelSize:
+    """The ModelSize an exported model was built with (``config.json: shapes_world.model_size``)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return ModelSize(**cfg["shapes_world"]["model_size"])
+
+
+def init_weights(model_dir) -> dict:
+    """fp32 state dict of an exported model, keyed like :func:`build_model`'s."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    exported = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
+    return exported.state_dict()
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
@@ -266,7 +316,7 @@ def export(model, out_dir, size: ModelSize, dtype: str = "float16", card_extra: 
     return out
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/shapes", help="checkpoint/log directory (continued if it exists)")
     ap.add_argument("--seed", type=int, default=0)
@@ -280,6 +330,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--align-weight", type=float, default=1.0,
+                    help="weight of the word-alignment loss on the visual tokens (see word_alignment_loss)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=700)
@@ -287,12 +339,18 @@ def main(argv=None) -> None:
     ap.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     ap.add_argument("--size", default="default", choices=["default", "tiny"])
     ap.add_argument("--size-json", default=None, help="ModelSize fields as JSON (overrides --size)")
+    ap.add_argument("--init", default=None,
+                    help="start a new run from an exported model directory (e.g. assets/shapes-vlm): its weights "
+                         "and size; fresh auxiliary heads, optimizer and schedule")
     ap.add_argument("--export", default=None, help="export the model to this directory at the end")
     ap.add_argument("--export-only", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    train(args)
+    return ap
+
+
+def main(argv=None) -> None:
+    train(build_parser().parse_args(argv))
 
 
 def train(args) -> dict:
@@ -307,13 +365,19 @@ def train(args) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "ckpt.pt"
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    init = args.init if state is None else None
     if state is not None:
         size = ModelSize(**state["size"])
+    elif init:
+        size = init_size(init)
     elif args.size_json:
         size = ModelSize(**json.loads(args.size_json))
     else:
         size = TINY if args.size == "tiny" else ModelSize()
-    model = build_model(size, seed=args.seed).to(device)
+    model = build_model(size, seed=args.seed)
+    if init:
+        model.load_state_dict(init_weights(init))
+    model = model.to(device)
     heads = build_heads(size).to(device)
     params = list(model.parameters()) + list(heads.parameters())
     decay = [p for p in params if p.ndim >= 2]
@@ -366,7 +430,7 @@ def train(args) -> dict:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics)
-        loss = losses.get("qa", 0.0) + args.aux_weight * losses["aux"]
+        loss = losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
