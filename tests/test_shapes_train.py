@@ -75,7 +75,7 @@ def test_patch_targets_mark_objects_and_centres():
 
 
 def test_tiny_training_reduces_loss(tmp_path):
-    out = T.train(_args(tmp_path))
+    out = T.train(_args(tmp_path, 30, "--attn-layers", "1"))
     assert out["step"] == 30
     assert out["last_loss"] < 0.8 * out["first_loss"], out
     # resuming continues from the checkpoint
@@ -151,3 +151,45 @@ def test_word_alignment_loss_matches_a_per_patch_reference():
     metrics = {}
     T.word_alignment_loss(img, emb, aux, "cpu", metrics)
     assert metrics == {"align_cover_color": 1.0, "align_cover_shape": 1.0, "align_letter": 1.0}
+
+
+def test_evidence_patches_are_the_patches_a_box_covers():
+    got = T.evidence_patches([(20, 0, 40, 8)], 64, 16).reshape(4, 4)
+    # columns 16-32 (overlap 12 px) and 32-48 (8 px); rows 0-16 (8 px): 96 and 64 >= 32 px
+    want = np.zeros((4, 4), bool)
+    want[0, 1] = want[0, 2] = True
+    assert (got == want).all()
+    assert not T.evidence_patches([(30, 30, 34, 34)], 64, 16).any()  # 16 px of one patch < 1/8
+    assert not T.evidence_patches([], 64, 16).any()
+
+
+def test_evidence_attention_loss_reads_the_models_own_attention():
+    """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward."""
+    model = M.build_model(M.TINY, seed=1).eval()
+    model.set_attn_implementation("eager")
+    batch = T.make_batch(np.random.default_rng(3), 3, 4, M.TINY)
+    lm = model.model.language_model
+    P = M.TINY.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    feats = T.vision_features(model, T.to_pixels(batch["images"], "cpu"))
+    emb = lm.get_input_embeddings()
+    x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])), model.model.multi_modal_projector(feats),
+                   emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
+    mask = T.block_mask(1 + P, Q, S)[None, None].expand(B, 1, -1, -1)
+    pos = T.positions(1 + P, Q, S)[None].expand(B, -1)
+    with torch.no_grad():
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"], (1,), 1 + P, "cpu")
+    # reference: head 0's attention at <sep>, renormalised over the prefix, mass on evidence
+    att = out.attentions[1][:, 0]  # [B, L, L]
+    terms = []
+    for b in range(B):
+        for q in range(Q):
+            if not batch["evidence"][b, q].any():
+                continue
+            at = 1 + P + q * S + int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
+            row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()
+            terms.append(-torch.log(row[1:][torch.from_numpy(batch["evidence"][b, q])].sum()))
+    assert terms, "the batch should hold questions with evidence"
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)

@@ -105,6 +105,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     aux = {k: np.zeros((n_scenes, P), np.int64) for k in AUX}
     seg = np.full((n_scenes, n_questions, SEG_LEN), VOCAB[PAD], np.int64)
     lab = np.full((n_scenes, n_questions, SEG_LEN), IGNORE, np.int64)
+    evidence = np.zeros((n_scenes, n_questions, P), bool)
     qtypes = []
     w = type_weights or {}
     for b in range(n_scenes):
@@ -120,9 +121,22 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             qt = types[rng.choice(len(types), p=probs / probs.sum())]
             qa = world.ask(scene, qt, rng)
             write_segment(seg[b, q], lab[b, q], qa.question, qa.answer)
+            evidence[b, q] = evidence_patches(qa.evidence, size.image_size, size.patch_size)
             row.append(qt)
         qtypes.append(row)
-    return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes}
+    return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence}
+
+
+def evidence_patches(boxes: list, image_size: int, patch: int) -> np.ndarray:
+    """Bool [P] (row-major patches): the patches at least 1/8 covered by one of the evidence boxes."""
+    g = image_size // patch
+    edges = np.arange(g + 1) * patch
+    out = np.zeros((g, g), bool)
+    for x0, y0, x1, y1 in boxes:
+        ox = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)  # [g] overlap per column
+        oy = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None)  # [g] per row
+        out |= np.outer(oy, ox) >= patch * patch / 8
+    return out.reshape(-1)
 
 
 def heldout_batch(samples: list, size: ModelSize) -> dict:
@@ -207,7 +221,50 @@ def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None =
     return total / max(1, terms)
 
 
-def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None):
+def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, layers, n_prefix: int, device):
+    """How far the first query head of each layer in ``layers`` is from looking at the evidence.
+
+    ``lm`` the Llama decoder; ``hidden_states`` its per-layer inputs (``output_hidden_states``;
+    entry ``l`` [B, L, D] enters layer ``l``); ``position_ids`` [B, L]; ``seg`` [B, Q, S] packed
+    segment ids; ``evidence`` bool [B, Q, P] (the patches holding the objects or letter a question
+    is about); ``n_prefix`` = 1 + P (``<s>`` and the visual tokens). At each segment's ``<sep>``
+    (the token that predicts the answer), head 0's attention logits over the prefix are rebuilt
+    from the layer's own norm, projections and RoPE; the loss is ``-log`` of the softmax mass on
+    evidence patches, averaged over questions that have evidence (a count of 0 or a "no" has
+    none) and over the layers. Training only: it teaches the model where to look, the answer
+    loss teaches what to do with it.
+    """
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    seg = torch.as_tensor(seg, device=device)
+    evidence = torch.as_tensor(evidence, device=device)
+    B, Q, S = seg.shape
+    query_at = n_prefix + torch.arange(Q, device=device) * S + (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q]
+    target = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), evidence], -1)  # [B, Q, n_prefix]
+    has = evidence.any(-1)  # [B, Q]
+    if not has.any():
+        return torch.zeros((), device=device)
+    total = 0.0
+    for index in layers:
+        layer = lm.layers[index]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden_states[index])  # [B, L, D]
+        cos, sin = lm.rotary_emb(x, position_ids)  # [B, L, d]
+        d = attn.head_dim
+        take = query_at[..., None].expand(-1, -1, x.shape[-1])
+        q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, 0]  # [B, 1, Q, d] head 0
+        k = attn.k_proj(x[:, :n_prefix]).view(B, n_prefix, -1, d)[:, None, :, 0]  # [B, 1, n_prefix, d]
+        q = apply_rotary_pos_emb(q, q, cos.gather(1, take[..., :d]), sin.gather(1, take[..., :d]))[0]
+        k = apply_rotary_pos_emb(k, k, cos[:, :n_prefix], sin[:, :n_prefix])[0]
+        logp = torch.log_softmax((q @ k.transpose(-1, -2))[:, 0] * attn.scaling, -1)  # [B, Q, n_prefix]
+        on_evidence = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)  # [B, Q]
+        total = total - on_evidence[has].mean()
+    return total / len(layers)
+
+
+def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
+            attn_layers: tuple = ()):
     """Losses (dict) and, for the QA part, per-segment exact-match flags."""
     import torch
     import torch.nn.functional as F
@@ -241,7 +298,12 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     n_prefix = 1 + P
     mask = block_mask(n_prefix, Q, S, device)[None, None].expand(B, 1, -1, -1)
     pos = positions(n_prefix, Q, S, device)[None].expand(B, -1)
-    hidden = model.model.language_model(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+    lm = model.model.language_model
+    out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=bool(attn_layers))
+    hidden = out.last_hidden_state
+    if attn_layers and batch.get("evidence") is not None:
+        losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
+                                                 attn_layers, n_prefix, device)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -332,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--aux-weight", type=float, default=1.0)
     ap.add_argument("--align-weight", type=float, default=1.0,
                     help="weight of the word-alignment loss on the visual tokens (see word_alignment_loss)")
+    ap.add_argument("--attn-layers", default="",
+                    help="comma-separated decoder layers whose head 0 is taught to look at the evidence "
+                         "(see evidence_attention_loss); empty: none")
+    ap.add_argument("--attn-weight", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=700)
@@ -415,6 +481,7 @@ def train(args) -> dict:
     model.train()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True)
     type_weights = None
+    attn_layers = tuple(int(i) for i in args.attn_layers.split(",") if i.strip())
     acc: dict = {}
     first_loss = last_loss = None
     while step < args.steps:
@@ -429,8 +496,10 @@ def train(args) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None
-        losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics)
-        loss = losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
+        losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
+                                  attn_layers=attn_layers)
+        loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
+                + args.attn_weight * losses.get("attn", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
