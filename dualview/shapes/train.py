@@ -1,6 +1,8 @@
 """Train the built-in shapes-world VLM.
 
     python -m dualview.shapes.train --run runs/shapes --minutes 90          # train (or continue)
+    python -m dualview.shapes.train --run runs/next --init assets/shapes-vlm --questions 24 \
+        --attn-layers 2,3,4,5 --lr 1e-3 --minutes 100   # go on from the shipped model (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
@@ -13,7 +15,13 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Dense auxiliary supervision** of the vision tower (training-only linear heads on the features
   the projector receives): per patch the colour / shape of the object covering it, the letter
   covering it, and for the patch holding an object's box centre its colour, shape and 3 x 3 cell.
+- **Word alignment**: the visual tokens over an object or the letter are pulled towards the input
+  embeddings of the words naming it (:func:`word_alignment_loss`).
+- **Evidence attention** (``--attn-layers``): head 0 of chosen decoder layers is taught to look at
+  the patches a question is about (:func:`evidence_attention_loss`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
+- ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
+  training can go on across sessions from the shipped weights.
 
 Data streams: training scenes come from ``default_rng([seed, 0x7A1, step])``; held-out sets
 (``world.heldout_set``) from ``default_rng([seed, 0xE7A1])``, so they never meet.
