@@ -221,3 +221,18 @@ def test_examples_regenerate(tmp_path):
         if shipped.exists():  # the shipped examples are exactly what the function writes
             assert shipped.read_bytes() == p.read_bytes()
     assert types == set(world.QUESTION_TYPES)
+
+
+def test_render_plain_draws_base_colours_on_a_pure_background():
+    rng = np.random.default_rng(5)
+    scene = world.make_scene(rng, 224, n_objects=3, letter=True)
+    img = np.asarray(world.render_plain(scene, 2))
+    assert img.shape == (448, 448, 3)
+    _, labels = world.render(scene, labels=True)
+    for i, o in enumerate(scene.objects):
+        covered = np.kron(labels == i + 1, np.ones((2, 2), bool))  # the object's pixels at 2x
+        colours, counts = np.unique(img[covered].reshape(-1, 3), axis=0, return_counts=True)
+        assert tuple(colours[counts.argmax()]) == world.COLORS[o.color]  # exact base colour, no jitter
+    background = np.kron(labels == 0, np.ones((2, 2), bool))
+    want = (255, 255, 255) if scene.light else (0, 0, 0)
+    assert (img[background] == want).all(axis=-1).mean() > 0.99  # pure, no noise (edges aside)

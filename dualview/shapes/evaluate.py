@@ -1,6 +1,7 @@
 """Evaluate a shapes-world VLM on a held-out set with greedy decoding, per question type.
 
     python -m dualview.shapes.evaluate --n 2000 --seed 12345 [--model assets/shapes-vlm]
+    python -m dualview.shapes.evaluate --n 300 --plain 4    # the same scenes drawn plainly at 4x size
 
 Each question goes through the public path: processor (image + ``format_prompt(question)``) then
 ``model.generate`` (greedy), exactly as the app asks it. The held-out set is
@@ -10,6 +11,7 @@ Each question goes through the public path: processor (image + ``format_prompt(q
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -42,6 +44,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=12345, help="held-out seed (training never uses this stream)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--plain", type=int, default=None, metavar="SCALE",
+                    help="redraw every scene with world.render_plain at SCALE x the size (a stand-in for "
+                         "scenes drawn by hand) and ask about that image instead")
     ap.add_argument("--json", default=None, help="also write the result to this file")
     args = ap.parse_args(argv)
 
@@ -55,9 +60,13 @@ def main(argv=None) -> None:
     model, processor = load_builtin(args.model, dtype=getattr(torch, args.dtype))
     load_s = time.perf_counter() - t0
     samples = world.heldout_set(args.n, args.seed)
+    if args.plain:
+        samples = [dataclasses.replace(s, image=world.render_plain(s.scene, args.plain)) for s in samples]
     res = run_eval(model, processor, samples, progress=True)
-    res.update({"model": args.model, "n": args.n, "seed": args.seed, "dtype": args.dtype, "load_seconds": load_s})
-    print(f"held-out seed {args.seed}, {args.n} questions, greedy, {args.dtype}")
+    res.update({"model": args.model, "n": args.n, "seed": args.seed, "dtype": args.dtype, "load_seconds": load_s,
+                "plain_scale": args.plain})
+    drawn = f", drawn plainly at {args.plain}x" if args.plain else ""
+    print(f"held-out seed {args.seed}, {args.n} questions{drawn}, greedy, {args.dtype}")
     for t, a in res["accuracy"].items():
         n = res["counts"].get(t, args.n)
         print(f"  {t:16s} {100 * a:6.2f} %  (n={n})")

@@ -287,6 +287,19 @@ def render(scene: Scene, rng: np.random.Generator | None = None, labels: bool = 
     return img, np.asarray(lab)
 
 
+def render_plain(scene: Scene, scale: int = 4) -> Image.Image:
+    """``scene`` drawn the way a person would in a paint program: ``scale`` times larger, on pure
+    white (light scenes) or black (dark ones), each object in its colour's base RGB, no jitter, no
+    noise, no anti-aliasing. A stand-in for hand-drawn uploads (the processor resizes them)."""
+    img = Image.new("RGB", (scene.size * scale, scene.size * scale), (255, 255, 255) if scene.light else (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    for o in scene.objects:
+        _draw_obj(d, o, COLORS[o.color], scale)
+    if scene.letter:
+        _draw_letter(d, scene.letter, scale)
+    return img
+
+
 # ----------------------------------------------------------------------------------------------
 # Questions
 
