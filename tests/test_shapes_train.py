@@ -193,3 +193,25 @@ def test_evidence_attention_loss_reads_the_models_own_attention():
             terms.append(-torch.log(row[1:][torch.from_numpy(batch["evidence"][b, q])].sum()))
     assert terms, "the batch should hold questions with evidence"
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        T.build_parser().parse_args(["--attn-layers", "2,x"])
+    assert "is not a comma-separated list of layer numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="this model's decoder has layers 0 to 1"):
+        T.train(_args(tmp_path, 2, "--attn-layers", "1,2"))  # the tiny decoder has 2 layers
+    with pytest.raises(SystemExit, match="no exported model there"):
+        T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "llava"}')
+    with pytest.raises(SystemExit, match="not a shapes-world model"):
+        T.train(_args(tmp_path / "c", 2, "--init", str(tmp_path / "other")))
+
+
+def test_evaluate_refuses_a_plain_scale_below_one(capsys):
+    from dualview.shapes import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--n", "1", "--plain", "0"])
+    assert "--plain 0: the scale must be a whole number of at least 1" in capsys.readouterr().err

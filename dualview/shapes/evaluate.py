@@ -49,6 +49,8 @@ def main(argv=None) -> None:
                          "scenes drawn by hand) and ask about that image instead")
     ap.add_argument("--json", default=None, help="also write the result to this file")
     args = ap.parse_args(argv)
+    if args.plain is not None and args.plain < 1:
+        ap.error(f"--plain {args.plain}: the scale must be a whole number of at least 1")
 
     import torch
 

@@ -253,12 +253,12 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, laye
     has = evidence.any(-1)  # [B, Q]
     if not has.any():
         return torch.zeros((), device=device)
+    cos, sin = lm.rotary_emb(hidden_states[0], position_ids)  # [B, L, d], the same for every layer
     total = 0.0
     for index in layers:
         layer = lm.layers[index]
         attn = layer.self_attn
         x = layer.input_layernorm(hidden_states[index])  # [B, L, D]
-        cos, sin = lm.rotary_emb(x, position_ids)  # [B, L, d]
         d = attn.head_dim
         take = query_at[..., None].expand(-1, -1, x.shape[-1])
         q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, 0]  # [B, 1, Q, d] head 0
@@ -386,6 +386,24 @@ def export(model, out_dir, size: ModelSize, dtype: str = "float16", card_extra: 
     return out
 
 
+def layer_list(text: str) -> tuple:
+    """``--attn-layers`` value: comma-separated decoder layer indices (empty: none)."""
+    try:
+        return tuple(int(i) for i in text.split(",") if i.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers (e.g. 2,3,4,5)") from None
+
+
+def check_init(model_dir) -> None:
+    """A clear error (SystemExit) unless ``model_dir`` is a model exported by :func:`export`."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"error: --init {model_dir}: no exported model there (config.json is missing)")
+    if "model_size" not in json.loads(config.read_text()).get("shapes_world", {}):
+        raise SystemExit(f"error: --init {model_dir}: not a shapes-world model exported by this trainer "
+                         "(its config.json has no shapes_world.model_size)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/shapes", help="checkpoint/log directory (continued if it exists)")
@@ -402,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--aux-weight", type=float, default=1.0)
     ap.add_argument("--align-weight", type=float, default=1.0,
                     help="weight of the word-alignment loss on the visual tokens (see word_alignment_loss)")
-    ap.add_argument("--attn-layers", default="",
+    ap.add_argument("--attn-layers", type=layer_list, default=(),
                     help="comma-separated decoder layers whose head 0 is taught to look at the evidence "
                          "(see evidence_attention_loss); empty: none")
     ap.add_argument("--attn-weight", type=float, default=1.0)
@@ -443,11 +461,16 @@ def train(args) -> dict:
     if state is not None:
         size = ModelSize(**state["size"])
     elif init:
+        check_init(init)
         size = init_size(init)
     elif args.size_json:
         size = ModelSize(**json.loads(args.size_json))
     else:
         size = TINY if args.size == "tiny" else ModelSize()
+    attn_layers = tuple(args.attn_layers)
+    if any(not 0 <= i < size.text_layers for i in attn_layers):
+        raise SystemExit(f"error: --attn-layers {','.join(map(str, attn_layers))}: this model's decoder has layers "
+                         f"0 to {size.text_layers - 1}")
     model = build_model(size, seed=args.seed)
     if init:
         model.load_state_dict(init_weights(init))
@@ -489,7 +512,6 @@ def train(args) -> dict:
     model.train()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True)
     type_weights = None
-    attn_layers = tuple(int(i) for i in args.attn_layers.split(",") if i.strip())
     acc: dict = {}
     first_loss = last_loss = None
     while step < args.steps:
