@@ -163,11 +163,36 @@ def test_evidence_patches_are_the_patches_a_box_covers():
     assert not T.evidence_patches([], 64, 16).any()
 
 
-def test_evidence_attention_loss_reads_the_models_own_attention():
+def test_centre_patches_hold_one_patch_per_counted_object():
+    got = T.centre_patches([(0, 0, 10, 10), (40, 20, 64, 30), (34, 18, 46, 30)], 64, 16).reshape(4, 4)
+    want = np.zeros((4, 4), bool)
+    want[0, 0] = want[1, 3] = want[1, 2] = True  # centres (5, 5), (52, 25), (40, 24)
+    assert (got == want).all()
+    assert not T.centre_patches([], 64, 16).any()
+
+
+def test_counting_questions_are_supervised_on_object_centres():
+    batch = T.make_batch(np.random.default_rng(5), 6, 12, M.TINY)
+    word = {i: w for w, i in M.VOCAB.items()}
+    for b in range(6):
+        for q in range(12):
+            qtype = batch["qtypes"][b][q]
+            assert batch["counting"][b, q] == (qtype in T.COUNT_TYPES)
+            if qtype in T.COUNT_TYPES:
+                labels = batch["labels"][b, q]
+                count = int(word[int(labels[labels != T.IGNORE][0])])
+                centres = int(batch["evidence"][b, q].sum())
+                # one centre patch per counted object (two centres may share a patch, rarely)
+                assert (centres == 0) == (count == 0) and centres <= count
+    assert batch["counting"].any() and not batch["counting"].all()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_evidence_attention_loss_reads_the_models_own_attention(seed):
     """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward."""
     model = M.build_model(M.TINY, seed=1).eval()
     model.set_attn_implementation("eager")
-    batch = T.make_batch(np.random.default_rng(3), 3, 4, M.TINY)
+    batch = T.make_batch(np.random.default_rng(seed), 3, 8, M.TINY)
     lm = model.model.language_model
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
@@ -180,18 +205,24 @@ def test_evidence_attention_loss_reads_the_models_own_attention():
     with torch.no_grad():
         out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
                  output_attentions=True)
-        got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"], (1,), 1 + P, "cpu")
-    # reference: head 0's attention at <sep>, renormalised over the prefix, mass on evidence
+        got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
+                                        batch["counting"], (1,), 1 + P, "cpu")
+    # reference: head 0's attention at <sep>, renormalised over the prefix; mass on the evidence, or
+    # for counting questions the mean log-probability of <s> and the centre patches
     att = out.attentions[1][:, 0]  # [B, L, L]
-    terms = []
+    terms, kinds = [], set()
     for b in range(B):
         for q in range(Q):
-            if not batch["evidence"][b, q].any():
-                continue
             at = 1 + P + q * S + int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
             row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()
-            terms.append(-torch.log(row[1:][torch.from_numpy(batch["evidence"][b, q])].sum()))
-    assert terms, "the batch should hold questions with evidence"
+            ev = torch.from_numpy(batch["evidence"][b, q])
+            if batch["counting"][b, q]:
+                terms.append(-torch.cat([row[:1], row[1:][ev]]).log().mean())
+                kinds.add("count")
+            elif ev.any():
+                terms.append(-torch.log(row[1:][ev].sum()))
+                kinds.add("find")
+    assert kinds == {"count", "find"}, "the batch should hold both kinds of supervised question"
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
 
 

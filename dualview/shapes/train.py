@@ -50,6 +50,8 @@ TRAIN_STREAM = 0x7A1
 AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.SHAPES),
        "letter": 1 + len(world.LETTERS), "center_color": 1 + len(world.COLOR_NAMES),
        "center_shape": 1 + len(world.SHAPES), "center_cell": 1 + len(world.CELLS)}
+# questions answered by counting: their evidence is one patch per counted object (its centre)
+COUNT_TYPES = ("count_shape", "count_objects")
 SEG_LEN = 11  # longest segment: 6 question words + <sep> + 2 answer words + </s> = 10
 
 
@@ -98,7 +100,7 @@ def patch_targets(scene: world.Scene, labels: np.ndarray, patch: int) -> dict:
         out["letter"][lp] = 1 + world.LETTERS.index(scene.letter["char"])
     for o in scene.objects:
         cx, cy = o.center
-        p = min(int(cy // patch), g - 1) * g + min(int(cx // patch), g - 1)
+        p = centre_patch(cx, cy, g, patch)
         out["center_color"][p] = 1 + world.COLOR_NAMES.index(o.color)
         out["center_shape"][p] = 1 + world.SHAPES.index(o.shape)
         out["center_cell"][p] = 1 + world.CELLS.index(world.cell_of(cx, cy, scene.size))
@@ -114,6 +116,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     seg = np.full((n_scenes, n_questions, SEG_LEN), VOCAB[PAD], np.int64)
     lab = np.full((n_scenes, n_questions, SEG_LEN), IGNORE, np.int64)
     evidence = np.zeros((n_scenes, n_questions, P), bool)
+    counting = np.zeros((n_scenes, n_questions), bool)
     qtypes = []
     w = type_weights or {}
     for b in range(n_scenes):
@@ -129,10 +132,27 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             qt = types[rng.choice(len(types), p=probs / probs.sum())]
             qa = world.ask(scene, qt, rng)
             write_segment(seg[b, q], lab[b, q], qa.question, qa.answer)
-            evidence[b, q] = evidence_patches(qa.evidence, size.image_size, size.patch_size)
+            counting[b, q] = qt in COUNT_TYPES
+            find = centre_patches if counting[b, q] else evidence_patches
+            evidence[b, q] = find(qa.evidence, size.image_size, size.patch_size)
             row.append(qt)
         qtypes.append(row)
-    return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence}
+    return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
+            "counting": counting}
+
+
+def centre_patch(cx: float, cy: float, grid: int, patch: int) -> int:
+    """Row-major index of the patch holding the point (cx, cy) (pixels) on a ``grid`` x ``grid`` image."""
+    return min(int(cy // patch), grid - 1) * grid + min(int(cx // patch), grid - 1)
+
+
+def centre_patches(boxes: list, image_size: int, patch: int) -> np.ndarray:
+    """Bool [P] (row-major patches): the patch holding each box's centre, one per counted object."""
+    g = image_size // patch
+    out = np.zeros(g * g, bool)
+    for x0, y0, x1, y1 in boxes:
+        out[centre_patch((x0 + x1) / 2, (y0 + y1) / 2, g, patch)] = True
+    return out
 
 
 def evidence_patches(boxes: list, image_size: int, patch: int) -> np.ndarray:
@@ -229,18 +249,27 @@ def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None =
     return total / max(1, terms)
 
 
-def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, layers, n_prefix: int, device):
+def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, counting, layers, n_prefix: int,
+                            device):
     """How far the first query head of each layer in ``layers`` is from looking at the evidence.
 
     ``lm`` the Llama decoder; ``hidden_states`` its per-layer inputs (``output_hidden_states``;
     entry ``l`` [B, L, D] enters layer ``l``); ``position_ids`` [B, L]; ``seg`` [B, Q, S] packed
     segment ids; ``evidence`` bool [B, Q, P] (the patches holding the objects or letter a question
-    is about); ``n_prefix`` = 1 + P (``<s>`` and the visual tokens). At each segment's ``<sep>``
-    (the token that predicts the answer), head 0's attention logits over the prefix are rebuilt
-    from the layer's own norm, projections and RoPE; the loss is ``-log`` of the softmax mass on
-    evidence patches, averaged over questions that have evidence (a count of 0 or a "no" has
-    none) and over the layers. Training only: it teaches the model where to look, the answer
-    loss teaches what to do with it.
+    is about; for a counting question, the centre patch of each counted object); ``counting`` bool
+    [B, Q] (or None: no counting questions); ``n_prefix`` = 1 + P (``<s>`` and the visual tokens).
+    At each segment's ``<sep>`` (the token that predicts the answer), head 0's attention logits
+    over the prefix are rebuilt from the layer's own norm, projections and RoPE. Per question:
+
+    - to find: ``-log`` of the softmax mass on the evidence patches (questions without evidence,
+      a "no", are not supervised);
+    - to count: the cross-entropy with the uniform distribution over ``<s>`` and the n centres,
+      ``-mean log p`` over those n + 1 positions. The head's output is then ``(v_<s> + sum of the
+      centres' values) / (n + 1)``: the share of ``<s>`` in it says n, and a count of 0 puts all
+      the weight on ``<s>``.
+
+    Averaged over supervised questions and over the layers. Training only: it teaches the model
+    where to look, the answer loss teaches what to do with it.
     """
     import torch
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -248,9 +277,12 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, laye
     seg = torch.as_tensor(seg, device=device)
     evidence = torch.as_tensor(evidence, device=device)
     B, Q, S = seg.shape
+    counting = (torch.zeros(B, Q, dtype=torch.bool, device=device) if counting is None
+                else torch.as_tensor(counting, device=device))
     query_at = n_prefix + torch.arange(Q, device=device) * S + (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q]
     target = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), evidence], -1)  # [B, Q, n_prefix]
-    has = evidence.any(-1)  # [B, Q]
+    spread = torch.cat([counting[..., None], evidence & counting[..., None]], -1).float()  # <s> + centres
+    has = evidence.any(-1) | counting  # [B, Q]
     if not has.any():
         return torch.zeros((), device=device)
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)  # [B, L, d], the same for every layer
@@ -267,7 +299,8 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, laye
         k = apply_rotary_pos_emb(k, k, cos[:, :n_prefix], sin[:, :n_prefix])[0]
         logp = torch.log_softmax((q @ k.transpose(-1, -2))[:, 0] * attn.scaling, -1)  # [B, Q, n_prefix]
         on_evidence = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)  # [B, Q]
-        total = total - on_evidence[has].mean()
+        on_spread = (logp * spread).sum(-1) / spread.sum(-1).clamp(min=1)  # [B, Q]
+        total = total - torch.where(counting, on_spread, on_evidence)[has].mean()
     return total / len(layers)
 
 
@@ -311,6 +344,7 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
+                                                 batch.get("counting"),
                                                  attn_layers, n_prefix, device)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
