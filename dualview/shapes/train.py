@@ -18,7 +18,8 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Word alignment**: the visual tokens over an object or the letter are pulled towards the input
   embeddings of the words naming it (:func:`word_alignment_loss`).
 - **Evidence attention** (``--attn-layers``): head 0 of chosen decoder layers is taught to look at
-  the patches a question is about (:func:`evidence_attention_loss`).
+  the patches a question is about, and for a counting question to spread evenly over ``<s>`` and
+  the centre patch of each counted object (:func:`evidence_attention_loss`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
 - ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
   training can go on across sessions from the shipped weights.
