@@ -75,7 +75,7 @@ def test_patch_targets_mark_objects_and_centres():
 
 
 def test_tiny_training_reduces_loss(tmp_path):
-    out = T.train(_args(tmp_path, 30, "--attn-layers", "1"))
+    out = T.train(_args(tmp_path, 30, "--attn-layers", "1", "--query-layers", "0"))
     assert out["step"] == 30
     assert out["last_loss"] < 0.8 * out["first_loss"], out
     # resuming continues from the checkpoint
@@ -226,12 +226,53 @@ def test_evidence_attention_loss_reads_the_models_own_attention(seed):
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
 
 
+def test_question_attention_loss_reads_the_models_own_attention():
+    """Head 0's rebuilt attention at each <sep> equals the eager attention of the packed forward
+    (the block mask: the prefix and its own segment); the loss is -log its mass on the key words."""
+    model = M.build_model(M.TINY, seed=2).eval()
+    model.set_attn_implementation("eager")
+    batch = T.make_batch(np.random.default_rng(4), 3, 8, M.TINY)
+    lm = model.model.language_model
+    P = M.TINY.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    feats = T.vision_features(model, T.to_pixels(batch["images"], "cpu"))
+    emb = lm.get_input_embeddings()
+    x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])), model.model.multi_modal_projector(feats),
+                   emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
+    # eager attention adds a 4-D mask to the logits, so it gets the block mask as 0 / -inf
+    mask = torch.zeros(1 + P + Q * S, 1 + P + Q * S).masked_fill(~T.block_mask(1 + P, Q, S), float("-inf"))
+    mask = mask[None, None].expand(B, 1, -1, -1)
+    pos = T.positions(1 + P, Q, S)[None].expand(B, -1)
+    with torch.no_grad():
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.question_attention_loss(lm, out.hidden_states, pos, batch["seg"], (0, 1), 1 + P, "cpu")
+    key_words = set(world.COLOR_NAMES) | set(world.SHAPES) | set(world.PLURALS.values())
+    word = {i: w for w, i in M.VOCAB.items()}
+    per_layer = []
+    for layer in (0, 1):
+        att = out.attentions[layer][:, 0]  # [B, L, L]
+        terms = []
+        for b in range(B):
+            for q in range(Q):
+                ids = batch["seg"][b, q]
+                at = int(np.nonzero(ids == M.VOCAB[M.SEP])[0][0])
+                keys = [1 + P + q * S + j for j in range(at) if word[int(ids[j])] in key_words]
+                if keys:
+                    terms.append(-torch.log(att[b, 1 + P + q * S + at, keys].sum()))
+        per_layer.append(torch.stack(terms).mean())
+    assert len(terms) < B * Q, "the batch should hold questions without key words too"
+    assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
+
+
 def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.build_parser().parse_args(["--attn-layers", "2,x"])
     assert "is not a comma-separated list of layer numbers" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--attn-layers", "1,2"))  # the tiny decoder has 2 layers
+    with pytest.raises(SystemExit, match="--query-layers 5: this model's decoder has layers 0 to 1"):
+        T.train(_args(tmp_path, 2, "--query-layers", "5"))
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
     (tmp_path / "other").mkdir()

@@ -53,6 +53,8 @@ AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.S
        "center_shape": 1 + len(world.SHAPES), "center_cell": 1 + len(world.CELLS)}
 # questions answered by counting: their evidence is one patch per counted object (its centre)
 COUNT_TYPES = ("count_shape", "count_objects")
+# the words that say which object a question is about: colours, shapes and their plurals
+KEY_WORD_IDS = [VOCAB[w] for w in (*world.COLOR_NAMES, *world.SHAPES, *world.PLURALS.values())]
 SEG_LEN = 11  # longest segment: 6 question words + <sep> + 2 answer words + </s> = 10
 
 
@@ -250,6 +252,60 @@ def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None =
     return total / max(1, terms)
 
 
+def head0_logits(layer, hidden, cos, sin, query_at, n_keys: int):
+    """Head 0's scaled attention logits [B, Q, n_keys] of ``layer`` (a Llama decoder layer) from the
+    query positions ``query_at`` [B, Q] to the first ``n_keys`` positions, rebuilt from the layer's
+    own norm, projections and RoPE; ``hidden`` [B, L, D] is the layer's input, ``cos``/``sin``
+    [B, L, head_dim] the rotary tables. No mask: callers choose what each query may see."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)  # [B, L, D]
+    B, Q = query_at.shape
+    d = attn.head_dim
+    take = query_at[..., None].expand(-1, -1, x.shape[-1])
+    q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, 0]  # [B, 1, Q, d] head 0
+    k = attn.k_proj(x[:, :n_keys]).view(B, n_keys, -1, d)[:, None, :, 0]  # [B, 1, n_keys, d] its KV head
+    q = apply_rotary_pos_emb(q, q, cos.gather(1, take[..., :d]), sin.gather(1, take[..., :d]))[0]
+    k = apply_rotary_pos_emb(k, k, cos[:, :n_keys], sin[:, :n_keys])[0]
+    return (q @ k.transpose(-1, -2))[:, 0] * attn.scaling
+
+
+def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_prefix: int, device):
+    """How far head 0 of each layer in ``layers`` is from reading the question's key words at ``<sep>``.
+
+    Arguments as in :func:`evidence_attention_loss`. The key words are the colour and shape words
+    (singular or plural) a question names; they tell *which* object it is about, and the evidence
+    heads of later layers can only look for that object if ``<sep>`` has read them. Over everything
+    ``<sep>`` sees (the prefix and its own segment up to itself), the loss is ``-log`` of head 0's
+    softmax mass on the key words, averaged over questions that have some (not `how many
+    objects` nor the letter) and over the layers. Training only.
+    """
+    import torch
+
+    seg = torch.as_tensor(seg, device=device)
+    B, Q, S = seg.shape
+    sep_at = (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q]
+    query_at = n_prefix + torch.arange(Q, device=device) * S + sep_at
+    key = torch.isin(seg, torch.tensor(KEY_WORD_IDS, device=device))  # [B, Q, S]
+    has = key.any(-1)
+    if not has.any():
+        return torch.zeros((), device=device)
+    own = torch.arange(S, device=device) <= sep_at[..., None]  # [B, Q, S]: its segment, causally
+    block = torch.eye(Q, dtype=torch.bool, device=device)[None, :, :, None]  # query segment q sees block q only
+    visible = torch.cat([torch.ones(B, Q, n_prefix, dtype=torch.bool, device=device),
+                         (block & own[:, :, None, :]).reshape(B, Q, Q * S)], -1)  # [B, Q, L]
+    target = torch.cat([torch.zeros(B, Q, n_prefix, dtype=torch.bool, device=device),
+                        (block & key[:, :, None, :]).reshape(B, Q, Q * S)], -1)
+    cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
+    total = 0.0
+    for index in layers:
+        logits = head0_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S)
+        logp = torch.log_softmax(logits.masked_fill(~visible, float("-inf")), -1)  # [B, Q, L]
+        total = total - torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)[has].mean()
+    return total / len(layers)
+
+
 def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, counting, layers, n_prefix: int,
                             device):
     """How far the first query head of each layer in ``layers`` is from looking at the evidence.
@@ -273,7 +329,6 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     where to look, the answer loss teaches what to do with it.
     """
     import torch
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     seg = torch.as_tensor(seg, device=device)
     evidence = torch.as_tensor(evidence, device=device)
@@ -289,16 +344,8 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)  # [B, L, d], the same for every layer
     total = 0.0
     for index in layers:
-        layer = lm.layers[index]
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden_states[index])  # [B, L, D]
-        d = attn.head_dim
-        take = query_at[..., None].expand(-1, -1, x.shape[-1])
-        q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, 0]  # [B, 1, Q, d] head 0
-        k = attn.k_proj(x[:, :n_prefix]).view(B, n_prefix, -1, d)[:, None, :, 0]  # [B, 1, n_prefix, d]
-        q = apply_rotary_pos_emb(q, q, cos.gather(1, take[..., :d]), sin.gather(1, take[..., :d]))[0]
-        k = apply_rotary_pos_emb(k, k, cos[:, :n_prefix], sin[:, :n_prefix])[0]
-        logp = torch.log_softmax((q @ k.transpose(-1, -2))[:, 0] * attn.scaling, -1)  # [B, Q, n_prefix]
+        logits = head0_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
+        logp = torch.log_softmax(logits, -1)  # [B, Q, n_prefix]
         on_evidence = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)  # [B, Q]
         on_spread = (logp * spread).sum(-1) / spread.sum(-1).clamp(min=1)  # [B, Q]
         total = total - torch.where(counting, on_spread, on_evidence)[has].mean()
@@ -306,7 +353,7 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
 
 
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
-            attn_layers: tuple = ()):
+            attn_layers: tuple = (), query_layers: tuple = ()):
     """Losses (dict) and, for the QA part, per-segment exact-match flags."""
     import torch
     import torch.nn.functional as F
@@ -341,12 +388,16 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     mask = block_mask(n_prefix, Q, S, device)[None, None].expand(B, 1, -1, -1)
     pos = positions(n_prefix, Q, S, device)[None].expand(B, -1)
     lm = model.model.language_model
-    out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=bool(attn_layers))
+    out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+             output_hidden_states=bool(attn_layers or query_layers))
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
                                                  batch.get("counting"),
                                                  attn_layers, n_prefix, device)
+    if query_layers:
+        losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
+                                                  device)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -459,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated decoder layers whose head 0 is taught to look at the evidence "
                          "(see evidence_attention_loss); empty: none")
     ap.add_argument("--attn-weight", type=float, default=1.0)
+    ap.add_argument("--query-layers", type=layer_list, default=(),
+                    help="comma-separated decoder layers whose head 0 is taught to read the question's colour and "
+                         "shape words at <sep> (see question_attention_loss); empty: none")
+    ap.add_argument("--query-weight", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=700)
@@ -502,10 +557,11 @@ def train(args) -> dict:
         size = ModelSize(**json.loads(args.size_json))
     else:
         size = TINY if args.size == "tiny" else ModelSize()
-    attn_layers = tuple(args.attn_layers)
-    if any(not 0 <= i < size.text_layers for i in attn_layers):
-        raise SystemExit(f"error: --attn-layers {','.join(map(str, attn_layers))}: this model's decoder has layers "
-                         f"0 to {size.text_layers - 1}")
+    attn_layers, query_layers = tuple(args.attn_layers), tuple(args.query_layers)
+    for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers)):
+        if any(not 0 <= i < size.text_layers for i in chosen):
+            raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
+                             f"0 to {size.text_layers - 1}")
     model = build_model(size, seed=args.seed)
     if init:
         model.load_state_dict(init_weights(init))
@@ -562,9 +618,9 @@ def train(args) -> dict:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
-                                  attn_layers=attn_layers)
+                                  attn_layers=attn_layers, query_layers=query_layers)
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
-                + args.attn_weight * losses.get("attn", 0.0))
+                + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
