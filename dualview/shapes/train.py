@@ -20,6 +20,10 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Evidence attention** (``--attn-layers``): head 0 of chosen decoder layers is taught to look at
   the patches a question is about, and for a counting question to spread evenly over ``<s>`` and
   the centre patch of each counted object (:func:`evidence_attention_loss`).
+- **Question attention** (``--query-layers``): head 0 of chosen early layers is taught to read, at
+  ``<sep>``, the colour and shape words that say which object the question is about
+  (:func:`question_attention_loss`); without it the shipped model never carries a shape word to
+  ``<sep>`` (model card, Known limits).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
 - ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
   training can go on across sessions from the shipped weights.
