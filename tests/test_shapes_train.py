@@ -187,12 +187,12 @@ def test_counting_questions_are_supervised_on_object_centres():
     assert batch["counting"].any() and not batch["counting"].all()
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_evidence_attention_loss_reads_the_models_own_attention(seed):
-    """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward."""
-    model = M.build_model(M.TINY, seed=1).eval()
+def _packed_eager_forward(model_seed: int, batch_seed: int):
+    """A tiny model's packed forward (eager attention, all hidden states and attentions) on a
+    3-scene x 8-question batch: (batch, decoder, its output, position ids)."""
+    model = M.build_model(M.TINY, seed=model_seed).eval()
     model.set_attn_implementation("eager")
-    batch = T.make_batch(np.random.default_rng(seed), 3, 8, M.TINY)
+    batch = T.make_batch(np.random.default_rng(batch_seed), 3, 8, M.TINY)
     lm = model.model.language_model
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
@@ -200,11 +200,22 @@ def test_evidence_attention_loss_reads_the_models_own_attention(seed):
     emb = lm.get_input_embeddings()
     x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])), model.model.multi_modal_projector(feats),
                    emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
-    mask = T.block_mask(1 + P, Q, S)[None, None].expand(B, 1, -1, -1)
+    # eager attention adds a 4-D mask to the logits, so it gets the block mask as 0 / -inf
+    mask = torch.zeros(1 + P + Q * S, 1 + P + Q * S).masked_fill(~T.block_mask(1 + P, Q, S), float("-inf"))
     pos = T.positions(1 + P, Q, S)[None].expand(B, -1)
     with torch.no_grad():
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                 output_attentions=True)
+        out = lm(inputs_embeds=x, attention_mask=mask[None, None].expand(B, 1, -1, -1), position_ids=pos,
+                 output_hidden_states=True, output_attentions=True)
+    return batch, lm, out, pos
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_evidence_attention_loss_reads_the_models_own_attention(seed):
+    """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward."""
+    batch, lm, out, pos = _packed_eager_forward(1, seed)
+    P = M.TINY.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    with torch.no_grad():
         got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
                                         batch["counting"], (1,), 1 + P, "cpu")
     # reference: head 0's attention at <sep>, renormalised over the prefix; mass on the evidence, or
@@ -229,23 +240,10 @@ def test_evidence_attention_loss_reads_the_models_own_attention(seed):
 def test_question_attention_loss_reads_the_models_own_attention():
     """Head 0's rebuilt attention at each <sep> equals the eager attention of the packed forward
     (the block mask: the prefix and its own segment); the loss is -log its mass on the key words."""
-    model = M.build_model(M.TINY, seed=2).eval()
-    model.set_attn_implementation("eager")
-    batch = T.make_batch(np.random.default_rng(4), 3, 8, M.TINY)
-    lm = model.model.language_model
+    batch, lm, out, pos = _packed_eager_forward(2, 4)
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
-    feats = T.vision_features(model, T.to_pixels(batch["images"], "cpu"))
-    emb = lm.get_input_embeddings()
-    x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])), model.model.multi_modal_projector(feats),
-                   emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
-    # eager attention adds a 4-D mask to the logits, so it gets the block mask as 0 / -inf
-    mask = torch.zeros(1 + P + Q * S, 1 + P + Q * S).masked_fill(~T.block_mask(1 + P, Q, S), float("-inf"))
-    mask = mask[None, None].expand(B, 1, -1, -1)
-    pos = T.positions(1 + P, Q, S)[None].expand(B, -1)
     with torch.no_grad():
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                 output_attentions=True)
         got = T.question_attention_loss(lm, out.hidden_states, pos, batch["seg"], (0, 1), 1 + P, "cpu")
     key_words = set(world.COLOR_NAMES) | set(world.SHAPES) | set(world.PLURALS.values())
     word = {i: w for w, i in M.VOCAB.items()}
