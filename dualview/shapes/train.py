@@ -275,6 +275,14 @@ def head0_logits(layer, hidden, cos, sin, query_at, n_keys: int):
     return (q @ k.transpose(-1, -2))[:, 0] * attn.scaling
 
 
+def sep_positions(seg, n_prefix: int):
+    """Sequence index [B, Q] of each packed segment's ``<sep>`` (``seg`` [B, Q, S] tensor of ids)."""
+    import torch
+
+    Q, S = seg.shape[1:]
+    return n_prefix + torch.arange(Q, device=seg.device) * S + (seg == VOCAB[SEP]).int().argmax(-1)
+
+
 def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_prefix: int, device):
     """How far head 0 of each layer in ``layers`` is from reading the question's key words at ``<sep>``.
 
@@ -289,8 +297,8 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
 
     seg = torch.as_tensor(seg, device=device)
     B, Q, S = seg.shape
-    sep_at = (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q]
-    query_at = n_prefix + torch.arange(Q, device=device) * S + sep_at
+    query_at = sep_positions(seg, n_prefix)  # [B, Q]
+    sep_at = query_at - n_prefix - torch.arange(Q, device=device) * S  # [B, Q], within the segment
     key = torch.isin(seg, torch.tensor(KEY_WORD_IDS, device=device))  # [B, Q, S]
     has = key.any(-1)
     if not has.any():
@@ -318,7 +326,7 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     entry ``l`` [B, L, D] enters layer ``l``); ``position_ids`` [B, L]; ``seg`` [B, Q, S] packed
     segment ids; ``evidence`` bool [B, Q, P] (the patches holding the objects or letter a question
     is about; for a counting question, the centre patch of each counted object); ``counting`` bool
-    [B, Q] (or None: no counting questions); ``n_prefix`` = 1 + P (``<s>`` and the visual tokens).
+    [B, Q]; ``n_prefix`` = 1 + P (``<s>`` and the visual tokens).
     At each segment's ``<sep>`` (the token that predicts the answer), head 0's attention logits
     over the prefix are rebuilt from the layer's own norm, projections and RoPE. Per question:
 
@@ -337,9 +345,8 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     seg = torch.as_tensor(seg, device=device)
     evidence = torch.as_tensor(evidence, device=device)
     B, Q, S = seg.shape
-    counting = (torch.zeros(B, Q, dtype=torch.bool, device=device) if counting is None
-                else torch.as_tensor(counting, device=device))
-    query_at = n_prefix + torch.arange(Q, device=device) * S + (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q]
+    counting = torch.as_tensor(counting, device=device)
+    query_at = sep_positions(seg, n_prefix)  # [B, Q]
     target = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), evidence], -1)  # [B, Q, n_prefix]
     spread = torch.cat([counting[..., None], evidence & counting[..., None]], -1).float()  # <s> + centres
     has = evidence.any(-1) | counting  # [B, Q]
@@ -397,7 +404,7 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
-                                                 batch.get("counting"),
+                                                 batch["counting"],
                                                  attn_layers, n_prefix, device)
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
@@ -477,7 +484,7 @@ def export(model, out_dir, size: ModelSize, dtype: str = "float16", card_extra: 
 
 
 def layer_list(text: str) -> tuple:
-    """``--attn-layers`` value: comma-separated decoder layer indices (empty: none)."""
+    """``--attn-layers`` / ``--query-layers`` value: comma-separated decoder layer indices (empty: none)."""
     try:
         return tuple(int(i) for i in text.split(",") if i.strip())
     except ValueError:
@@ -561,7 +568,7 @@ def train(args) -> dict:
         size = ModelSize(**json.loads(args.size_json))
     else:
         size = TINY if args.size == "tiny" else ModelSize()
-    attn_layers, query_layers = tuple(args.attn_layers), tuple(args.query_layers)
+    attn_layers, query_layers = args.attn_layers, args.query_layers
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
