@@ -75,7 +75,7 @@ def test_patch_targets_mark_objects_and_centres():
 
 
 def test_tiny_training_reduces_loss(tmp_path):
-    out = T.train(_args(tmp_path, 30, "--attn-layers", "1", "--query-layers", "0"))
+    out = T.train(_args(tmp_path, 30, "--attn-layers", "1", "--query-layers", "0", "--word-layers", "0"))
     assert out["step"] == 30
     assert out["last_loss"] < 0.8 * out["first_loss"], out
     # resuming continues from the checkpoint
@@ -238,8 +238,9 @@ def test_evidence_attention_loss_reads_the_models_own_attention(seed):
 
 
 def test_question_attention_loss_reads_the_models_own_attention():
-    """Head 0's rebuilt attention at each <sep> equals the eager attention of the packed forward
-    (the block mask: the prefix and its own segment); the loss is -log its mass on the key words."""
+    """The last head's rebuilt attention at each <sep> equals the eager attention of the packed
+    forward (the block mask: the prefix and its own segment); the loss is -log its weight on the
+    question's last key word (an answer that is a key word does not count)."""
     batch, lm, out, pos = _packed_eager_forward(2, 4)
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
@@ -249,17 +250,84 @@ def test_question_attention_loss_reads_the_models_own_attention():
     word = {i: w for w, i in M.VOCAB.items()}
     per_layer = []
     for layer in (0, 1):
-        att = out.attentions[layer][:, 0]  # [B, L, L]
+        att = out.attentions[layer][:, -1]  # [B, L, L], the last head
         terms = []
         for b in range(B):
             for q in range(Q):
                 ids = batch["seg"][b, q]
                 at = int(np.nonzero(ids == M.VOCAB[M.SEP])[0][0])
-                keys = [1 + P + q * S + j for j in range(at) if word[int(ids[j])] in key_words]
+                keys = [j for j in range(at) if word[int(ids[j])] in key_words]
                 if keys:
-                    terms.append(-torch.log(att[b, 1 + P + q * S + at, keys].sum()))
+                    terms.append(-torch.log(att[b, 1 + P + q * S + at, 1 + P + q * S + keys[-1]]))
         per_layer.append(torch.stack(terms).mean())
     assert len(terms) < B * Q, "the batch should hold questions without key words too"
+    assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
+
+
+def test_key_words_look_at_the_objects_they_name():
+    """Each colour or shape word targets the objects named by it and the key words before it, so the
+    question's last key word targets the question's own evidence (from world.ask); a plural spreads
+    over <s> and the centres; a word naming nothing targets <s>."""
+    size = M.ModelSize()
+    rng = np.random.default_rng(11)
+    seen = set()
+    for _ in range(60):
+        scene = world.make_scene(rng, size.image_size)
+        for qtype in world.feasible_types(scene):
+            qa = world.ask(scene, qtype, rng)
+            targets, counting = T.word_targets(scene, qa.question, size)
+            words = qa.question.rstrip("?").split()
+            rows = [j for j in range(T.SEG_LEN) if targets[j].any()]
+            named = [j for j, w in enumerate(words) if w in world.COLOR_NAMES or w in world.SHAPES
+                     or w in world.PLURALS.values()]
+            assert rows == named
+            assert counting.tolist() == [j in named and words[j] in world.PLURALS.values() for j in range(T.SEG_LEN)]
+            if not named:
+                continue
+            last = targets[named[-1]]
+            if qtype == "count_shape":
+                assert last[0] and (last[1:] == T.centre_patches(qa.evidence, size.image_size, size.patch_size)).all()
+                seen.add("count")
+            elif qa.evidence:
+                assert not last[0]
+                assert (last[1:] == T.evidence_patches(qa.evidence, size.image_size, size.patch_size)).all()
+                seen.add("find")
+            else:  # a "no": nothing is named
+                assert last[0] and not last[1:].any()
+                seen.add("none")
+            if len(named) == 2:  # "is there a red circle" / "where is the red circle": "red" alone first
+                boxes = [o.box for o in scene.objects if o.color == words[named[0]]]
+                want = T.evidence_patches(boxes, size.image_size, size.patch_size)
+                assert (targets[named[0], 1:] == want).all() and targets[named[0], 0] == (not want.any())
+                seen.add("colour first")
+    assert seen == {"count", "find", "none", "colour first"}
+
+
+def test_word_evidence_loss_reads_the_models_own_attention():
+    """Head 0's rebuilt attention at every key word equals the eager attention of the packed forward;
+    the loss is -log its mass on the target, or for a plural the mean -log over <s> and the centres."""
+    batch, lm, out, pos = _packed_eager_forward(1, 3)
+    P = M.TINY.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    with torch.no_grad():
+        got = T.word_evidence_loss(lm, out.hidden_states, pos, batch["seg"], batch["words"], batch["word_counting"],
+                                   (0, 1), 1 + P, "cpu")
+    per_layer, kinds = [], set()
+    for layer in (0, 1):
+        att = out.attentions[layer][:, 0]  # [B, L, L]
+        terms = []
+        for b, q, j in zip(*np.nonzero(batch["words"].any(-1))):
+            at = 1 + P + q * S + j
+            row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()  # renormalised over the prefix
+            target = torch.from_numpy(batch["words"][b, q, j])
+            if batch["word_counting"][b, q, j]:
+                terms.append(-row[target].log().mean())
+                kinds.add("count")
+            else:
+                terms.append(-row[target].sum().log())
+                kinds.add("find")
+        per_layer.append(torch.stack(terms).mean())
+    assert kinds == {"count", "find"}, "the batch should hold both kinds of key word"
     assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
 
 
@@ -271,6 +339,8 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--attn-layers", "1,2"))  # the tiny decoder has 2 layers
     with pytest.raises(SystemExit, match="--query-layers 5: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--query-layers", "5"))
+    with pytest.raises(SystemExit, match="--word-layers 2: this model's decoder has layers 0 to 1"):
+        T.train(_args(tmp_path, 2, "--word-layers", "2"))
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
     (tmp_path / "other").mkdir()

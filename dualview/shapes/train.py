@@ -59,6 +59,13 @@ AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.S
 COUNT_TYPES = ("count_shape", "count_objects")
 # the words that say which object a question is about: colours, shapes and their plurals
 KEY_WORD_IDS = [VOCAB[w] for w in (*world.COLOR_NAMES, *world.SHAPES, *world.PLURALS.values())]
+# key word id -> (attribute, value, counted): what an object must be to be named by that word
+KEY_WORDS = {**{VOCAB[c]: ("color", c, False) for c in world.COLOR_NAMES},
+             **{VOCAB[s]: ("shape", s, False) for s in world.SHAPES},
+             **{VOCAB[p]: ("shape", s, True) for s, p in world.PLURALS.items()}}
+# the head that reads the last key word at <sep>: the last query head (in the shipped model, 4 query
+# heads on 2 KV heads, it has another KV head than head 0, which looks at the image)
+QUERY_HEAD = -1
 SEG_LEN = 11  # longest segment: 6 question words + <sep> + 2 answer words + </s> = 10
 
 
@@ -114,6 +121,32 @@ def patch_targets(scene: world.Scene, labels: np.ndarray, patch: int) -> dict:
     return out
 
 
+def word_targets(scene: world.Scene, question: str, size: ModelSize):
+    """What each key word of a question should look at in the prefix ``<s> + P`` patches.
+
+    Returns ``targets`` bool [SEG_LEN, 1 + P] and ``counting`` bool [SEG_LEN], per position of the
+    question's segment (rows of non-key words are empty). A key word names the objects that match
+    it and every key word before it (``red`` then ``circle``: the red circles). A colour or shape
+    word looks at the patches of those objects, or at ``<s>`` if there are none; a plural (a
+    counting question) spreads over ``<s>`` and each one's centre patch, like
+    :func:`evidence_attention_loss`'s counting target.
+    """
+    n_prefix = 1 + size.num_image_tokens
+    targets = np.zeros((SEG_LEN, n_prefix), bool)
+    counting = np.zeros(SEG_LEN, bool)
+    objs = list(scene.objects)
+    for j, token in enumerate(question_ids(question)):
+        if token not in KEY_WORDS:
+            continue
+        attr, value, counting[j] = KEY_WORDS[token]
+        objs = [o for o in objs if getattr(o, attr) == value]
+        boxes = [o.box for o in objs]
+        find = centre_patches if counting[j] else evidence_patches
+        targets[j, 1:] = find(boxes, size.image_size, size.patch_size)
+        targets[j, 0] = counting[j] or not targets[j, 1:].any()
+    return targets, counting
+
+
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
                type_weights: dict | None = None, p_letter: float = 0.5) -> dict:
     """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments."""
@@ -124,6 +157,8 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     lab = np.full((n_scenes, n_questions, SEG_LEN), IGNORE, np.int64)
     evidence = np.zeros((n_scenes, n_questions, P), bool)
     counting = np.zeros((n_scenes, n_questions), bool)
+    words = np.zeros((n_scenes, n_questions, SEG_LEN, 1 + P), bool)
+    word_counting = np.zeros((n_scenes, n_questions, SEG_LEN), bool)
     qtypes = []
     w = type_weights or {}
     for b in range(n_scenes):
@@ -142,10 +177,11 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             counting[b, q] = qt in COUNT_TYPES
             find = centre_patches if counting[b, q] else evidence_patches
             evidence[b, q] = find(qa.evidence, size.image_size, size.patch_size)
+            words[b, q], word_counting[b, q] = word_targets(scene, qa.question, size)
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
-            "counting": counting}
+            "counting": counting, "words": words, "word_counting": word_counting}
 
 
 def centre_patch(cx: float, cy: float, grid: int, patch: int) -> int:
@@ -256,11 +292,11 @@ def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None =
     return total / max(1, terms)
 
 
-def head0_logits(layer, hidden, cos, sin, query_at, n_keys: int):
-    """Head 0's scaled attention logits [B, Q, n_keys] of ``layer`` (a Llama decoder layer) from the
-    query positions ``query_at`` [B, Q] to the first ``n_keys`` positions, rebuilt from the layer's
-    own norm, projections and RoPE; ``hidden`` [B, L, D] is the layer's input, ``cos``/``sin``
-    [B, L, head_dim] the rotary tables. No mask: callers choose what each query may see."""
+def head_logits(layer, hidden, cos, sin, query_at, n_keys: int, head: int = 0):
+    """Query head ``head``'s scaled attention logits [B, Q, n_keys] of ``layer`` (a Llama decoder
+    layer) from the query positions ``query_at`` [B, Q] to the first ``n_keys`` positions, rebuilt
+    from the layer's own norm, projections and RoPE; ``hidden`` [B, L, D] is the layer's input,
+    ``cos``/``sin`` [B, L, head_dim] the rotary tables. No mask: callers choose what each query may see."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     attn = layer.self_attn
@@ -268,8 +304,10 @@ def head0_logits(layer, hidden, cos, sin, query_at, n_keys: int):
     B, Q = query_at.shape
     d = attn.head_dim
     take = query_at[..., None].expand(-1, -1, x.shape[-1])
-    q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, 0]  # [B, 1, Q, d] head 0
-    k = attn.k_proj(x[:, :n_keys]).view(B, n_keys, -1, d)[:, None, :, 0]  # [B, 1, n_keys, d] its KV head
+    head = head % attn.config.num_attention_heads  # -1: the last head
+    kv_head = head // attn.num_key_value_groups
+    q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, head]  # [B, 1, Q, d]
+    k = attn.k_proj(x[:, :n_keys]).view(B, n_keys, -1, d)[:, None, :, kv_head]  # [B, 1, n_keys, d]
     q = apply_rotary_pos_emb(q, q, cos.gather(1, take[..., :d]), sin.gather(1, take[..., :d]))[0]
     k = apply_rotary_pos_emb(k, k, cos[:, :n_keys], sin[:, :n_keys])[0]
     return (q @ k.transpose(-1, -2))[:, 0] * attn.scaling
@@ -284,14 +322,16 @@ def sep_positions(seg, n_prefix: int):
 
 
 def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_prefix: int, device):
-    """How far head 0 of each layer in ``layers`` is from reading the question's key words at ``<sep>``.
+    """How far head :data:`QUERY_HEAD` of each layer in ``layers`` is from reading, at ``<sep>``,
+    the question's last key word.
 
     Arguments as in :func:`evidence_attention_loss`. The key words are the colour and shape words
-    (singular or plural) a question names; they tell *which* object it is about, and the evidence
-    heads of later layers can only look for that object if ``<sep>`` has read them. Over everything
-    ``<sep>`` sees (the prefix and its own segment up to itself), the loss is ``-log`` of head 0's
-    softmax mass on the key words, averaged over questions that have some (not `how many
-    objects` nor the letter) and over the layers. Training only.
+    (singular or plural) a question names; they tell *which* object it is about. The last one has
+    looked at the objects all of them name (:func:`word_evidence_loss`), so ``<sep>`` finds there
+    what the answer needs. Over everything ``<sep>`` sees (the prefix and its own segment up to
+    itself), the loss is ``-log`` of the head's softmax probability of the last key word, averaged
+    over questions that have one (not `how many objects` nor the letter) and over the layers.
+    Training only.
     """
     import torch
 
@@ -299,8 +339,11 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
     B, Q, S = seg.shape
     query_at = sep_positions(seg, n_prefix)  # [B, Q]
     sep_at = query_at - n_prefix - torch.arange(Q, device=device) * S  # [B, Q], within the segment
-    key = torch.isin(seg, torch.tensor(KEY_WORD_IDS, device=device))  # [B, Q, S]
-    has = key.any(-1)
+    in_question = torch.arange(S, device=device) < sep_at[..., None]  # [B, Q, S] (an answer may be a key word)
+    is_key = torch.isin(seg, torch.tensor(KEY_WORD_IDS, device=device)) & in_question
+    has = is_key.any(-1)
+    last = S - 1 - is_key.flip(-1).int().argmax(-1)  # [B, Q]: the last key word's place in its segment
+    key = torch.nn.functional.one_hot(last, S).bool() & has[..., None]
     if not has.any():
         return torch.zeros((), device=device)
     own = torch.arange(S, device=device) <= sep_at[..., None]  # [B, Q, S]: its segment, causally
@@ -312,7 +355,7 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
-        logits = head0_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S)
+        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, QUERY_HEAD)
         logp = torch.log_softmax(logits.masked_fill(~visible, float("-inf")), -1)  # [B, Q, L]
         total = total - torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)[has].mean()
     return total / len(layers)
@@ -355,7 +398,7 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)  # [B, L, d], the same for every layer
     total = 0.0
     for index in layers:
-        logits = head0_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
+        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
         logp = torch.log_softmax(logits, -1)  # [B, Q, n_prefix]
         on_evidence = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)  # [B, Q]
         on_spread = (logp * spread).sum(-1) / spread.sum(-1).clamp(min=1)  # [B, Q]
@@ -363,8 +406,43 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     return total / len(layers)
 
 
+def word_evidence_loss(lm, hidden_states, position_ids, seg, words, word_counting, layers, n_prefix: int,
+                       device):
+    """How far head 0 of each layer in ``layers`` is, at each key word, from looking at what it names.
+
+    Arguments as in :func:`evidence_attention_loss`, with ``words`` bool [B, Q, S, n_prefix] and
+    ``word_counting`` bool [B, Q, S] from :func:`word_targets`. The key word's own embedding is the
+    query that finds its objects (the visual tokens are aligned to the words that name them,
+    :func:`word_alignment_loss`), so the word's position ends up holding that object's colour,
+    shape and place, or the count, for ``<sep>`` to read (:func:`question_attention_loss`).
+    Head 0's attention over the prefix is rebuilt as in :func:`evidence_attention_loss`; the loss
+    per key word is ``-log`` of its mass on the target, or for a plural the cross-entropy with the
+    uniform distribution over ``<s>`` and the centres, averaged over key words and layers.
+    Training only.
+    """
+    import torch
+
+    words = torch.as_tensor(words, device=device)
+    B, Q, S, _ = words.shape
+    at_key = words.any(-1).reshape(B, Q * S)  # [B, Q*S]
+    if not at_key.any():
+        return torch.zeros((), device=device)
+    target = words.reshape(B, Q * S, n_prefix)
+    spread = torch.as_tensor(word_counting, device=device).reshape(B, Q * S)
+    query_at = (n_prefix + torch.arange(Q * S, device=device))[None].expand(B, -1)  # every segment position
+    cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
+    total = 0.0
+    for index in layers:
+        logp = torch.log_softmax(head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix),
+                                 -1)  # [B, Q*S, n_prefix]
+        on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
+        on_spread = (logp * target).sum(-1) / target.sum(-1).clamp(min=1)
+        total = total - torch.where(spread, on_spread, on_target)[at_key].mean()
+    return total / len(layers)
+
+
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
-            attn_layers: tuple = (), query_layers: tuple = ()):
+            attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = ()):
     """Losses (dict) and, for the QA part, per-segment exact-match flags."""
     import torch
     import torch.nn.functional as F
@@ -400,12 +478,15 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     pos = positions(n_prefix, Q, S, device)[None].expand(B, -1)
     lm = model.model.language_model
     out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-             output_hidden_states=bool(attn_layers or query_layers))
+             output_hidden_states=bool(attn_layers or query_layers or word_layers))
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
                                                  batch["counting"],
                                                  attn_layers, n_prefix, device)
+    if word_layers and batch.get("words") is not None:
+        losses["word"] = word_evidence_loss(lm, out.hidden_states, pos, batch["seg"], batch["words"],
+                                            batch["word_counting"], word_layers, n_prefix, device)
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
                                                   device)
@@ -522,9 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "(see evidence_attention_loss); empty: none")
     ap.add_argument("--attn-weight", type=float, default=1.0)
     ap.add_argument("--query-layers", type=layer_list, default=(),
-                    help="comma-separated decoder layers whose head 0 is taught to read the question's colour and "
-                         "shape words at <sep> (see question_attention_loss); empty: none")
+                    help="comma-separated decoder layers whose last head is taught to read the question's last "
+                         "colour or shape word at <sep> (see question_attention_loss); empty: none")
     ap.add_argument("--query-weight", type=float, default=1.0)
+    ap.add_argument("--word-layers", type=layer_list, default=(),
+                    help="comma-separated decoder layers whose head 0 is taught, at each colour or shape word, to "
+                         "look at the objects it names (see word_evidence_loss); empty: none")
+    ap.add_argument("--word-weight", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=700)
@@ -568,8 +653,9 @@ def train(args) -> dict:
         size = ModelSize(**json.loads(args.size_json))
     else:
         size = TINY if args.size == "tiny" else ModelSize()
-    attn_layers, query_layers = args.attn_layers, args.query_layers
-    for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers)):
+    attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
+    for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
+                           ("--word-layers", word_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
                              f"0 to {size.text_layers - 1}")
@@ -629,9 +715,10 @@ def train(args) -> dict:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
-                                  attn_layers=attn_layers, query_layers=query_layers)
+                                  attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers)
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
-                + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0))
+                + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0)
+                + args.word_weight * losses.get("word", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
