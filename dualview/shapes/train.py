@@ -20,10 +20,14 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Evidence attention** (``--attn-layers``): head 0 of chosen decoder layers is taught to look at
   the patches a question is about, and for a counting question to spread evenly over ``<s>`` and
   the centre patch of each counted object (:func:`evidence_attention_loss`).
-- **Question attention** (``--query-layers``): head 0 of chosen early layers is taught to read, at
-  ``<sep>``, the colour and shape words that say which object the question is about
-  (:func:`question_attention_loss`); without it the shipped model never carries a shape word to
-  ``<sep>`` (model card, Known limits).
+- **Word evidence** (``--word-layers``): at each colour or shape word of a question, head 0 of
+  chosen early layers is taught to look at the objects that word (and the key words before it)
+  names, so the word's position gathers that object's features or count
+  (:func:`word_evidence_loss`).
+- **Question attention** (``--query-layers``): the last head of chosen layers is taught to read,
+  at ``<sep>``, the question's last key word, where that lookup ended
+  (:func:`question_attention_loss`); without these two the stage-3 model never carries a shape
+  word to ``<sep>`` (model card, Known limits).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
 - ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
   training can go on across sessions from the shipped weights.
