@@ -310,8 +310,8 @@ def test_word_evidence_loss_reads_the_models_own_attention():
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
     with torch.no_grad():
-        got = T.word_evidence_loss(lm, out.hidden_states, pos, batch["seg"], batch["words"], batch["word_counting"],
-                                   (0, 1), 1 + P, "cpu")
+        got = T.word_evidence_loss(lm, out.hidden_states, pos, batch["words"], batch["word_counting"], (0, 1),
+                                   1 + P, "cpu")
     per_layer, kinds = [], set()
     for layer in (0, 1):
         att = out.attentions[layer][:, 0]  # [B, L, L]

@@ -62,12 +62,12 @@ AUX = {"cover_color": 1 + len(world.COLOR_NAMES), "cover_shape": 1 + len(world.S
        "center_shape": 1 + len(world.SHAPES), "center_cell": 1 + len(world.CELLS)}
 # questions answered by counting: their evidence is one patch per counted object (its centre)
 COUNT_TYPES = ("count_shape", "count_objects")
-# the words that say which object a question is about: colours, shapes and their plurals
-KEY_WORD_IDS = [VOCAB[w] for w in (*world.COLOR_NAMES, *world.SHAPES, *world.PLURALS.values())]
-# key word id -> (attribute, value, counted): what an object must be to be named by that word
+# the words that say which object a question is about (colours, shapes and their plurals):
+# word id -> (attribute, value, counted), what an object must be to be named by that word
 KEY_WORDS = {**{VOCAB[c]: ("color", c, False) for c in world.COLOR_NAMES},
              **{VOCAB[s]: ("shape", s, False) for s in world.SHAPES},
              **{VOCAB[p]: ("shape", s, True) for s, p in world.PLURALS.items()}}
+KEY_WORD_IDS = list(KEY_WORDS)
 # the head that reads the last key word at <sep>: the last query head (in the shipped model, 4 query
 # heads on 2 KV heads, it has another KV head than head 0, which looks at the image)
 QUERY_HEAD = -1
@@ -318,6 +318,17 @@ def head_logits(layer, hidden, cos, sin, query_at, n_keys: int, head: int = 0):
     return (q @ k.transpose(-1, -2))[:, 0] * attn.scaling
 
 
+def attention_target_log_prob(logp, target, counting):
+    """Per query, how well log-attention ``logp`` [..., K] meets ``target`` bool [..., K]: the log
+    of its mass on the target, or where ``counting`` [...] the mean log-probability over the target
+    (the cross-entropy with the uniform distribution on it, up to sign)."""
+    import torch
+
+    on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
+    on_spread = (logp * target).sum(-1) / target.sum(-1).clamp(min=1)
+    return torch.where(counting, on_spread, on_target)
+
+
 def sep_positions(seg, n_prefix: int):
     """Sequence index [B, Q] of each packed segment's ``<sep>`` (``seg`` [B, Q, S] tensor of ids)."""
     import torch
@@ -392,11 +403,9 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
 
     seg = torch.as_tensor(seg, device=device)
     evidence = torch.as_tensor(evidence, device=device)
-    B, Q, S = seg.shape
     counting = torch.as_tensor(counting, device=device)
     query_at = sep_positions(seg, n_prefix)  # [B, Q]
-    target = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), evidence], -1)  # [B, Q, n_prefix]
-    spread = torch.cat([counting[..., None], evidence & counting[..., None]], -1).float()  # <s> + centres
+    target = torch.cat([counting[..., None], evidence], -1)  # [B, Q, n_prefix]: <s> too when counting
     has = evidence.any(-1) | counting  # [B, Q]
     if not has.any():
         return torch.zeros((), device=device)
@@ -405,17 +414,15 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     for index in layers:
         logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
         logp = torch.log_softmax(logits, -1)  # [B, Q, n_prefix]
-        on_evidence = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)  # [B, Q]
-        on_spread = (logp * spread).sum(-1) / spread.sum(-1).clamp(min=1)  # [B, Q]
-        total = total - torch.where(counting, on_spread, on_evidence)[has].mean()
+        total = total - attention_target_log_prob(logp, target, counting)[has].mean()
     return total / len(layers)
 
 
-def word_evidence_loss(lm, hidden_states, position_ids, seg, words, word_counting, layers, n_prefix: int,
-                       device):
+def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, layers, n_prefix: int, device):
     """How far head 0 of each layer in ``layers`` is, at each key word, from looking at what it names.
 
-    Arguments as in :func:`evidence_attention_loss`, with ``words`` bool [B, Q, S, n_prefix] and
+    Arguments as in :func:`evidence_attention_loss` (no ``seg``: the key words are the rows of
+    ``words`` that have a target), with ``words`` bool [B, Q, S, n_prefix] and
     ``word_counting`` bool [B, Q, S] from :func:`word_targets`. The key word's own embedding is the
     query that finds its objects (the visual tokens are aligned to the words that name them,
     :func:`word_alignment_loss`), so the word's position ends up holding that object's colour,
@@ -440,9 +447,7 @@ def word_evidence_loss(lm, hidden_states, position_ids, seg, words, word_countin
     for index in layers:
         logp = torch.log_softmax(head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix),
                                  -1)  # [B, Q*S, n_prefix]
-        on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
-        on_spread = (logp * target).sum(-1) / target.sum(-1).clamp(min=1)
-        total = total - torch.where(spread, on_spread, on_target)[at_key].mean()
+        total = total - attention_target_log_prob(logp, target, spread)[at_key].mean()
     return total / len(layers)
 
 
@@ -490,8 +495,8 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
                                                  batch["counting"],
                                                  attn_layers, n_prefix, device)
     if word_layers and batch.get("words") is not None:
-        losses["word"] = word_evidence_loss(lm, out.hidden_states, pos, batch["seg"], batch["words"],
-                                            batch["word_counting"], word_layers, n_prefix, device)
+        losses["word"] = word_evidence_loss(lm, out.hidden_states, pos, batch["words"], batch["word_counting"],
+                                            word_layers, n_prefix, device)
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
                                                   device)
