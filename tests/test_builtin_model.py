@@ -11,9 +11,9 @@ from dualview.shapes.model import BUILTIN_DIR, VOCAB, load_builtin
 
 # Regression guard on a fixed 100-question held-out set (seed never used in training).
 # The regression guard: at least 0.90 on this fixed set, so a broken export, tokenizer or
-# processor fails the test. The two closest correct answers win by logit margins of 0.02 and 0.09,
+# processor fails the test. The two closest correct answers win by logit margins of 0.24 and 0.64,
 # far above fp32 differences between CPUs.
-MIN_ACCURACY_100 = 0.90  # the regression guard; measured 0.92 on this set (92.5 % on 2000 held-out questions)
+MIN_ACCURACY_100 = 0.90  # the regression guard; measured 0.91 on this set (95.1 % on 2000 held-out questions)
 HELDOUT_SEED = 777
 
 
