@@ -2,8 +2,8 @@
 
     python -m dualview.shapes.train --run runs/shapes --minutes 90          # train (or continue)
     python -m dualview.shapes.train --run runs/next --init assets/shapes-vlm --questions 24 \
-        --attn-layers 2,3,4,5 --word-layers 0,1 --query-layers 2,3 --lr 1e-3 --minutes 100
-        # go on from the shipped model with stage 4's recipe (model card)
+        --attn-layers 2,3,4,5 --word-layers 0,1 --query-layers 2,3 --lr 5e-4 --minutes 100
+        # go on from the shipped model with stage 5's recipe (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
