@@ -7,10 +7,6 @@ The math lives in :mod:`dualview.dual_form` (scores, errors) and :mod:`dualview.
 __version__ = "0.1.0"
 
 
-def load(name_or_path: str = "builtin", device: str | None = None, dtype=None):
-    """Load a supported VLM (``"builtin"``, a directory, or a Hugging Face id) as a
-    :class:`dualview.engine.session.Session`; see :func:`dualview.engine.loading.load`.
-    Raises :class:`dualview.engine.errors.DualviewError` with a one-sentence message."""
-    from dualview.engine.loading import load as _load
+from dualview.engine import load  # noqa: E402  (lazy: torch loads on first call)
 
-    return _load(name_or_path, device=device, dtype=dtype)
+__all__ = ["load", "__version__"]

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as transformers_logging
 
-    from dualview.engine.errors import DualviewError
+    from dualview.errors import DualviewError
 
     transformers_logging.disable_progress_bar()  # stderr carries errors only
 

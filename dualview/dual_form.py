@@ -24,7 +24,6 @@ __all__ = [
     "magnitude",
     "DuplicationBlocks",
     "duplication",
-    "duplication_block",
     "token_duplication",
     "keep_mask",
     "weight_error",
@@ -157,11 +156,6 @@ class DuplicationBlocks:
 def duplication(k: Tensor, v: Tensor) -> Tensor:
     """Information duplication ``S̄²`` (method.md §3): k ``[Hkv, N, d]`` post-RoPE, v ``[Hkv, N, dv]`` -> ``[N, N]``."""
     return DuplicationBlocks(k, v).full()
-
-
-def duplication_block(k: Tensor, v: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """Rows × columns of ``duplication(k, v)``: ``[len(rows), len(cols)]``, computing only that block."""
-    return DuplicationBlocks(k, v).block(rows, cols)
 
 
 def token_duplication(dup: Tensor, top: int = 8) -> Tensor:

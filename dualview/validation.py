@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 __all__ = ["Request", "validate_request", "load_image", "parse_budget", "MAX_PIXELS", "MAX_SIDE",
            "MAX_PROMPT_CHARS", "FORMATS", "MAX_B0", "MAX_GROWTH", "MAX_LAMBDA"]

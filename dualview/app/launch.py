@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 MAX_UPLOAD = "20mb"
 QUEUE_CONCURRENCY = 2

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.selection import Selection, mmr, pc_mmr
 from dualview.validation import Request
 

@@ -24,7 +24,7 @@ import dualview
 from dualview import figures
 from dualview.app.examples import load_examples
 from dualview.app.service import CURVE_METHODS, PRESETS, ModelHolder, Workspace, new_workspace
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.validation import parse_budget, validate_request
 
 PLAY_INTERVAL_S = 0.9

@@ -62,7 +62,7 @@ def fail(message: str) -> None:
 def method_names(text: str, extra: tuple = ()) -> tuple:
     """Registered method names from a comma-separated ``--methods`` value (plus ``extra``); an unknown
     name ends the run with one sentence."""
-    from dualview.engine.errors import DualviewError
+    from dualview.errors import DualviewError
     from dualview.methods import get_method
 
     methods = tuple(m.strip() for m in text.split(",") if m.strip()) + tuple(extra)
@@ -79,7 +79,7 @@ def load(args):
     import torch
 
     import dualview
-    from dualview.engine.errors import DualviewError
+    from dualview.errors import DualviewError
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -178,7 +178,7 @@ def main(argv=None) -> None:
             common.fail("The built-in model is timed on the CPU; use --device cuda only with --shape llava-7b.")
         session, model = common.load(args)
         samples, max_new_tokens = common.questions(session, n, args.seed), common.MAX_NEW_TOKENS
-    from dualview.engine.errors import DualviewError
+    from dualview.errors import DualviewError
 
     configs = {"full": [(None, None)] * n}
     selection_ms: dict = {}

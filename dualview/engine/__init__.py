@@ -3,9 +3,13 @@
 Importing this package is light; torch and transformers load on first use of :func:`load`.
 """
 
-from dualview.engine.errors import DualviewError
-
-__all__ = ["DualviewError", "load"]
+__all__ = ["load"]
 
 
-from dualview import load  # noqa: E402  (lazy: torch loads on first call)
+def load(name_or_path: str = "builtin", device: str | None = None, dtype=None):
+    """Load a supported VLM (``"builtin"``, a directory, or a Hugging Face id on disk) as a
+    :class:`dualview.engine.session.Session`; see :func:`dualview.engine.loading.load`.
+    Raises :class:`dualview.errors.DualviewError` with a one-sentence message."""
+    from dualview.engine.loading import load as _load
+
+    return _load(name_or_path, device=device, dtype=dtype)

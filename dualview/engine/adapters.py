@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from dualview.engine import geometry as geo
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 # config.json "architectures" entry -> adapter family
 ARCHITECTURES = {
@@ -99,10 +99,6 @@ class Adapter:
     def layers(self):
         """The decoder layers, in order."""
         return self.language_model.layers
-
-    @property
-    def text_config(self):
-        return self.model.config.text_config
 
     def apply_rope(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """The attention module's own RoPE function (q ``[B, H, S, d]``, k ``[B, Hkv, S, d]``)."""
@@ -227,7 +223,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def packed_shape(self, unpadded, side):
         # Same rule as LlavaOnevisionModel.pack_image_features (bilinear down-sampling).
-        max_crops = int(self.model.config.vision_aspect_ratio.strip("anyres_max_"))
+        max_crops = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
         ratio = (unpadded[0] * unpadded[1] / (max_crops * side**2)) ** 0.5
         if ratio > 1.1:
             return int(unpadded[0] // ratio), int(unpadded[1] // ratio)

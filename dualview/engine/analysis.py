@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dualview import dual_form
 from dualview.engine.adapters import Prepared
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.selection import Selection, resolve_budget
 
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "assets" / "shapes-vlm"

@@ -21,7 +21,7 @@ from torch import Tensor
 from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
 from dualview.engine.analysis import Analysis, Projections, attention_received
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 FASTV_K = 2
 """FastV prunes after layer K (K = 2 in its paper) using attention at layer K − 1."""

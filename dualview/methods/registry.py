@@ -12,7 +12,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 
 
 def analysis_layer(analysis) -> int:

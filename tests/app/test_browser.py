@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
 from dualview.figures.curves import METRICS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.validation import MAX_SIDE, load_image, parse_budget, validate_request
 
 

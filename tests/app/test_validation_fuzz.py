@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.methods import method_names
 from dualview.validation import (MAX_B0, MAX_GROWTH, MAX_LAMBDA, MAX_PROMPT_CHARS, MAX_SIDE, Request, load_image,
                                  parse_budget, validate_request)

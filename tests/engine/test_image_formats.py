@@ -6,7 +6,7 @@ import io
 import pytest
 from PIL import Image
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.validation import load_image
 
 

@@ -12,10 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dualview  # noqa: E402
-from dualview.engine.errors import DualviewError  # noqa: E402
+from dualview.errors import DualviewError  # noqa: E402
 from tests.engine_tiny import tiny_dir  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_remote_code_anywhere():

@@ -205,7 +205,7 @@ def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family
         assert fused.kept == selection.kept.tolist()
         assert fused.token_ids == two_step.token_ids and fused.kept_tokens == two_step.kept_tokens
         assert fused.selection_seconds > 0
-    from dualview.engine.errors import DualviewError
+    from dualview.errors import DualviewError
 
     with pytest.raises(DualviewError, match="prunes at layer 0"):
         session.answer(IMAGE, PROMPT, method="cdpruner", budget=0.3, layer=1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dualview import dual_form
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from tests.engine_tiny import PROMPT, gradient_image, tiny_session
 
 

@@ -156,8 +156,8 @@ def test_duplication_blocks_equal_the_full_matrix_in_float32():
     k, v = _rand_kv(5, hkv=2, n=30, d=8, dv=8, scale=3.0, dtype=torch.float32)
     full = df.duplication(k, v)
     rows, cols = torch.tensor([3, 0, 29, 7]), torch.tensor([7, 8, 3])
-    torch.testing.assert_close(df.duplication_block(k, v, rows, cols), full[rows][:, cols])
-    assert df.duplication_block(k, v, rows, cols)[3, 0] == 1.0  # same token 7
+    torch.testing.assert_close(df.DuplicationBlocks(k, v).block(rows, cols), full[rows][:, cols])
+    assert df.DuplicationBlocks(k, v).block(rows, cols)[3, 0] == 1.0  # same token 7
     reference = df.duplication(k.double(), v.double())
     torch.testing.assert_close(full.double(), reference, rtol=1e-4, atol=1e-5)
 

@@ -4,7 +4,7 @@ FastV's score against the model's own attention weights, and the analysis cache.
 import pytest
 import torch
 
-from dualview.engine.errors import DualviewError
+from dualview.errors import DualviewError
 from dualview.methods import get_method, method_names, register
 from dualview.methods import registry
 from dualview.selection import pc_mmr, resolve_budget
