@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "kernel_logits",
     "value_norms",
+    "update_log_norms",
     "magnitude",
     "DuplicationBlocks",
     "duplication",
@@ -105,6 +106,17 @@ def magnitude(q_text: Tensor, k: Tensor, v: Tensor) -> Tensor:
     head_max = log_p.max(dim=1, keepdim=True).values
     head_max = torch.where(torch.isfinite(head_max), head_max, torch.zeros_like(head_max))
     return torch.exp(log_p - head_max).mean(dim=0)
+
+
+def update_log_norms(k: Tensor, v: Tensor) -> Tensor:
+    """``log ‖ΔW_i‖_F = ½ k_i·k_i / √d + log ‖v_i‖`` per KV head (method.md §1: ‖ΔW_i‖_F =
+    √κ(k_i, k_i) · ‖v_i‖), in log space so that nothing overflows.
+
+    Args: k ``[Hkv, N, d]`` (post-RoPE), v ``[Hkv, N, dv]``. Returns ``[Hkv, N]`` (float64).
+    """
+    _check_kv(k, v)
+    k, v = k.to(torch.float64), v.to(torch.float64)
+    return 0.5 * (k * k).sum(-1) / math.sqrt(k.shape[-1]) + torch.log(v.norm(dim=-1))
 
 
 # --- information duplication (method.md §3) ----------------------------------------------------

@@ -8,6 +8,7 @@ the positions of the visual tokens (those it may prune), of the text tokens whos
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ class Prepared:
         visual_positions: ``[Nv]`` sequence positions of the visual tokens (prunable), ascending.
         text_positions: ``[T]`` positions of the instruction tokens whose mean query is ``q_T``.
         geometry: boxes of the visual tokens (same order as ``visual_positions``).
+        image: the decoded RGB image the inputs were made from; prompt: the user's prompt text;
+        image_hash: content hash of ``image`` (size and pixels), set by ``Session.prepare``.
+        answer_length: answer tokens appended for teacher forcing (:meth:`with_answer`), 0 if none.
     """
 
     inputs: dict
@@ -46,6 +50,31 @@ class Prepared:
     visual_positions: Tensor
     text_positions: Tensor
     geometry: geo.Geometry
+    image: Image.Image | None = None
+    prompt: str = ""
+    image_hash: str = ""
+    answer_length: int = 0
+
+    @property
+    def num_visual(self) -> int:
+        """Nv, the number of visual tokens."""
+        return int(self.visual_positions.numel())
+
+    def with_answer(self, answer_ids: list[int]) -> "Prepared":
+        """The same inputs with ``answer_ids`` appended after the generation prompt (teacher
+        forcing), without running the processor again. Only a prepared input without an answer
+        can take one."""
+        if self.answer_length:
+            raise ValueError("this prepared input already ends with an answer")
+        extra = torch.tensor([list(answer_ids)], dtype=self.input_ids.dtype)
+        inputs = dict(self.inputs)
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], extra.to(inputs["input_ids"].device)], dim=1)
+        for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
+            if key in inputs:
+                pad = torch.full((1, extra.shape[1]), fill, dtype=inputs[key].dtype, device=inputs[key].device)
+                inputs[key] = torch.cat([inputs[key], pad], dim=1)
+        return dataclasses.replace(self, inputs=inputs, input_ids=inputs["input_ids"][0].cpu(),
+                                   answer_length=extra.shape[1])
 
     @property
     def length(self) -> int:
@@ -140,19 +169,10 @@ class Adapter:
     def processor_inputs(self, image: Image.Image, text: str) -> dict:
         return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
 
-    def prepare(self, image: Image.Image, prompt: str, answer_ids: list[int] | None = None) -> Prepared:
-        """Inputs and bookkeeping for (image, prompt); ``answer_ids`` are appended after the
-        generation prompt (teacher forcing)."""
+    def prepare(self, image: Image.Image, prompt: str) -> Prepared:
+        """Inputs and bookkeeping for (image, prompt): the processor runs once, here."""
         inputs = self.processor_inputs(image, self.render(prompt))
         input_ids = inputs["input_ids"][0]
-        if answer_ids:
-            extra = torch.tensor(answer_ids, dtype=input_ids.dtype)
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra[None]], dim=1)
-            for key in ("attention_mask", "mm_token_type_ids"):
-                if key in inputs:
-                    fill = 1 if key == "attention_mask" else 0
-                    inputs[key] = torch.cat([inputs[key], torch.full((1, len(answer_ids)), fill,
-                                                                     dtype=inputs[key].dtype)], dim=1)
         slots = torch.nonzero(input_ids == self.image_token_id).reshape(-1)
         if slots.numel() == 0:
             raise DualviewError("The processor produced no image tokens for this input, so there is "
@@ -176,7 +196,7 @@ class Adapter:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return Prepared(inputs=inputs, input_ids=inputs["input_ids"][0].cpu(), visual_positions=visual,
-                        text_positions=text, geometry=geometry)
+                        text_positions=text, geometry=geometry, image=image, prompt=prompt)
 
     def geometry(self, image_size: tuple[int, int], inputs: dict) -> geo.Geometry:
         raise NotImplementedError
