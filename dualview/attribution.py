@@ -3,6 +3,7 @@
 - :func:`add_back_search`: which dropped visual tokens, added back one at a time, bring the full
   answer back; greedy on the exact gain in a score (log p of the full answer), with a shortlist
   ordered by a cheap prior so that each step costs a fixed number of scoring calls.
+- :func:`occlusion_effect`: what removing each of a few kept tokens costs in the score.
 - :func:`evidence_recall`: the share of ground-truth evidence tokens a kept set holds.
 
 Token indices are visual-token indices (0..Nv-1, :class:`dualview.engine.geometry.Geometry`
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AddBack", "add_back_search", "evidence_recall"]
+__all__ = ["AddBack", "add_back_search", "occlusion_effect", "evidence_recall"]
 
 
 def _indices(tokens, name: str) -> Tensor:
@@ -129,6 +130,26 @@ def add_back_search(
         is_back = bool(restored(current, curve[-1]))
     return AddBack(order=torch.tensor(order, dtype=torch.long), curve=torch.tensor(curve, dtype=torch.float64),
                    calls=calls, restored=is_back)
+
+
+def occlusion_effect(score: Callable[[Tensor], float], kept: Sequence[int] | Tensor,
+                     tokens: Sequence[int] | Tensor) -> Tensor:
+    """Occlusion: ``score(S) − score(S \\ {i})`` for each token i, the drop when i alone is removed.
+
+    Args:
+        score: ``score(kept) -> float`` as in :func:`add_back_search` (one forward pass per call for
+            the engine's scorer); called ``1 + len(tokens)`` times, with ascending index tensors.
+        kept: the kept set S the tokens are removed from (e.g. every visual token).
+        tokens: ``[K]`` tokens of S to remove one at a time.
+    Returns:
+        ``[K]`` float64, in the score's units; positive: the token supports the answer.
+    """
+    kept = _indices(kept, "kept").sort().values
+    tokens = _indices(tokens, "tokens")
+    if not torch.isin(tokens, kept).all():
+        raise ValueError("every token to occlude must be in the kept set")
+    base = float(score(kept))
+    return torch.tensor([base - float(score(kept[kept != token])) for token in tokens.tolist()], dtype=torch.float64)
 
 
 def evidence_recall(kept: Sequence[int] | Tensor, evidence: Sequence[int] | Tensor) -> float | None:

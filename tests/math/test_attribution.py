@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from dualview.attribution import add_back_search, evidence_recall
+from dualview.attribution import add_back_search, evidence_recall, occlusion_effect
 
 N = 14
 DECIDER = 9
@@ -132,6 +132,24 @@ def test_bad_inputs_are_value_errors():
         add_back_search(score, _decider_back, START, DROPPED, torch.zeros(N - 1))
     with pytest.raises(ValueError, match="NaN"):
         add_back_search(lambda kept: float("nan"), _decider_back, START, DROPPED, torch.zeros(N))
+
+
+# --- occlusion -----------------------------------------------------------------------------------
+
+
+def test_occlusion_is_the_drop_when_each_token_alone_is_removed():
+    score = _coupled_score(10)
+    kept = [1, 2, 5, DECIDER, 12]
+    effect = occlusion_effect(score, torch.tensor(kept), [DECIDER, 2])
+    assert score.calls == 3
+    assert effect.dtype == torch.float64
+    assert effect.tolist() == [score(kept) - score([1, 2, 5, 12]), score(kept) - score([1, 5, DECIDER, 12])]
+    assert effect[0] > 1.0  # the deciding token
+
+
+def test_occlusion_of_a_token_not_kept_is_a_value_error():
+    with pytest.raises(ValueError, match="kept set"):
+        occlusion_effect(_coupled_score(11), [1, 2], [3])
 
 
 # --- evidence recall -----------------------------------------------------------------------------
