@@ -114,6 +114,22 @@ def test_relative_errors_per_head_and_consistency_with_attention_output_error(se
     torch.testing.assert_close(split.kept_mass_per_head, split.kept_mass.mean(dim=1))
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_the_change_is_the_dropped_mass_times_dropped_minus_kept_output(seed):
+    """method.md §8.3: A − A_S = (1 − m)(A_D − A_S), A_D the attention over the dropped keys alone."""
+    q, k, v = _problem(seed + 40)
+    kept = _random_mask(seed + 40, 11)
+    kept[0] = True  # every row sees a kept and a dropped key
+    kept[1] = False
+    positions = torch.tensor([2, 6, 10])
+    expected, mass = _eager(q, k, v, kept, positions)
+    only_dropped, _ = _eager(q, k, v, ~kept, positions)
+    split = df.attention_split(q, k, v, kept, positions)
+    torch.testing.assert_close(split.dropped_part, (1 - mass)[..., None] * only_dropped["pruned"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(split.full - split.pruned,
+                               (1 - mass)[..., None] * (only_dropped["pruned"] - expected["pruned"]), rtol=1e-10, atol=1e-12)
+
+
 def test_everything_kept_leaves_no_difference():
     q, k, v = _problem(5)
     split = df.attention_split(q, k, v, torch.ones(11, dtype=torch.bool), torch.tensor([0, 5, 10]))
