@@ -326,20 +326,9 @@ def attention_output_error(
     Returns:
         float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output.
     """
-    _check_kv(k, v)
-    kept = keep_mask(keep, k.shape[1])
-    logits, visible = _visible_logits(q, k, query_positions)
-    v64 = v.to(torch.float64).repeat_interleave(q.shape[0] // k.shape[0], dim=0)
-
-    def attend(mask: Tensor) -> Tensor:
-        masked = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(masked, dim=-1).nan_to_num(0.0)
-        return weights @ v64  # [H, T, dv]
-
-    full = attend(visible)
-    pruned = attend(visible & kept[None, :])
-    denominator = torch.linalg.vector_norm(full).clamp_min(torch.finfo(torch.float64).tiny)
-    return float(torch.linalg.vector_norm(pruned - full) / denominator)
+    split = attention_split(q, k, v, keep, query_positions)
+    denominator = torch.linalg.vector_norm(split.full).clamp_min(torch.finfo(torch.float64).tiny)
+    return float(torch.linalg.vector_norm(split.pruned - split.full) / denominator)
 
 
 # --- kept attention mass and the normaliser (method.md §8, ours) --------------------------------
