@@ -29,7 +29,8 @@ def answer_terms(logits: Tensor, answer_ids: list[int]) -> tuple[Tensor, bool]:
 
     Args:
         logits: ``[S', V]`` logits of one forward pass whose last ``A = len(answer_ids)`` positions
-            are the answer's tokens (pruned passes drop only visual tokens, so they stay last).
+            are the answer's tokens (pruned passes drop only visual tokens, so they stay last);
+            only the last A + 1 rows are read (see :func:`_answer_logits`).
         answer_ids: the A answer token ids (A ≥ 1).
     Returns:
         ``log p = Σ_t log softmax(logits[S'−A−1+t])[answer_ids[t]]`` as a 0-d float32 tensor (keeps
@@ -50,6 +51,12 @@ def _checked(session, prepared: Prepared, answer_ids: list[int], layer: int) -> 
     if not answer_ids or prepared.input_ids[-len(answer_ids):].tolist() != answer_ids:
         raise ValueError("prepared must come from session.prepare(image, prompt, answer_ids) with these answer ids")
     return answer_ids, session.check_layer(layer)
+
+
+def _answer_logits(session, prepared: Prepared, count: int) -> Tensor:
+    """``[count + 1, V]`` logits of the last ``count + 1`` positions, the rows that predict the answer
+    (``logits_to_keep``: the language-model head runs on those rows only, not on all S)."""
+    return session.model(**prepared.inputs, use_cache=False, logits_to_keep=count + 1).logits[0]
 
 
 class AnswerScorer:
@@ -79,7 +86,7 @@ class AnswerScorer:
         kept = self.prepared.check_kept(kept)
         positions = self.prepared.keep_positions(kept)
         with hooks.prune_from(self.session.adapter.layers, self.layer, positions, self.prepared.length):
-            logits = self.session.model(**self.prepared.inputs, use_cache=False).logits[0]
+            logits = _answer_logits(self.session, self.prepared, len(self.answer_ids))
         self.calls += 1
         logprob, greedy = answer_terms(logits, self.answer_ids)
         self._greedy[tuple(sorted(kept.tolist()))] = greedy
@@ -152,8 +159,7 @@ def first_order_effect(session, prepared: Prepared, answer_ids: list[int], layer
     handle = session.adapter.layers[layer].register_forward_pre_hook(gate_hook, with_kwargs=True)
     try:
         with torch.no_grad():
-            logits = session.model(**prepared.inputs, use_cache=False).logits[0]
-            logprob, _ = answer_terms(logits, answer_ids)
+            logprob, _ = answer_terms(_answer_logits(session, prepared, len(answer_ids)), answer_ids)
             (gradient,) = torch.autograd.grad(logprob, gates)
     finally:
         handle.remove()
