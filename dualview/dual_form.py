@@ -7,7 +7,8 @@ infinite-dimensional, so ``W`` is never formed: everything here uses the kernel 
 
 Every function is batch-free and works on one layer:
 H query heads, Hkv key/value heads (grouped-query attention: query head h reads KV head
-``h // (H / Hkv)``), N tokens, T text tokens, d head dim, dv value dim.
+``h // (H / Hkv)``), N tokens, T text tokens, R query rows (method.md §8.1), d head dim,
+dv value dim.
 Nothing here knows about models or UIs.
 """
 
