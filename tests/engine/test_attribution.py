@@ -9,7 +9,7 @@ import torch
 import dualview
 from dualview.attribution import add_back_search, occlusion_effect
 from dualview.engine.attribution import AnswerScorer, first_order_effect
-from tests.engine_tiny import PROMPT, gradient_image, tiny_dir, tiny_session
+from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_dir, tiny_session
 
 IMAGE = gradient_image(100, 72)
 
@@ -29,14 +29,15 @@ def _logprob_float32(logits, answer_ids):
 
 
 @functools.cache
-def _case(dtype=torch.float32):
-    session = tiny_session("llava") if dtype == torch.float32 else dualview.load(tiny_dir("llava"), device="cpu", dtype=dtype)
+def _case(dtype=torch.float32, family="llava"):
+    session = tiny_session(family) if dtype == torch.float32 else dualview.load(tiny_dir(family), device="cpu", dtype=dtype)
     answer_ids = session.answer(IMAGE, PROMPT, max_new_tokens=3).token_ids
     return session, session.prepare(IMAGE, PROMPT, answer_ids), answer_ids
 
 
-def test_gate_at_one_and_every_token_kept_are_the_unpruned_model():
-    session, prepared, answer_ids = _case()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gate_at_one_and_every_token_kept_are_the_unpruned_model(family):
+    session, prepared, answer_ids = _case(family=family)
     with torch.no_grad():
         logits = session.model(**prepared.inputs, use_cache=False).logits[0]
     expected = float(_logprob_float32(logits, answer_ids))
