@@ -130,6 +130,7 @@ def first_order_effect(session, prepared: Prepared, answer_ids: list[int], layer
     gate ``g [Nv]`` set to 1 (exactly the unpruned pass); ``torch.autograd.grad`` of log p(answer)
     (:func:`answer_terms`) gives ``∂ log p / ∂g``. Layers below ``layer`` and the vision tower run
     without a graph; the backward pass costs about two forward passes of layers ``layer`` on.
+    Not callable under ``torch.inference_mode()`` (its tensors cannot take part in autograd).
 
     Args:
         session: a loaded session; prepared: ``session.prepare(image, prompt, answer_ids)``;
