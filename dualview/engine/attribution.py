@@ -7,7 +7,7 @@
 
 Uses only public pieces: ``session.model``, ``session.adapter.layers``, ``session.check_layer``,
 :mod:`dualview.engine.hooks` and a :class:`dualview.engine.adapters.Prepared` made by
-``session.prepare(image, prompt, answer_ids)`` (the answer's tokens appended after the prompt).
+``session.prepare(image, prompt).with_answer(answer_ids)`` (the answer's tokens appended after the prompt).
 Visual-token indices (0..Nv-1) follow ``prepared.visual_positions``. Log probabilities are in nats.
 """
 
@@ -49,7 +49,7 @@ def answer_terms(logits: Tensor, answer_ids: list[int]) -> tuple[Tensor, bool]:
 def _checked(session, prepared: Prepared, answer_ids: list[int], layer: int) -> tuple[list[int], int]:
     answer_ids = [int(t) for t in answer_ids]
     if not answer_ids or prepared.input_ids[-len(answer_ids):].tolist() != answer_ids:
-        raise ValueError("prepared must come from session.prepare(image, prompt, answer_ids) with these answer ids")
+        raise ValueError("prepared must be session.prepare(image, prompt).with_answer(answer_ids) with these answer ids")
     return answer_ids, session.check_layer(layer)
 
 
@@ -68,7 +68,7 @@ class AnswerScorer:
 
     Args:
         session: a loaded :class:`dualview.engine.session.Session`.
-        prepared: ``session.prepare(image, prompt, answer_ids)``.
+        prepared: ``session.prepare(image, prompt).with_answer(answer_ids)``.
         answer_ids: the answer's token ids (e.g. the full model's ``Answer.token_ids``).
         layer: the pruning layer (decoder layer index; checked by ``session.check_layer``).
     """
@@ -133,7 +133,7 @@ def first_order_effect(session, prepared: Prepared, answer_ids: list[int], layer
     Not callable under ``torch.inference_mode()`` (its tensors cannot take part in autograd).
 
     Args:
-        session: a loaded session; prepared: ``session.prepare(image, prompt, answer_ids)``;
+        session: a loaded session; prepared: ``session.prepare(image, prompt).with_answer(answer_ids)``;
         answer_ids: the answer's token ids; layer: decoder layer index (``session.check_layer``).
     Returns:
         :class:`FirstOrderEffect`.

@@ -21,6 +21,7 @@ from torch import Tensor
 from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
 from dualview.engine.analysis import Analysis, Projections, attention_received
+from dualview.engine.attribution import answer_terms
 from dualview.errors import DualviewError
 from dualview.images import load_image
 from dualview.methods import Method
@@ -346,11 +347,8 @@ class Session:
             the sum over answer tokens of log-softmax of the logit of each next token (nats).
         """
         ids = self.answer_ids(answer)
-        logits, positions = self.logits(self._prepared(prepared).with_answer(ids), keep, layer)
-        total = positions.numel()  # the answer tokens are text: always kept, at the end
-        start = total - len(ids)
-        predicting = torch.log_softmax(logits[start - 1: total - 1], dim=-1)
-        return float(predicting[torch.arange(len(ids)), torch.tensor(ids)].sum())
+        logits, _ = self.logits(self._prepared(prepared).with_answer(ids), keep, layer)
+        return float(answer_terms(logits, ids)[0])  # the answer tokens are text: always kept, at the end
 
 
 class _LayerOnly:

@@ -31,8 +31,9 @@ def _logprob_float32(logits, answer_ids):
 @functools.cache
 def _case(dtype=torch.float32, family="llava"):
     session = tiny_session(family) if dtype == torch.float32 else dualview.load(tiny_dir(family), device="cpu", dtype=dtype)
-    answer_ids = session.answer(IMAGE, PROMPT, max_new_tokens=3).token_ids
-    return session, session.prepare(IMAGE, PROMPT, answer_ids), answer_ids
+    prepared = session.prepare(IMAGE, PROMPT)
+    answer_ids = session.answer(prepared, max_new_tokens=3).token_ids
+    return session, prepared.with_answer(answer_ids), answer_ids
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -92,10 +93,10 @@ def test_occlusion_through_the_scorer_is_the_drop_when_a_token_is_removed():
     tokens = [0, 7]
     effect = occlusion_effect(scorer, everything, tokens)
     assert scorer.calls == 1 + len(tokens)
-    full = _logprob(session.logits(IMAGE, PROMPT, keep=everything, layer=layer, answer_ids=answer_ids)[0], answer_ids)
+    full = _logprob(session.logits(prepared, keep=everything, layer=layer)[0], answer_ids)
     for token, value in zip(tokens, effect.tolist()):
         without = everything[everything != token]
-        expected = full - _logprob(session.logits(IMAGE, PROMPT, keep=without, layer=layer, answer_ids=answer_ids)[0], answer_ids)
+        expected = full - _logprob(session.logits(prepared, keep=without, layer=layer)[0], answer_ids)
         assert value == pytest.approx(expected, abs=1e-4)
 
 

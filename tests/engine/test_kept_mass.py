@@ -16,7 +16,7 @@ IMAGE = gradient_image(100, 72)
 def test_kept_mass_is_the_models_attention_on_the_kept_keys(family):
     session = dualview.load(tiny_dir(family), device="cpu")  # a copy: eager attention for its weights
     session.model.set_attn_implementation("eager")
-    analysis = session.analyze(IMAGE, PROMPT)
+    analysis = session.analyze(session.prepare(IMAGE, PROMPT))
     prepared = analysis.prepared
     with torch.no_grad():
         attention = session.model(**prepared.inputs, use_cache=False, output_attentions=True).attentions
@@ -38,7 +38,7 @@ def _attention_outputs(session, layer, **logits_kwargs):
     module = session.adapter.layers[layer].self_attn.o_proj
     handle = module.register_forward_pre_hook(lambda mod, args: captured.append(args[0][0].detach().double()))
     try:
-        positions = session.logits(IMAGE, PROMPT, layer=layer, **logits_kwargs)[1]
+        positions = session.logits(session.prepare(IMAGE, PROMPT), layer=layer, **logits_kwargs)[1]
     finally:
         handle.remove()
     return captured[0], positions  # [S', H * dv], [S']
@@ -51,7 +51,7 @@ def test_split_outputs_are_the_models_attention_outputs_unpruned_and_pruned(fami
     from tests.engine_tiny import tiny_session
 
     session = tiny_session(family)
-    analysis = session.analyze(IMAGE, PROMPT)
+    analysis = session.analyze(session.prepare(IMAGE, PROMPT))
     prepared, layer = analysis.prepared, analysis.layer
     kept_visual = torch.arange(0, prepared.visual_positions.numel(), 3)
     keep = analysis.sequence_keep(kept_visual)
