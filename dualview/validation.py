@@ -141,10 +141,13 @@ def parse_budget(budget, num_visual: int | None = None) -> int | float:
     """A budget as a token count (int) or a fraction of the visual tokens (float in (0, 1]).
 
     Accepted: an int ≥ 1 (a count); a float in (0, 1] (a fraction); an integral float > 1 (a
-    count, as sliders send); a string holding any of these or a percentage such as ``"35.3%"``.
+    count, as sliders send); a string holding any of these or a percentage such as ``"35.3%"``;
+    numpy and torch scalars of these.
     With ``num_visual`` the result is the count ``1 ≤ M ≤ Nv``.
     """
     original = budget
+    if getattr(budget, "ndim", None) == 0 and hasattr(budget, "item"):  # a numpy or torch scalar
+        budget = budget.item()
     if isinstance(budget, str):
         text = budget.strip()
         try:

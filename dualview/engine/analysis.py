@@ -17,7 +17,8 @@ from torch import Tensor
 from dualview import dual_form
 from dualview.engine.adapters import Prepared
 from dualview.errors import DualviewError
-from dualview.selection import Selection, resolve_budget
+from dualview.selection import Selection
+from dualview.validation import parse_budget
 
 
 @dataclass
@@ -189,15 +190,12 @@ class Analysis:
                                                 query_positions=text)
 
     def select(self, method: str, budget: int | float, **params) -> Selection:
-        """Kept visual tokens chosen by registered ``method`` for ``budget`` (count or fraction)."""
+        """Kept visual tokens chosen by registered ``method`` for ``budget`` (anything
+        :func:`dualview.validation.parse_budget` accepts: count, fraction, percentage, numpy/torch scalar)."""
         from dualview.methods import get_method
 
         chosen = get_method(method)
-        try:
-            count = resolve_budget(budget, self.num_visual)
-        except ValueError as error:
-            raise DualviewError(f"Budget {budget!r} is not usable: {error}.") from None
-        return chosen.select(self, count, **params)
+        return chosen.select(self, parse_budget(budget, self.num_visual), **params)
 
     def prune_layer(self, method: str) -> int:
         """The decoder layer from which ``method`` prunes, for this model."""

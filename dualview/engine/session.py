@@ -21,7 +21,9 @@ from torch import Tensor
 from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
 from dualview.engine.analysis import Analysis, Projections, attention_received
+from dualview.engine.guards import refuse_special_text
 from dualview.errors import DualviewError
+from dualview.validation import parse_budget
 
 FASTV_K = 2
 """FastV prunes after layer K (K = 2 in its paper) using attention at layer K − 1."""
@@ -110,6 +112,7 @@ class Session:
     def prepare(self, image, prompt: str, answer_ids: list[int] | None = None) -> Prepared:
         if not isinstance(prompt, str):
             raise DualviewError("The prompt must be text.")
+        hooks.use_supported_attention(self.model)
         prepared = self.adapter.prepare(as_image(image), prompt, answer_ids)
         if self.max_length and prepared.length > self.max_length:
             raise DualviewError(f"The image and prompt make {prepared.length} tokens, more than this model's limit "
@@ -217,12 +220,13 @@ class Session:
         if method is not None:
             if keep is not None or budget is None:
                 raise DualviewError("Give either keep=... or method=... with budget=..., not both.")
+            budget = parse_budget(budget, prepared.visual_positions.numel())
             keep_fn = self._fused_selection(prepared, layer, method, budget, params, record)
             pruning = hooks.prune_from(self.adapter.layers, layer, keep_fn, prepared.length)
         else:
             _, pruning = self._pruning(prepared, keep, layer)
             if keep is not None:
-                record["kept"] = torch.as_tensor(keep).reshape(-1).tolist()
+                record["kept"] = prepared.check_kept(keep).tolist()
         marks: list[float] = []
         cuda = self.model.device.type == "cuda"
 
@@ -273,6 +277,7 @@ class Session:
 
     def answer_logprob(self, image, prompt: str, answer_text: str, keep=None, layer: int | None = None) -> float:
         """log p(answer_text | image, prompt) under teacher forcing, with the given kept set."""
+        refuse_special_text(self.processor, answer_text, "answer to score")
         answer_ids = self.adapter.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
         if not answer_ids:
             raise DualviewError("The answer to score is empty; give the answer text.")
