@@ -179,7 +179,7 @@ def parse_budget(budget, num_visual: int | None = None) -> int | float:
         return budget
     count = max(1, round(budget * num_visual)) if isinstance(budget, float) else budget
     if count > num_visual:
-        raise DualviewError(f"Budget {original!r} is more than the {num_visual} visual tokens of this image; "
+        raise DualviewError(f"Budget {budget!r} is more than the {num_visual} visual tokens of this image; "
                             f"use at most {num_visual}.")
     return count
 
