@@ -69,14 +69,18 @@ ids) are not sliced, so a model using one is switched to sdpa by :func:`use_supp
 
 
 def use_supported_attention(model) -> str | None:
-    """Switch ``model`` to sdpa when its language model's attention implementation is not in
-    :data:`SUPPORTED_ATTENTION`, telling the user with a warning; returns that sentence (None when
-    nothing changed). Call it before any forward pass, so that full and pruned runs agree."""
+    """Switch ``model`` to sdpa (eager if the model does not offer sdpa) when its language model's
+    attention implementation is not in :data:`SUPPORTED_ATTENTION`, telling the user with a
+    warning; returns that sentence (None when nothing changed). Call it before any forward pass,
+    so that full and pruned runs agree."""
     current = getattr(model.config.get_text_config(), "_attn_implementation", None) or "sdpa"
     if current in SUPPORTED_ATTENTION:
         return None
-    model.set_attn_implementation("sdpa")
-    message = (f"dualview switched this model's attention from {current} to sdpa, because its pruning "
+    try:
+        model.set_attn_implementation(target := "sdpa")
+    except ValueError:
+        model.set_attn_implementation(target := "eager")
+    message = (f"dualview switched this model's attention from {current} to {target}, because its pruning "
                f"hooks support only {' and '.join(SUPPORTED_ATTENTION)} attention.")
     warnings.warn(message, stacklevel=3)
     return message
