@@ -71,23 +71,26 @@ def normalize_keep(keep, num_visual: int) -> Tensor:
     """
     allowed = (f"give visual-token indices from 0 to {num_visual - 1} (whole numbers) or a boolean mask of "
                f"length {num_visual}")
+    out_of_range = DualviewError(f"Kept token indices must lie between 0 and {num_visual - 1} "
+                                 f"(this image has {num_visual} visual tokens).")
+    not_a_list = DualviewError(f"keep={keep!r} is not a list of tokens; {allowed}, or pass method= and budget= "
+                               "to keep a number of tokens.")
     if isinstance(keep, (str, bytes, dict, set, numbers.Number)) or \
             (isinstance(keep, (np.ndarray, Tensor)) and keep.ndim == 0):
-        raise DualviewError(f"keep={keep!r} is not a list of tokens; {allowed}, or pass method= and budget= "
-                            "to keep a number of tokens.")
+        raise not_a_list
     if isinstance(keep, Tensor):
         array = keep.detach().cpu().numpy()
     else:
-        items = list(keep)
-        kinds = {isinstance(x, (bool, np.bool_)) for x in items}
-        if len(kinds) > 1:
+        try:
+            items = list(keep)
+        except TypeError:
+            raise not_a_list from None
+        if len({isinstance(x, (bool, np.bool_)) for x in items}) > 1:
             raise DualviewError(f"keep mixes booleans and numbers; {allowed}.")
         try:
-            array = np.asarray(items)
+            array = np.asarray(items) if items else np.zeros(0, dtype=np.int64)
         except ValueError:
             raise DualviewError(f"keep is not a flat list of tokens; {allowed}.") from None
-        if not items:
-            array = array.astype(np.int64)
     if array.ndim != 1:
         raise DualviewError(f"keep has shape {tuple(array.shape)}, not one dimension; {allowed}.")
     if array.dtype == np.bool_:
@@ -96,12 +99,13 @@ def normalize_keep(keep, num_visual: int) -> Tensor:
                                 f"not {array.shape[0]}.")
         return torch.from_numpy(np.flatnonzero(array)).long()
     if not np.issubdtype(array.dtype, np.integer):
-        bad = next((x for x in array.tolist() if not isinstance(x, numbers.Integral)), array.dtype)
+        bad = next((x for x in array.tolist() if not isinstance(x, numbers.Integral)), None)
+        if bad is None:  # whole numbers beyond 64 bits
+            raise out_of_range
         raise DualviewError(f"keep holds {bad!r}, which is not a whole-number token index; {allowed}.")
+    if array.size and (array.min() < 0 or array.max() >= num_visual):
+        raise out_of_range
     kept = torch.from_numpy(array.astype(np.int64))
-    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= num_visual):
-        raise DualviewError(f"Kept token indices must lie between 0 and {num_visual - 1} "
-                            f"(this image has {num_visual} visual tokens).")
     if kept.unique().numel() != kept.numel():
         raise DualviewError("The kept token indices contain duplicates; give each visual token once.")
     return kept

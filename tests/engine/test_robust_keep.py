@@ -41,6 +41,7 @@ REFUSED = [
     [1.7, 2.2], [1.0, 2.0], np.array([1.5]), torch.tensor([1.0, 2.0]), 3, 2.5, np.int64(3), torch.tensor(3),
     "1,2", b"\x01", {1: 2}, {1, 2}, [[1, 2]], torch.tensor([[1, 2]]), np.zeros((2, 2), dtype=int), [True, 2],
     [None], ["a"], [1, [2]], [True] * (NV - 1), np.ones(NV + 1, dtype=bool), [-1], [NV], [2, 2], np.array([3, 3]),
+    None, object(), [2**70], np.array([2**63], dtype=np.uint64),
 ]
 
 
