@@ -54,9 +54,9 @@ def refuse_special_text(processor, text: str, what: str = "prompt") -> None:
         by_id = {index: piece for piece, index in specials.items() if index is not None}
         hit = next((by_id[index] for index in sorted(ids) if index in by_id), None)
     if hit is not None:
-        raise DualviewError(f"The {what} contains {hit!r}, which this model reads as a special token "
-                            "(an image placeholder or chat marker), not as text; remove it, since "
-                            "dualview inserts the image and the chat markers itself.")
+        raise DualviewError(f"The {what} contains {hit!r}, which this model's tokenizer reads as a special "
+                            "token, not as text; remove it (dualview adds the image placeholder and the chat "
+                            "markers itself).")
 
 
 def normalize_keep(keep, num_visual: int) -> Tensor:
