@@ -20,6 +20,7 @@ import transformers as tf
 import dualview
 from dualview import cli
 from dualview.errors import DualviewError
+from dualview.figures.maps import panels
 from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_dir, tiny_session
 
 SHORT_SIDES = (1, 2, 3, 7, 10, 13, 20, 21, 22, 40)
@@ -49,6 +50,13 @@ def check_runs(session, image) -> None:
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
     assert (boxes[:, 2] <= width + 1e-3).all() and (boxes[:, 3] <= height + 1e-3).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    for view, (_, (rows, cols)) in enumerate(geometry.views):  # every view a full raster grid
+        members = geometry.view_indices(view)
+        assert members.numel() == rows * cols > 0
+        assert sorted(zip(geometry.rows[members].tolist(), geometry.cols[members].tolist())) == \
+            [(r, c) for r in range(rows) for c in range(cols)]
+    assert sum(rows * cols for _, (rows, cols) in geometry.views) == geometry.num_visual
+    assert len(panels(geometry.to_dict())) == len(geometry.views)  # the maps can draw it
     session.answer(image, PROMPT, keep=[0], layer=0, max_new_tokens=1)  # the model checks its token count
 
 
