@@ -6,6 +6,9 @@ The reference for "special" is the tokenizer itself: a text is special for a mod
 it normally differs from tokenizing it with ``split_special_tokens=True`` (everything as plain text).
 """
 
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -101,3 +104,17 @@ def test_cli_gives_the_api_sentence(family, tmp_path, capsys):
                      "--max-new-tokens", "1"])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err == f"dualview: error: {error.value}\n"
+
+
+def test_module_entry_point_exits_2_with_the_api_sentence(tmp_path):
+    family = "qwen2_vl"
+    path = tmp_path / "image.png"
+    gradient_image(70, 50).save(path)
+    prompt = "<|vision_start|> what color is the circle?"
+    with pytest.raises(DualviewError) as error:
+        tiny_session(family).prepare(gradient_image(70, 50), prompt)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "dualview", "answer", "--model", tiny_dir(family), "--image",
+                           str(path), "--prompt", prompt], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": root})
+    assert done.returncode == 2 and done.stdout == "" and done.stderr == f"dualview: error: {error.value}\n"
