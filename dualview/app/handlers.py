@@ -87,7 +87,8 @@ def analysis_views(state: AppState) -> dict:
 def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, param_values, example=None) -> dict:
     """Validate, prepare once, analyse, select and answer: a new state with every view.
 
-    ``example`` (a shipped example's sidecar) is kept only when ``image`` is that example's picture."""
+    ``example`` (a shipped example's sidecar: ground truth, evidence) is kept only when ``image`` is
+    that example's picture and the prompt its question: it describes exactly those inputs."""
     name = (model_name or "").strip() or "builtin"
     params = params_from_controls(param_values)
     request = validate_request(image, prompt, budget, method=method, layer=layer, params=params.get(method))
@@ -97,7 +98,7 @@ def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, p
         prepared = session.prepare(request.image, request.prompt)
         analysis = session.analyze(prepared, layer=layer)
     request = dataclasses.replace(request, layer=analysis.layer, budget=resolve_budget(request.budget, analysis.num_visual))
-    if example is not None and not same_image(request.image, example):
+    if example is not None and (request.prompt != example["question"].strip() or not same_image(request.image, example)):
         example = None
     state = AppState(model_name=name, request=request, analysis=analysis, params=params, example=example)
     state.reselect()
