@@ -32,7 +32,8 @@ def _params_help() -> str:
     lines = []
     for method in all_methods():
         if method.params:
-            described = "; ".join(f"{p.name}={p.default:g} ({p.help}, {p.bounds})" for p in method.params)
+            described = "; ".join(f"{p.name}={p.default if p.is_choice else format(p.default, 'g')} ({p.help}, {p.bounds})"
+                                  for p in method.params)
             lines.append(f"{method.name}: {described}")
     return "method parameter NAME=VALUE (repeatable). " + " | ".join(lines)
 

@@ -24,6 +24,7 @@ __all__ = [
     "kernel_logits",
     "value_norms",
     "update_log_norms",
+    "update_share",
     "magnitude",
     "DuplicationBlocks",
     "duplication",
@@ -35,6 +36,7 @@ __all__ = [
     "effective_rank",
     "stable_rank",
     "attention_output_error",
+    "attention_weights",
     "kept_attention_mass",
     "AttentionSplit",
     "attention_split",
@@ -236,6 +238,21 @@ def _dropped_energy(gram: Tensor, kept: Tensor) -> Tensor:
     return gram[:, dropped][:, :, dropped].sum(dim=(1, 2)).clamp_min(0.0)
 
 
+def update_share(k: Tensor, v: Tensor) -> Tensor:
+    """Each token's share ``‖ΔW_i‖_F / ‖W‖_F`` of the implicit weight, per KV head (method.md §1, §6).
+
+    Kernel trick: ``‖ΔW_i‖²_F = G_ii = κ(k_i, k_i) ‖v_i‖²`` and ``‖W‖²_F = Σ_{i,j} G_ij``; the kernel
+    shift cancels in the ratio. A share near 1 means one update dominates W (an attention sink);
+    shares need not sum to 1 (updates are not orthogonal).
+
+    Args: k ``[Hkv, N, d]`` post-RoPE keys, v ``[Hkv, N, dv]`` values, of every token W sums.
+    Returns: ``[Hkv, N]`` float64 ≥ 0.
+    """
+    gram = _gram(k, v)
+    total = gram.sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+    return (gram.diagonal(dim1=1, dim2=2).clamp_min(0.0) / total[:, None]).sqrt()
+
+
 def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
     """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight, per KV head.
 
@@ -323,6 +340,19 @@ def _visible_logits(q: Tensor, k: Tensor, query_positions: Tensor | None) -> tup
 def _masked_logsumexp(logits: Tensor, mask: Tensor) -> Tensor:
     """``log Σ_{j: mask} exp(logits_j)`` over the last axis; −inf where the mask is empty."""
     return torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def attention_weights(q: Tensor, k: Tensor, query_positions: Tensor | None = None) -> Tensor:
+    """Softmax attention weights ``a_rj = κ(q_r, k_j) / Σ_{i visible} κ(q_r, k_i)`` of the rows ``q``.
+
+    Args: q ``[H, R, d]`` post-RoPE query rows, k ``[Hkv, N, d]`` post-RoPE keys (GQA: head h reads
+        KV head ``h // (H / Hkv)``), query_positions ``[R]`` or None as in :func:`kept_attention_mass`
+        (causal: row r sees keys ``j ≤ query_positions[r]``).
+    Returns: ``[H, R, N]`` float64; each row sums to 1 over the keys it sees, 0 elsewhere.
+    """
+    logits, visible = _visible_logits(q, k, query_positions)
+    log_norm = _masked_logsumexp(logits, visible)
+    return torch.where(visible, torch.exp(logits - log_norm[..., None]), 0.0)
 
 
 def attention_output_error(

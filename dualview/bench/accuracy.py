@@ -36,10 +36,10 @@ ROPE = ("magnitude with RoPE", "duplication without RoPE")
 
 
 def iwp_defaults() -> dict:
-    """The registry's iwp defaults (b0, growth, lam): the paper's."""
+    """The registry's numeric iwp defaults (b0, growth, lam): the paper's."""
     from dualview.methods import get_method
 
-    return get_method("iwp").defaults
+    return get_method("iwp").numeric_defaults
 
 
 def rope_variant(analysis, variant: str, budget: float):
