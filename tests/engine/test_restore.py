@@ -1,6 +1,6 @@
 """Issue 18 §3: what brings a changed answer back, on a case built to flip (method.md §8.4).
 
-The model is the TINY shapes-world layout with its matrices scaled up (as the bench tests do) so
+The model is the TINY shapes-world layout with its matrices scaled up (``scaled_shapes_dir``) so
 that its answers depend on the image; the case is a held-out question whose answer changes when the
 token with the largest occlusion effect alone is removed."""
 
@@ -11,21 +11,16 @@ import dualview
 from dualview.attribution import occlusion_effect
 from dualview.engine.attribution import AnswerScorer, FirstOrderEffect, restore_answer
 from dualview.shapes import world
-from dualview.shapes.model import TINY, build_model
-from dualview.shapes.train import export
+from dualview.shapes.model import TINY
+from tests.engine_tiny import scaled_shapes_dir
 
 SCALE, QUESTION = 12, 3  # the scale of the matrices, and the held-out question that flips
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
+def case():
     """(session, prepared, answer, layer, decisive token, occlusion effects [Nv])."""
-    model = build_model(TINY, seed=0).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 2:
-                parameter.mul_(SCALE)
-    session = dualview.load(str(export(model, tmp_path_factory.mktemp("flip"), TINY, dtype="float32")), device="cpu")
+    session = dualview.load(scaled_shapes_dir(SCALE), device="cpu")
     sample = world.heldout_set(QUESTION + 1, 12345, TINY.image_size)[QUESTION]
     prepared = session.prepare(sample.image, sample.question)
     layer = session.default_layer
