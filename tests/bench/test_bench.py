@@ -64,6 +64,16 @@ def test_accuracy_quick(tiny_model, tmp_path):
         assert ablations["lambda", "5.0", budget]["accuracy"] == main["iwp", budget]["accuracy"]
         assert {v for s, v, b in ablations if s == "b0" and b == budget} == {"1", "2", "8", "64"}
         assert len([1 for s, v, b in ablations if s == "rope" and b == budget]) == 3
+    for budget in common.PAPER_BUDGETS:  # the query rows, at every paper budget
+        assert {v for s, v, b in ablations if s == "query" and b == budget} == {"text", "last", "all"}
+        assert ablations["query", "text", budget]["accuracy"] == main["iwp", budget]["accuracy"]
+        assert ablations["query", "text", budget]["evidence_recall"] == main["iwp", budget]["evidence_recall"]
+    # evidence recall: every token kept holds every evidence patch; kept sets hold a share of them
+    full = next(r for r in rows if r["group"] == "full")
+    assert full["evidence_recall"] == 1.0 and all(main[m, 1.0]["evidence_recall"] == 1.0 for m in common.MAIN_METHODS)
+    assert all(0.0 <= r["evidence_recall"] <= 1.0 for r in rows)
+    assert any(r["evidence_recall"] < 1.0 for r in rows)
+    assert "Evidence recall" in (tmp_path / "accuracy-quick.md").read_text()
 
 
 def test_error_quick(tiny_model, tmp_path):
