@@ -78,6 +78,8 @@ def test_answer_random_uses_the_seed_and_analyze_json(image_path, capsys):
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--layer", "9"], "pruning layer must be a whole number from 0 to 3"),
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--param", "lam"], "NAME=VALUE"),
     (["answer", "--image", "IMAGE"], "required"),
+    (["restore", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--max-calls", "0"], "at least 1"),
+    (["analyze", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--query", "token:x"], "Unknown query choice"),
 ])
 def test_errors_are_one_line_with_status_2(argv, message, image_path, capsys):
     argv = [image_path if a == "IMAGE" else tiny_dir("qwen2_vl") if a == "MODEL" else a for a in argv]
@@ -93,10 +95,11 @@ def test_errors_are_one_line_with_status_2(argv, message, image_path, capsys):
 
 def test_module_entry_point_and_light_help(image_path):
     probe = ("import sys; from dualview import cli\n"
-             "try:\n    cli.main(['answer', '--help'])\nexcept SystemExit:\n    pass\n"
+             "for command in ('answer', 'restore'):\n"
+             "    try:\n        cli.main([command, '--help'])\n    except SystemExit:\n        pass\n"
              "print('TORCH' if 'torch' in sys.modules else 'LIGHT')")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT)
-    assert "--budget" in out.stdout and out.stdout.strip().endswith("LIGHT")
+    assert "--budget" in out.stdout and "--max-calls" in out.stdout and out.stdout.strip().endswith("LIGHT")
     done = subprocess.run([sys.executable, "-m", "dualview", "analyze", "--model", "/no/such/dir", "--image",
                            image_path, "--prompt", "x"], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.startswith("dualview: error: No model directory")
