@@ -141,6 +141,18 @@ def test_attention_received_by_the_chosen_rows_is_the_models_attention(family):
         rows = analysis.query_rows(choice)
         expected = weights[:, rows][:, :, prepared.visual_positions].mean(dim=1)
         torch.testing.assert_close(analysis.attention_received_by(choice).double(), expected, rtol=0, atol=2e-6)
+    # the kept mass the debug measures report is the model's attention on the kept positions
+    kept = torch.arange(0, prepared.num_visual, 3)
+    positions = analysis.sequence_keep(kept)
+    for choice in ("last", "token:1"):
+        rows = analysis.query_rows(choice)
+        reported = analysis.debug_measures(kept, choice)
+        expected = weights[:, rows][:, :, positions].sum(dim=-1).mean(dim=1)  # [H]
+        torch.testing.assert_close(torch.tensor(reported["per_head"]["kept_mass"], dtype=torch.float64), expected,
+                                   rtol=0, atol=2e-6)
+        assert reported["kept_mass"] < 1.0 and reported["query_positions"] == rows.tolist()
+    everything = analysis.debug_measures(torch.arange(prepared.num_visual), "all")
+    assert everything["kept_mass"] == 1.0 and everything["dropped_part"] == everything["normaliser_part"] == 0.0
 
 
 def test_update_share_is_each_updates_norm_over_the_weights_norm():
