@@ -27,7 +27,17 @@ from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
 from dualview.validation import parse_layer, validate_choice, validate_request
 
-PARAM_CONTROLS = tuple((m.name, p) for m in all_methods() for p in m.params)
+def _controls() -> tuple:
+    """One control per distinct declared parameter: a ``Param`` that several methods share (the
+    query rows) is one control feeding all of them. Entries: (method names, Param)."""
+    found: dict[int, tuple[list, object]] = {}
+    for method in all_methods():
+        for param in method.params:
+            found.setdefault(id(param), ([], param))[0].append(method.name)
+    return tuple((tuple(names), param) for names, param in found.values())
+
+
+PARAM_CONTROLS = _controls()
 """Every method's parameters, in the order of the page's parameter controls."""
 
 
@@ -36,9 +46,10 @@ def params_from_controls(values) -> dict[str, dict]:
     every method's checked parameters, by method name."""
     values = list(values) + [None] * (len(PARAM_CONTROLS) - len(values))
     given: dict[str, dict] = {m.name: {} for m in all_methods()}
-    for (method, param), value in zip(PARAM_CONTROLS, values):
+    for (methods, param), value in zip(PARAM_CONTROLS, values):
         if value is not None:
-            given[method][param.name] = value
+            for method in methods:
+                given[method][param.name] = value
     return {name: get_method(name).check_params(chosen) for name, chosen in given.items()}
 
 

@@ -51,8 +51,10 @@ class RangeSlider(gr.Slider):
         return payload
 
 
-def _param_control(method: str, param):
-    label = f"{method}: {param.title} ({param.help})"
+def _param_control(methods: tuple, param):
+    label = f"{', '.join(methods)}: {param.title} ({param.help})"
+    if param.is_choice:
+        return gr.Textbox(value=param.default, label=f"{label}: {param.bounds}")
     if param.integer and param.high - param.low > 256:
         return gr.Number(value=param.default, precision=0, minimum=param.low, maximum=param.high, label=label)
     step = 1 if param.integer else (param.high - param.low) / 200
@@ -85,7 +87,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
             c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
             c["layer"] = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
             with gr.Accordion("Method parameters", open=False):
-                c["params"] = [_param_control(method, param) for method, param in PARAM_CONTROLS]
+                c["params"] = [_param_control(methods, param) for methods, param in PARAM_CONTROLS]
             c["run"] = gr.Button("Run", variant="primary", elem_id="run")
             c["status"] = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
         with gr.Column(scale=3):

@@ -90,7 +90,8 @@ def token_numbers(state: AppState, token: int) -> dict:
 def teaching_text(state: AppState) -> str:
     n = token_numbers(state, state.selected)
     r = state.request
-    pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
+    pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]}" if p.is_choice else
+                             f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
     kept_text = (f"kept in round {n['round'] + 1}" if n["round"] >= 0 else "dropped")
     score = "—" if n["penalised_score"] is None else f"{n['penalised_score']:.3g}"
     return "\n".join([

@@ -38,8 +38,8 @@ def test_an_example_describes_only_its_own_image_and_question(holder, example):
 def test_every_methods_parameters_reach_its_selection(holder, example):
     """The page's parameter controls come from the registry; each one changes what its method does."""
     state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 30, "", [], None)["state"]
-    names = [f"{m}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
-    assert names == ["iwp.b0", "iwp.growth", "iwp.lam", "mmr.trade", "random.seed"]
+    names = [f"{'+'.join(m)}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
+    assert names == ["iwp.b0", "iwp.growth", "iwp.lam", "iwp+iwp-magnitude+mmr.query", "mmr.trade", "random.seed"]
     values = [None] * len(names)
     first = handlers.update(state, "random", 30, values)["summary"]["kept"]
     values[names.index("random.seed")] = 7

@@ -29,15 +29,16 @@ def test_each_method_declares_the_papers_defaults_once():
     import inspect
 
     declared = {m.name: m.defaults for m in all_methods()}
-    assert declared == {"iwp": {"b0": 2, "growth": 2, "lam": 5.0}, "mmr": {"trade": 0.5}, "random": {"seed": 0},
-                        "iwp-magnitude": {}, "fastv": {}, "divprune": {}, "cdpruner": {}, "grid": {}, "oracle": {}}
+    assert declared == {"iwp": {"b0": 2, "growth": 2, "lam": 5.0, "query": "text"}, "mmr": {"trade": 0.5, "query": "text"},
+                        "random": {"seed": 0}, "iwp-magnitude": {"query": "text"}, "fastv": {}, "divprune": {}, "cdpruner": {}, "grid": {}, "oracle": {}}
     for function, names in ((pc_mmr, ("b0", "growth", "lam")), (mmr, ("trade",))):
         parameters = inspect.signature(function).parameters
         assert all(parameters[n].default is inspect.Parameter.empty for n in names), function.__name__
     for method in all_methods():
         keywords = list(inspect.signature(method.function).parameters.values())[2:]
         assert all(p.default is inspect.Parameter.empty for p in keywords), method.name
-        assert all(p.low <= p.default <= p.high and p.help for p in method.params), method.name
+        assert all((p.check(p.default, method.name) == p.default if p.is_choice else p.low <= p.default <= p.high)
+                   and p.help for p in method.params), method.name
 
 
 def test_needs_and_layers_are_declared():
@@ -49,7 +50,7 @@ def test_needs_and_layers_are_declared():
 
 def test_parameters_are_checked_against_their_declaration():
     iwp = get_method("iwp")
-    assert iwp.check_params({"lam": "2.5", "b0": 4.0}) == {"b0": 4, "growth": 2, "lam": 2.5}
+    assert iwp.check_params({"lam": "2.5", "b0": 4.0}) == {"b0": 4, "growth": 2, "lam": 2.5, "query": "text"}
     for bad, message in [({"b0": 0}, "b₀"), ({"b0": 2.5}, "whole number"), ({"lam": -1}, "from 0 to 100"),
                          ({"lam": "x"}, "λ"), ({"growth": True}, "g"), ({"gamma": 1}, "no parameter gamma")]:
         with pytest.raises(DualviewError, match=message):
