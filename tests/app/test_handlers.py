@@ -46,7 +46,7 @@ def test_every_methods_parameters_reach_its_selection(holder, example):
     reseeded = handlers.update(state, "random", 30, values)["summary"]
     assert reseeded["kept"] != first and reseeded["settings"]["params"] == {"seed": 7}
     values[names.index("mmr.trade")] = 0.9
-    assert handlers.update(state, "mmr", 30, values)["summary"]["settings"]["params"] == {"trade": 0.9}
+    assert handlers.update(state, "mmr", 30, values)["summary"]["settings"]["params"] == {"trade": 0.9, "query": "text"}
     values[names.index("iwp.lam")] = 500
     with pytest.raises(DualviewError, match="iwp's lam"):
         handlers.update(state, "iwp", 30, values)
