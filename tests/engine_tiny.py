@@ -15,9 +15,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "shapes")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
+            "gemma3", "internvl", "shapes")
 """Every adapter family, plus ``shapes``: the built-in model's layout (dualview.shapes.model) at its
 TINY size (SigLIP tower, no chat template, word-level tokenizer, 2 decoder layers)."""
+
+FIRST_PRUNABLE_LAYER = {"qwen3_vl": 1}
+"""Families whose tiny model refuses pruning below some layer: Qwen3-VL's DeepStack feeds the visual
+tokens after decoder layer 0 (one level in the tiny model), so pruning starts at layer 1."""
 
 _ROOT = tempfile.mkdtemp(prefix="dualview-tiny-")
 atexit.register(shutil.rmtree, _ROOT, True)

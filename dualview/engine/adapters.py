@@ -3,11 +3,14 @@
 An adapter turns (image, prompt) into model inputs plus the bookkeeping dualview needs:
 the positions of the visual tokens (those it may prune), of the text tokens whose queries form
 ``q_T`` (method.md §2), and the geometry of the visual tokens. Families: ``llava`` (LLaVA-1.5),
-``llava_next``, ``llava_onevision``, ``qwen2_vl``, ``qwen2_5_vl``.
+``llava_next``, ``llava_onevision``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``idefics3``,
+``smolvlm``, ``gemma3``, ``internvl``; and ``generic`` (:class:`GenericAdapter`) for any other
+image-text-to-text class whose visual tokens are placeholder ids in ``input_ids``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -25,6 +28,11 @@ ARCHITECTURES = {
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "Qwen2VLForConditionalGeneration": "qwen2_vl",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Idefics3ForConditionalGeneration": "idefics3",
+    "SmolVLMForConditionalGeneration": "smolvlm",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "InternVLForConditionalGeneration": "internvl",
 }
 
 
@@ -88,7 +96,16 @@ class Adapter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         config = model.config
-        self.image_token_id = int(getattr(config, "image_token_id", None) or config.image_token_index)
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        if token is None:
+            raise DualviewError(f"{type(model).__name__} states no image placeholder token id in its config, so "
+                                "dualview cannot find its visual tokens.")
+        self.image_token_id = int(token)
+
+    def check_prune_layer(self, layer: int) -> None:
+        """Raise a DualviewError when visual tokens cannot be dropped from decoder layer ``layer`` on
+        (every layer can, except where a family says otherwise)."""
 
     # -- the language model ---------------------------------------------------------------
     @property
@@ -148,7 +165,7 @@ class Adapter:
         if answer_ids:
             extra = torch.tensor(answer_ids, dtype=input_ids.dtype)
             inputs["input_ids"] = torch.cat([inputs["input_ids"], extra[None]], dim=1)
-            for key in ("attention_mask", "mm_token_type_ids"):
+            for key in ("attention_mask", "mm_token_type_ids", "token_type_ids"):
                 if key in inputs:
                     fill = 1 if key == "attention_mask" else 0
                     inputs[key] = torch.cat([inputs[key], torch.full((1, len(answer_ids)), fill,
@@ -247,5 +264,157 @@ class Qwen25VLAdapter(QwenVLAdapter):
     family = "qwen2_5_vl"
 
 
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL: Qwen's merged patch grid (patch 16); DeepStack adds vision features to the visual
+    tokens after each of the first ``len(deepstack_visual_indexes)`` decoder layers, so pruning
+    can start only after the last of them."""
+
+    family = "qwen3_vl"
+
+    def check_prune_layer(self, layer):
+        levels = len(self.model.config.vision_config.deepstack_visual_indexes)
+        if layer < levels:
+            raise DualviewError(f"Qwen3-VL adds DeepStack vision features to the visual tokens after decoder layers "
+                                f"0 to {levels - 1}, so they can be pruned only from layer {levels} on.")
+
+
+class Idefics3Adapter(Adapter):
+    """Idefics3 / SmolVLM: the image resized to a grid of square tiles (row-major, each preceded by a
+    ``<row_r_col_c>`` marker that is not an image slot) plus the global image last; the connector's
+    pixel shuffle merges ``scale × scale`` patches into one token, in raster order per tile."""
+
+    family = "idefics3"
+
+    @property
+    def language_model(self):
+        return self.model.model.text_model
+
+    def tile_rows(self, input_ids: Tensor) -> int:
+        """Rows of tiles: the distinct ``<row_r_col_1>`` markers in ``input_ids`` (0 when not tiled)."""
+        present = set(input_ids.tolist())
+        ids = self.tokenizer.convert_tokens_to_ids([f"<row_{r}_col_1>" for r in range(1, 100)])
+        return sum(i in present for i in ids if i is not None and i != self.tokenizer.unk_token_id)
+
+    def geometry(self, image_size, inputs):
+        config = self.model.config
+        side = config.vision_config.image_size // config.vision_config.patch_size // config.scale_factor
+        tiles = inputs["pixel_values"].shape[1] - 1  # [1, tiles + global, 3, H, W]
+        rows = self.tile_rows(inputs["input_ids"][0])
+        grid = (rows, tiles // rows) if rows else None
+        regions = geo.even_tiles(image_size, grid) if grid else None
+        return geo.tiled(image_size, (side, side), grid, regions, "global image", overview_first=False)
+
+
+class SmolVLMAdapter(Idefics3Adapter):
+    """SmolVLM: Idefics3's layout. Its processor's chat template method needs the video processor
+    (torchvision), so the prompt is rendered by the tokenizer's template (same text)."""
+
+    family = "smolvlm"
+
+    def render(self, prompt):
+        template = self.processor.chat_template or self.tokenizer.chat_template
+        if not template:
+            return super().render(prompt)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                                  tokenize=False)
+
+
+class Gemma3Adapter(Adapter):
+    """Gemma 3: the whole image (896 px, no crop) as ``mm_tokens_per_image`` pooled soft tokens in a
+    square raster, then, with pan-and-scan on, the same for each crop (crops from the image
+    processor's own ``pan_and_scan``). Image tokens attend to each other both ways (the model's own
+    mask); 5 of every 6 decoder layers use a sliding window (the model's own masks, sliced)."""
+
+    family = "gemma3"
+
+    def crop_regions(self, image_size) -> list[tuple[float, float, float, float]]:
+        """Pan-and-scan crops of an image of ``image_size`` as (x0, y0, x1, y1), raster order: the
+        image processor's own ``pan_and_scan`` applied to a map of pixel coordinates."""
+        import numpy as np
+
+        image_processor = self.processor.image_processor
+        if not getattr(image_processor, "do_pan_and_scan", False):
+            return []
+        width, height = image_size
+        ys, xs = np.meshgrid(np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32), indexing="ij")
+        crops = image_processor.pan_and_scan(
+            np.stack([xs, ys]), image_processor.pan_and_scan_min_crop_size,
+            image_processor.pan_and_scan_max_num_crops, image_processor.pan_and_scan_min_ratio_to_activate)
+        return [(float(c[0].min()), float(c[1].min()), float(c[0].max()) + 1, float(c[1].max()) + 1) for c in crops]
+
+    def geometry(self, image_size, inputs):
+        side = math.isqrt(self.model.config.mm_tokens_per_image)
+        regions = self.crop_regions(image_size)
+        width, height = image_size
+        grid = None
+        if regions:
+            grid = (1, len(regions)) if width >= height else (len(regions), 1)
+        return geo.tiled(image_size, (side, side), grid, regions or None, "original", overview_first=True)
+
+
+class InternVLAdapter(Adapter):
+    """InternVL: the image resized to the tile grid whose aspect ratio is closest (1 to
+    ``max_patches`` tiles, the image processor's own ``get_optimal_tiled_canvas``), tiles row-major,
+    then a thumbnail of the whole image when there is more than one tile; pixel shuffle 0.5 merges
+    2 × 2 patches into one token, raster order per tile."""
+
+    family = "internvl"
+
+    def geometry(self, image_size, inputs):
+        config = self.model.config
+        image_processor = self.processor.image_processor
+        tile = config.vision_config.image_size[0]
+        side = round(tile // config.vision_config.patch_size[0] * config.downsample_ratio)
+        width, height = image_size
+        canvas = sys.modules[type(image_processor).__module__].get_optimal_tiled_canvas
+        cols, rows = canvas((height, width), (tile, tile), image_processor.min_patches, image_processor.max_patches)
+        if rows * cols == 1:
+            return geo.tiled(image_size, (side, side), None, None, "image", overview_first=False)
+        return geo.tiled(image_size, (side, side), (rows, cols), geo.even_tiles(image_size, (rows, cols)),
+                         "thumbnail", overview_first=False)
+
+
+class GenericAdapter(Adapter):
+    """Any other image-text-to-text class whose visual tokens are ``config.image_token_id`` (or
+    ``image_token_index``) placeholders in ``input_ids``, with its language model at
+    ``model.model.language_model`` (or ``text_model``).
+
+    Geometry: Qwen-style when the processor states ``image_grid_thw`` (merged patch grid); one
+    square grid over the whole image when the token count is the vision tower's
+    (image size / patch size)² (a processor that resizes the whole image, e.g. PaliGemma);
+    otherwise a strip in token order, marked not spatial.
+    """
+
+    family = "generic"
+
+    def __init__(self, model, processor):
+        super().__init__(model, processor)
+        inner = getattr(model, "model", None)
+        found = getattr(inner, "language_model", None) or getattr(inner, "text_model", None)
+        if found is None or not hasattr(found, "layers"):
+            raise DualviewError(f"dualview cannot find the decoder layers inside {type(model).__name__} "
+                                "(looked for model.language_model.layers and model.text_model.layers).")
+        self._language_model = found
+
+    @property
+    def language_model(self):
+        return self._language_model
+
+    def geometry(self, image_size, inputs):
+        vision = getattr(self.model.config, "vision_config", None)
+        count = int((inputs["input_ids"][0] == self.image_token_id).sum())
+        if "image_grid_thw" in inputs and hasattr(vision, "spatial_merge_size"):
+            _, rows, cols = inputs["image_grid_thw"][0].tolist()
+            return geo.merged_patch_grid(image_size, (rows, cols), vision.spatial_merge_size)
+        size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+        if isinstance(size, int) and isinstance(patch, int) and (size // patch) ** 2 == count:
+            region = geo.seen_region(image_size, self.processor.image_processor)
+            return geo.fixed_grid(image_size, size // patch, region)
+        return geo.strip(image_size, count, f"dualview does not know how {type(self.model).__name__} lays its "
+                                            "visual tokens over the image, so the map shows them in token order.")
+
+
 ADAPTERS = {cls.family: cls for cls in
-            (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, QwenVLAdapter, Qwen25VLAdapter)}
+            (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, QwenVLAdapter, Qwen25VLAdapter, Qwen3VLAdapter,
+             Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter, InternVLAdapter, GenericAdapter)}

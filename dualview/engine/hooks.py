@@ -61,6 +61,22 @@ def capture_layer_inputs(layers, wanted: set[int], store: dict[int, LayerInput])
             handle.remove()
 
 
+def _sliding_decode_mask(keep: Tensor, prefill_length: int, step: int, window: int, dtype) -> Tensor:
+    """``[1, 1, 1, n]`` additive mask for decoding step ``step`` (0 = first new token) of a pruned
+    sliding-window layer.
+
+    Its cache holds the layer's own sequence (kept prompt positions ``keep``, then the generated
+    positions) cut to its last ``window - 1`` entries, plus the new token: the last ``n = min(window,
+    length)`` entries. Of those, the token at position ``prefill_length + step`` may see only the
+    ones less than ``window`` positions back (the sliding window in original positions, as in the
+    model's own mask)."""
+    position = prefill_length + step
+    sequence = torch.cat([keep, torch.arange(prefill_length, position + 1, device=keep.device)])
+    seen = sequence[-min(window, sequence.numel()):]
+    mask = torch.zeros(1, 1, 1, seen.numel(), dtype=dtype, device=keep.device)
+    return mask.masked_fill(seen <= position - window, torch.finfo(dtype).min)
+
+
 def _slice_mask(mask: Tensor, keep: Tensor, prefill_length: int) -> Tensor:
     """Slice a 4-D mask ``[B, 1, Q, K]``: query rows of a prefill call, and the key columns of the
     prompt (columns past the prompt are generated tokens and stay)."""
@@ -77,7 +93,9 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
     Layer ``start`` slices its incoming hidden states; every layer from ``start`` on slices its
     position embeddings, position ids and 4-D mask the same way, so kept tokens keep their
     original positions. Decoding calls (one new token) pass through; those layers' caches hold
-    only the kept prompt tokens.
+    only the kept prompt tokens. A sliding-window layer (``self_attn.sliding_window``, Gemma 3)
+    gets, at each decoding step, the mask of its window in original positions over what its
+    cache holds (:func:`_sliding_decode_mask`).
 
     Args:
         layers: the decoder layers.
@@ -90,12 +108,19 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
     on_device: dict[torch.device, Tensor] = {}
     chosen: list[Tensor] = [] if callable(keep) else [keep]
 
+    steps: dict[int, int] = {}
+
     def hook(module, args, kwargs):
         cos, sin = kwargs["position_embeddings"]
         if not chosen:
             chosen.append(keep(LayerInput(_hidden(args, kwargs)[0], cos[0], sin[0])).cpu())
         index = on_device.setdefault(cos.device, chosen[0].to(cos.device))
         if cos.shape[-2] != prefill_length:  # a decoding step
+            step = steps[id(module)] = steps.get(id(module), -1) + 1
+            window = getattr(getattr(module, "self_attn", None), "sliding_window", None)
+            if window:
+                mask = _sliding_decode_mask(index, prefill_length, step, window, _hidden(args, kwargs).dtype)
+                return args, {**kwargs, "attention_mask": mask}
             if isinstance(kwargs.get("attention_mask"), Tensor):
                 kwargs = {**kwargs, "attention_mask": _slice_mask(kwargs["attention_mask"], index, prefill_length)}
             return args, kwargs

@@ -125,6 +125,8 @@ class Session:
         q = attention.q_proj(x).view(1, length, -1, dim).transpose(1, 2)
         k = attention.k_proj(x).view(1, length, -1, dim).transpose(1, 2)
         v = attention.v_proj(x).view(1, length, -1, dim).transpose(1, 2)
+        if getattr(attention, "q_norm", None) is not None:  # Gemma 3, Qwen3: per-head RMS norm before RoPE
+            q, k = attention.q_norm(q), attention.k_norm(k)
         q_post, k_post = self.adapter.apply_rope(q, k, captured.cos[None], captured.sin[None])
         return Projections(*(t[0].float() for t in (q, k, q_post, k_post, v)))
 
@@ -169,6 +171,7 @@ class Session:
     def _pruning(self, prepared: Prepared, keep, layer: int):
         if keep is None:
             return None, nullcontext()
+        self.adapter.check_prune_layer(layer)
         positions = prepared.keep_positions(keep)
         return positions, hooks.prune_from(self.adapter.layers, layer, positions, prepared.length)
 
@@ -217,6 +220,7 @@ class Session:
         if method is not None:
             if keep is not None or budget is None:
                 raise DualviewError("Give either keep=... or method=... with budget=..., not both.")
+            self.adapter.check_prune_layer(layer)
             keep_fn = self._fused_selection(prepared, layer, method, budget, params, record)
             pruning = hooks.prune_from(self.adapter.layers, layer, keep_fn, prepared.length)
         else:

@@ -9,10 +9,16 @@ original position ids. Captured q/k/v are checked against the model's own projec
 import pytest
 import torch
 
-from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_session
+from dualview.errors import DualviewError
+from tests.engine_tiny import FAMILIES, FIRST_PRUNABLE_LAYER, PROMPT, gradient_image, tiny_session
 
 IMAGE = gradient_image(100, 72)
 NEW_TOKENS = 5
+
+
+def refused(family, layer):
+    """True (and the refusal checked) where ``family`` cannot prune from ``layer`` on."""
+    return layer < FIRST_PRUNABLE_LAYER.get(family, 0)
 
 
 def kept_subset(session, fraction=0.4, seed=1):
@@ -27,22 +33,27 @@ def extended(inputs, extra):
         return inputs
     ids = torch.tensor([extra], dtype=inputs["input_ids"].dtype)
     out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids], dim=1))
-    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
+    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
         if key in inputs:
             out[key] = torch.cat([inputs[key], torch.full_like(ids, fill).to(inputs[key].dtype)], dim=1)
     return out
 
 
 def masked_logits(session, inputs, dropped, layer):
-    """Full-length forward; layers >= ``layer`` cannot attend to positions ``dropped``."""
+    """Full-length forward; layers >= ``layer`` cannot attend to positions ``dropped``, and otherwise
+    attend as the model's own mask says (causal, or its sliding window, or image tokens both ways)."""
     length = inputs["input_ids"].shape[1]
-    allowed = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed[:, dropped] = False
-    allowed[dropped, dropped] = True  # a dropped row sees itself (its output is never used)
-    mask = torch.zeros(1, 1, length, length, dtype=session.model.dtype)
-    mask[0, 0][~allowed] = torch.finfo(session.model.dtype).min
+    dtype = session.model.dtype
 
     def hook(module, args, kwargs):
+        own = kwargs.get("attention_mask")
+        if isinstance(own, torch.Tensor):
+            allowed = (own if own.dtype == torch.bool else own == 0)[0, 0].clone()
+        else:
+            allowed = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed[:, dropped] = False
+        allowed[dropped, dropped] = True  # a dropped row sees itself (its output is never used)
+        mask = torch.zeros(1, 1, length, length, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         return args, {**kwargs, "attention_mask": mask}
 
     handles = [l.register_forward_pre_hook(hook, with_kwargs=True) for l in list(session.adapter.layers)[layer:]]
@@ -75,6 +86,12 @@ def test_keeping_every_token_is_the_unmodified_model(family):
         plain = session.model(**prepared.inputs, use_cache=False).logits[0].float()
         plain_tokens = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
     for layer in (0, session.default_layer):
+        if refused(family, layer):
+            with pytest.raises(DualviewError, match=f"pruned only from layer {FIRST_PRUNABLE_LAYER[family]} on"):
+                session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
+            with pytest.raises(DualviewError, match="DeepStack"):
+                session.answer(IMAGE, PROMPT, method="iwp", budget=0.5, layer=layer)
+            continue
         logits, positions = session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
         assert torch.equal(positions, torch.arange(prepared.length))
         assert torch.equal(logits, plain)
@@ -92,6 +109,8 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
     dropped_visual[kept] = False
     dropped = prepared.visual_positions[dropped_visual]
     for layer in sorted({0, session.default_layer, session.num_layers - 1}):
+        if refused(family, layer):
+            continue  # checked in test_keeping_every_token_is_the_unmodified_model
         logits, positions = session.logits(IMAGE, PROMPT, keep=kept, layer=layer)
         assert positions.numel() == prepared.length - dropped.numel()
         assert not set(positions.tolist()) & set(dropped.tolist())
@@ -105,6 +124,10 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
     session = tiny_session(family)
+    if refused(family, 0):
+        with pytest.raises(DualviewError, match="DeepStack"):
+            session.logits(IMAGE, PROMPT, keep=[0], layer=0)
+        return
     prepared = session.prepare(IMAGE, PROMPT)
     kept = kept_subset(session, fraction=0.3, seed=2)
     language_model = session.adapter.language_model
@@ -127,11 +150,18 @@ def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
     embeds = seen["inputs_embeds"][:, keep]
     positions = seen.get("position_ids")
     positions = torch.arange(prepared.length)[None] if positions is None else positions
+    # An explicit mask: without one (and without a cache) transformers reads position-id gaps as
+    # packed sequences and builds a block-diagonal mask. A model that hands its language model
+    # ready 4-D masks (Gemma 3: image tokens both ways, sliding windows) gets them cut to the kept rows
+    # and columns; otherwise a 2-D mask of ones.
+    own = seen.get("attention_mask")
+    if isinstance(own, dict):
+        mask = {name: m[:, :, keep][..., keep] for name, m in own.items()}
+    else:
+        mask = torch.ones(1, keep.numel(), dtype=torch.long)
     with torch.no_grad():
-        # An explicit 2-D mask: without one (and without a cache) transformers reads position-id
-        # gaps as packed sequences and builds a block-diagonal mask.
         hidden = language_model(inputs_embeds=embeds, position_ids=positions[..., keep], use_cache=False,
-                                attention_mask=torch.ones(1, keep.numel(), dtype=torch.long))
+                                attention_mask=mask)
         reference = session.model.lm_head(hidden.last_hidden_state)[0].float()
     logits, got_positions = session.logits(IMAGE, PROMPT, keep=kept, layer=0)
     assert torch.equal(got_positions, keep)
@@ -145,8 +175,10 @@ def test_captured_qkv_equal_the_models_own(family):
     analysis = session.analyze(IMAGE, PROMPT, layer=layer)
     attention = session.adapter.layers[layer].self_attn
     outputs = {}
+    # q and k before RoPE: the projections' outputs, or the per-head norms' (Gemma 3, Qwen3) that follow them
+    names = ("q_norm", "k_norm") if getattr(attention, "q_norm", None) is not None else ("q_proj", "k_proj")
     handles = [getattr(attention, name).register_forward_hook(
-        lambda m, a, out, name=name: outputs.__setitem__(name, out[0])) for name in ("q_proj", "k_proj")]
+        lambda m, a, out, name=name[0]: outputs.__setitem__(name, out[0])) for name in names]
     try:
         with torch.no_grad():
             result = session.model(**analysis.prepared.inputs, use_cache=True)
@@ -157,8 +189,12 @@ def test_captured_qkv_equal_the_models_own(family):
     p = analysis.projections
     d = attention.head_dim
     length = analysis.prepared.length
-    assert torch.allclose(p.q_pre, outputs["q_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
-    assert torch.allclose(p.k_pre, outputs["k_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
+
+    def heads(t):  # [S, H * d] or [S, H, d] (before the head transpose) or [H, S, d] (after) -> [H, S, d]
+        return t if t.dim() == 3 and t.shape[1] == length != t.shape[0] else t.reshape(length, -1, d).transpose(0, 1)
+
+    assert torch.allclose(p.q_pre, heads(outputs["q"]), atol=1e-6)
+    assert torch.allclose(p.k_pre, heads(outputs["k"]), atol=1e-6)
     assert torch.allclose(p.k_post, cache.layers[layer].keys[0].float(), atol=1e-6)
     assert torch.allclose(p.v, cache.layers[layer].values[0].float(), atol=1e-6)
     assert p.q_post.shape == p.q_pre.shape and not torch.allclose(p.q_post, p.q_pre)
@@ -205,7 +241,5 @@ def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family
         assert fused.kept == selection.kept.tolist()
         assert fused.token_ids == two_step.token_ids and fused.kept_tokens == two_step.kept_tokens
         assert fused.selection_seconds > 0
-    from dualview.errors import DualviewError
-
     with pytest.raises(DualviewError, match="prunes at layer 0"):
         session.answer(IMAGE, PROMPT, method="cdpruner", budget=0.3, layer=1)
