@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -16,9 +17,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
-            "gemma3", "internvl", "shapes")
-"""Every adapter family, plus ``shapes``: the built-in model's layout (dualview.shapes.model) at its
-TINY size (SigLIP tower, no chat template, word-level tokenizer, 2 decoder layers)."""
+            "gemma3", "gemma3_pan_and_scan", "internvl", "shapes")
+"""Every adapter family; ``gemma3_pan_and_scan``: the tiny Gemma 3 with its processor's pan-and-scan
+turned on (the original image, then 2 crops for the wide and tall test images); ``shapes``: the
+built-in model's layout (dualview.shapes.model) at its TINY size (SigLIP tower, no chat template,
+word-level tokenizer, 2 decoder layers)."""
 
 FIRST_PRUNABLE_LAYER = {"qwen3_vl": 1}
 """Families whose tiny model refuses pruning below some layer: Qwen3-VL's DeepStack feeds the visual
@@ -36,6 +39,16 @@ def tiny_dir(family: str) -> str:
 
         shapes.build_model(shapes.TINY, seed=0).save_pretrained(path)
         shapes.build_processor(shapes.TINY).save_pretrained(path)
+    elif family == "gemma3_pan_and_scan":
+        from dualview.engine.tiny import build_tiny
+
+        build_tiny("gemma3", path)
+        config_path = os.path.join(path, "processor_config.json")
+        with open(config_path) as handle:
+            config = json.load(handle)
+        config["image_processor"]["do_pan_and_scan"] = True
+        with open(config_path, "w") as handle:
+            json.dump(config, handle)
     else:
         from dualview.engine.tiny import build_tiny
 

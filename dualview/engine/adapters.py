@@ -322,25 +322,38 @@ class SmolVLMAdapter(Idefics3Adapter):
 
 class Gemma3Adapter(Adapter):
     """Gemma 3: the whole image (896 px, no crop) as ``mm_tokens_per_image`` pooled soft tokens in a
-    square raster, then, with pan-and-scan on, the same for each crop (crops from the image
-    processor's own ``pan_and_scan``). Image tokens attend to each other both ways (the model's own
+    square raster, then, with pan-and-scan on (``do_pan_and_scan`` in the saved image processor
+    config), the same for each crop (crops from the image processor's own ``pan_and_scan``). Image tokens attend to each other both ways (the model's own
     mask); 5 of every 6 decoder layers use a sliding window (the model's own masks, sliced)."""
 
     family = "gemma3"
+
+    PAN_AND_SCAN = ("do_pan_and_scan", "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops",
+                    "pan_and_scan_min_ratio_to_activate")
+
+    def pan_and_scan(self) -> dict:
+        """The pan-and-scan settings of the saved image processor config, each falling back to the
+        processor's default when unset. The processor's call defaults (pan-and-scan off) would
+        otherwise override the saved config, so they are passed explicitly on every call."""
+        image_processor = self.processor.image_processor
+        defaults = self.processor.images_kwargs
+        return {key: defaults[key] if getattr(image_processor, key, None) is None else getattr(image_processor, key)
+                for key in self.PAN_AND_SCAN}
+
+    def processor_inputs(self, image, text):
+        return dict(self.processor(images=[image], text=[text], return_tensors="pt", **self.pan_and_scan()))
 
     def crop_regions(self, image_size) -> list[tuple[float, float, float, float]]:
         """Pan-and-scan crops of an image of ``image_size`` as (x0, y0, x1, y1), raster order: the
         image processor's own ``pan_and_scan`` applied to a map of pixel coordinates."""
         import numpy as np
 
-        image_processor = self.processor.image_processor
-        if not getattr(image_processor, "do_pan_and_scan", False):
+        settings = self.pan_and_scan()
+        if not settings.pop("do_pan_and_scan"):
             return []
         width, height = image_size
         ys, xs = np.meshgrid(np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32), indexing="ij")
-        crops = image_processor.pan_and_scan(
-            np.stack([xs, ys]), image_processor.pan_and_scan_min_crop_size,
-            image_processor.pan_and_scan_max_num_crops, image_processor.pan_and_scan_min_ratio_to_activate)
+        crops = self.processor.image_processor.pan_and_scan(np.stack([xs, ys]), *settings.values())
         return [(float(c[0].min()), float(c[1].min()), float(c[0].max()) + 1, float(c[1].max()) + 1) for c in crops]
 
     def geometry(self, image_size, inputs):
@@ -350,7 +363,8 @@ class Gemma3Adapter(Adapter):
         grid = None
         if regions:
             grid = (1, len(regions)) if width >= height else (len(regions), 1)
-        return geo.tiled(image_size, (side, side), grid, regions or None, "original", overview_first=True)
+        return geo.tiled(image_size, (side, side), grid, regions or None, "original", overview_first=True,
+                         tile_name="crop")
 
 
 class InternVLAdapter(Adapter):

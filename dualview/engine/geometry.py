@@ -124,15 +124,16 @@ class _Builder:
     def tiles(self, name: str, tile_grid: tuple[int, int], side: tuple[int, int],
               regions: list[tuple[float, float, float, float]]) -> None:
         """Tiles in raster order, each a raster ``side`` (rows, cols) grid of cells over its region,
-        all in one joint view of ``tile_grid * side`` cells; tile t is group ``"tile {t+1}"``."""
-        self.views.append((name, (tile_grid[0] * side[0], tile_grid[1] * side[1])))
+        all in one joint view ``name + "s"`` of ``tile_grid * side`` cells; tile t is group
+        ``f"{name} {t + 1}"``."""
+        self.views.append((name + "s", (tile_grid[0] * side[0], tile_grid[1] * side[1])))
         for t, (x0, y0, x1, y1) in enumerate(regions):
             tile_r, tile_c = divmod(t, tile_grid[1])
             cell_w, cell_h = (x1 - x0) / side[1], (y1 - y0) / side[0]
             for r in range(side[0]):
                 for c in range(side[1]):
                     self._cell([x0 + c * cell_w, y0 + r * cell_h, x0 + (c + 1) * cell_w, y0 + (r + 1) * cell_h],
-                               tile_r * side[0] + r, tile_c * side[1] + c, f"tile {t + 1}")
+                               tile_r * side[0] + r, tile_c * side[1] + c, f"{name} {t + 1}")
 
     def _cell(self, box: list[float], row: int, col: int, label: str) -> None:
         if label not in self.group_names:
@@ -245,7 +246,7 @@ def even_tiles(image_size: tuple[int, int], tile_grid: tuple[int, int]) -> list[
 
 def tiled(image_size: tuple[int, int], side: tuple[int, int], tile_grid: tuple[int, int] | None,
           regions: list[tuple[float, float, float, float]] | None, overview: str | None,
-          overview_first: bool) -> Geometry:
+          overview_first: bool, tile_name: str = "tile") -> Geometry:
     """Tiles plus an overview of the whole image (Idefics3 / SmolVLM, InternVL, Gemma 3 pan-and-scan).
 
     Args:
@@ -257,13 +258,14 @@ def tiled(image_size: tuple[int, int], side: tuple[int, int], tile_grid: tuple[i
         overview: view name of the whole-image view ("global image", "thumbnail", "original"), or
             None when there is none.
         overview_first: whether the overview's tokens come before the tiles' (Gemma 3) or after.
+        tile_name: what a tile is called ("tile", "crop"): groups "tile 1", ..., view "tiles".
     """
     width, height = image_size
     builder = _Builder(image_size)
     if overview and overview_first:
         builder.grid(overview, side[0], side[1], (0.0, 0.0, float(width), float(height)))
     if tile_grid is not None:
-        builder.tiles("tiles", tile_grid, side, regions)
+        builder.tiles(tile_name, tile_grid, side, regions)
     if overview and not overview_first:
         builder.grid(overview, side[0], side[1], (0.0, 0.0, float(width), float(height)))
     return builder.build()

@@ -51,9 +51,9 @@ def real_session(family: str):
     return dualview.load(str(build_tiny(family, os.path.join(_ROOT, family), geometry="real")), device="cpu")
 
 
-def processor_slots(session, image) -> int:
+def processor_slots(session, image, **options) -> int:
     """Image placeholder ids in what transformers' own processor makes of (image, prompt)."""
-    inputs = session.processor(images=[image], text=[session.adapter.render(PROMPT)], return_tensors="pt")
+    inputs = session.processor(images=[image], text=[session.adapter.render(PROMPT)], return_tensors="pt", **options)
     return int((inputs["input_ids"][0] == session.model.config.image_token_id).sum())
 
 
@@ -108,3 +108,15 @@ def test_one_forward_pass_at_real_geometry(family):
     assert analysis.layer == 4
     assert analysis.magnitude.shape == (session.prepare(image, PROMPT).geometry.num_visual,)
     assert bool(torch.isfinite(analysis.magnitude).all())
+
+
+def test_gemma3_pan_and_scan_at_real_geometry():
+    """google/gemma-3-4b-it with pan-and-scan on: 1920 × 1080 (ratio 1.78 >= 1.2) gives
+    round(1.78) = 2 crops of 960 × 1080 (at least 256 px): the original and 2 crops, 256 tokens each."""
+    session = dualview.load(real_session("gemma3").name, device="cpu")
+    session.processor.image_processor.do_pan_and_scan = True
+    image = gradient_image(1920, 1080)
+    geometry = session.prepare(image, PROMPT).geometry
+    assert geometry.num_visual == 3 * 256 == processor_slots(session, image, do_pan_and_scan=True)
+    assert [name for name, _ in geometry.views] == ["original", "crops"] and geometry.views[1][1] == (16, 32)
+    assert_views_tile(geometry, 1920, 1080)
