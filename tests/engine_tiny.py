@@ -17,9 +17,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
-            "gemma3", "gemma3_pan_and_scan", "internvl", "shapes")
+            "gemma3", "gemma3_pan_and_scan", "internvl", "paligemma", "shapes")
 """Every adapter family; ``gemma3_pan_and_scan``: the tiny Gemma 3 with its processor's pan-and-scan
-turned on (the original image, then 2 crops for the wide and tall test images); ``shapes``: the
+turned on (the original image, then 2 crops for the wide and tall test images); ``paligemma``: a
+class without an adapter, loaded through the generic path; ``shapes``: the
 built-in model's layout (dualview.shapes.model) at its TINY size (SigLIP tower, no chat template,
 word-level tokenizer, 2 decoder layers)."""
 

@@ -138,21 +138,25 @@ class Adapter:
             )
         return self.image_placeholder() + prompt
 
-    def prompt_span(self, prompt: str, expanded_length: int) -> tuple[int, int]:
-        """[start, end) of the prompt's tokens in the expanded sequence of ``expanded_length``.
+    def prompt_span(self, prompt: str, input_ids: list[int]) -> tuple[int, int]:
+        """[start, end) of the prompt's tokens in the processor's ``input_ids``.
 
         The rendered text is tokenized with and without the prompt; the tokens both share at the
         start and at the end are scaffolding (chat template, image placeholder), the rest is the
-        prompt. The image comes before the prompt, so offsets from the end carry over to the
-        sequence with the image placeholder expanded.
+        prompt. What follows the shared start (the prompt and the closing scaffolding) is found as
+        the last match in ``input_ids``, so a processor may expand the image placeholder before it
+        and add tokens after it (PaliGemma's newline). Empty when it is not found.
         """
         with_prompt = self.tokenizer(self.render(prompt))["input_ids"]
         without = self.tokenizer(self.render(""))["input_ids"]
         prefix = _common_prefix(with_prompt, without)
         suffix = _common_prefix(with_prompt[::-1], without[::-1])
         suffix = min(suffix, len(with_prompt) - prefix, len(without) - prefix)
-        start = expanded_length - (len(with_prompt) - prefix)
-        return start, expanded_length - suffix
+        tail = with_prompt[prefix:]
+        for start in range(len(input_ids) - len(tail), -1, -1):
+            if input_ids[start:start + len(tail)] == tail:
+                return start, start + len(tail) - suffix
+        return 0, 0
 
     def processor_inputs(self, image: Image.Image, text: str) -> dict:
         return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
@@ -181,7 +185,7 @@ class Adapter:
                 f"processor made {slots.numel()}; this model's image settings are not supported yet."
             )
         visual = slots[geometry.is_visual]
-        start, end = self.prompt_span(prompt, len(input_ids))
+        start, end = self.prompt_span(prompt, input_ids.tolist())
         if end > start:
             text = torch.arange(start, end)
         else:  # no instruction tokens: every non-image token (method.md §2)
@@ -414,6 +418,11 @@ class GenericAdapter(Adapter):
     @property
     def language_model(self):
         return self._language_model
+
+    def processor_inputs(self, image, text):
+        inputs = super().processor_inputs(image, text)
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels; a forward pass needs none
+        return inputs
 
     def geometry(self, image_size, inputs):
         vision = getattr(self.model.config, "vision_config", None)

@@ -35,6 +35,8 @@ Two geometries (:data:`GEOMETRIES`):
     sliding window 1024 on 5 of every 6 decoder layers.
   - ``internvl``: OpenGVLab/InternVL3-8B-hf: 448 / 14, pixel shuffle 0.5 (256 tokens per tile),
     1 to 12 tiles plus a thumbnail.
+  - ``paligemma`` (generic path, :data:`GENERIC`): google/paligemma-3b-pt-224: SigLIP 224 / 14,
+    256 tokens, the whole image resized.
 
 Tiny widths do not change the geometry: the number of visual tokens and their boxes depend only on
 the values above (stack-notes.md, "At real token counts").
@@ -47,6 +49,8 @@ from pathlib import Path
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
             "idefics3", "smolvlm", "gemma3", "internvl")
+GENERIC = ("paligemma",)
+"""Classes dualview has no adapter for, built to exercise the generic path (``GenericAdapter``)."""
 GEOMETRIES = ("tiny", "real")
 
 CHECKPOINTS = {
@@ -60,6 +64,7 @@ CHECKPOINTS = {
     "smolvlm": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "gemma3": "google/gemma-3-4b-it",
     "internvl": "OpenGVLab/InternVL3-8B-hf",
+    "paligemma": "google/paligemma-3b-pt-224",
 }
 """The public checkpoint whose geometry ``geometry="real"`` copies, per family."""
 
@@ -107,6 +112,7 @@ _GEOMETRY = {
         "tiny": dict(image_size=56, patch_size=14, min_patches=1, max_patches=6),
         "real": dict(image_size=448, patch_size=14, min_patches=1, max_patches=12),
     },
+    "paligemma": {"tiny": dict(image_size=56, patch_size=14), "real": dict(image_size=224, patch_size=14)},
 }
 
 CHAT_TEMPLATE = (
@@ -279,13 +285,28 @@ def _internvl(family, g, layers):
     return tf.InternVLForConditionalGeneration(config), tokenizer, image_processor, None
 
 
+def _paligemma(family, g, layers):
+    import transformers as tf
+
+    tokenizer = _tokenizer(["<image>", "<bos>"], "<image>", {"image_token": "<image>"})
+    tokenizer.bos_token = "<bos>"
+    image_processor = tf.SiglipImageProcessorPil(size={"height": g["image_size"], "width": g["image_size"]})
+    image_processor.image_seq_length = (g["image_size"] // g["patch_size"]) ** 2
+    processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds its location tokens
+    text = tf.GemmaConfig(**_text(tokenizer, layers, head_dim=16))
+    vision = tf.SiglipVisionConfig(**_VISION, image_size=g["image_size"], patch_size=g["patch_size"])
+    config = tf.PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=64,
+                                image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    return tf.PaliGemmaForConditionalGeneration(config), tokenizer, image_processor, processor
+
+
 _BUILDERS = {"llava": _llava, "llava_next": _llava, "llava_onevision": _llava, "qwen2_vl": _qwen,
              "qwen2_5_vl": _qwen, "qwen3_vl": _qwen, "idefics3": _idefics, "smolvlm": _idefics,
-             "gemma3": _gemma3, "internvl": _internvl}
+             "gemma3": _gemma3, "internvl": _internvl, "paligemma": _paligemma}
 
 
 def build_tiny(family: str, directory: str | Path, seed: int = 0, geometry: str = "tiny") -> Path:
-    """Write a random ``family`` model (one of :data:`FAMILIES`) with its processor files.
+    """Write a random ``family`` model (one of :data:`FAMILIES` or :data:`GENERIC`) with its processor files.
 
     Args:
         family: adapter family.
@@ -301,7 +322,7 @@ def build_tiny(family: str, directory: str | Path, seed: int = 0, geometry: str 
     import torch
 
     if family not in _BUILDERS or geometry not in GEOMETRIES:
-        raise ValueError(f"family must be one of {FAMILIES} and geometry one of {GEOMETRIES}")
+        raise ValueError(f"family must be one of {FAMILIES + GENERIC} and geometry one of {GEOMETRIES}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

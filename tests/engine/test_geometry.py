@@ -96,7 +96,7 @@ def token_contents(session, prepared, width, height):
         xy = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in inputs["pixel_values"]])
         pooled = model.model.multi_modal_projector.avg_pool(xy.transpose(1, 2).reshape(-1, 2, side, side))
         return pooled.flatten(2).transpose(1, 2).reshape(-1, 2)
-    if session.family == "llava":
+    if session.family in ("llava", "generic"):  # one image, one grid (the generic model here: PaliGemma)
         return decoded_positions(cells(inputs["pixel_values"][0], side), ip, width, height)
     views = inputs["pixel_values"][0]  # [1 + crops, 3, s, s]
     features = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in views])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dualview
-from dualview.engine.tiny import CHECKPOINTS, FAMILIES, build_tiny
+from dualview.engine.tiny import CHECKPOINTS, FAMILIES, GENERIC, build_tiny
 from tests.engine_tiny import PROMPT, gradient_image
 
 _ROOT = tempfile.mkdtemp(prefix="dualview-real-")
@@ -43,7 +43,10 @@ EXPECTED = {  # family -> {(width, height): (visual tokens, image slots incl. ne
     # between 2 × 1 and 4 × 2 goes to more tiles (the image is larger than half their area): 8 tiles +
     # thumbnail, 16² tokens each.
     "internvl": {(384, 384): (256, 256), (1920, 1080): (9 * 256, 9 * 256)},
+    # SigLIP 224 / 14 = 16; 16² over the whole image resized, at any size (generic path).
+    "paligemma": {(384, 384): (256, 256), (1920, 1080): (256, 256)},
 }
+BUILT = FAMILIES + GENERIC
 
 
 @functools.cache
@@ -84,10 +87,10 @@ def assert_views_tile(geometry, width, height, full_image=True):
 
 
 def test_every_family_names_its_checkpoint():
-    assert set(CHECKPOINTS) == set(FAMILIES) == set(EXPECTED)
+    assert set(CHECKPOINTS) == set(BUILT) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILT)
 def test_token_counts_are_the_checkpoints_and_boxes_tile(family):
     session = real_session(family)
     assert session.num_layers == 8 and session.default_layer == 4
@@ -100,7 +103,7 @@ def test_token_counts_are_the_checkpoints_and_boxes_tile(family):
         assert_views_tile(geometry, *size, full_image=family != "llava")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BUILT)
 def test_one_forward_pass_at_real_geometry(family):
     session = real_session(family)
     image = gradient_image(160, 120)
