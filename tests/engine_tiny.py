@@ -24,10 +24,6 @@ class without an adapter, loaded through the generic path; ``shapes``: the
 built-in model's layout (dualview.shapes.model) at its TINY size (SigLIP tower, no chat template,
 word-level tokenizer, 2 decoder layers)."""
 
-FIRST_PRUNABLE_LAYER = {"qwen3_vl": 1}
-"""Families whose tiny model refuses pruning below some layer: Qwen3-VL's DeepStack feeds the visual
-tokens after decoder layer 0 (one level in the tiny model), so pruning starts at layer 1."""
-
 _ROOT = tempfile.mkdtemp(prefix="dualview-tiny-")
 atexit.register(shutil.rmtree, _ROOT, True)
 

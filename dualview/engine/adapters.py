@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from dualview.engine import geometry as geo
+from dualview.engine import hooks
 from dualview.errors import DualviewError
 
 # config.json "architectures" entry -> adapter family
@@ -102,10 +103,6 @@ class Adapter:
             raise DualviewError(f"{type(model).__name__} states no image placeholder token id in its config, so "
                                 "dualview cannot find its visual tokens.")
         self.image_token_id = int(token)
-
-    def check_prune_layer(self, layer: int) -> None:
-        """Raise a DualviewError when visual tokens cannot be dropped from decoder layer ``layer`` on
-        (every layer can, except where a family says otherwise)."""
 
     # -- the language model ---------------------------------------------------------------
     @property
@@ -269,17 +266,28 @@ class Qwen25VLAdapter(QwenVLAdapter):
 
 
 class Qwen3VLAdapter(QwenVLAdapter):
-    """Qwen3-VL: Qwen's merged patch grid (patch 16); DeepStack adds vision features to the visual
-    tokens after each of the first ``len(deepstack_visual_indexes)`` decoder layers, so pruning
-    can start only after the last of them."""
+    """Qwen3-VL: Qwen's merged patch grid (patch 16). DeepStack adds one vision feature per visual
+    token to the hidden states after each of the first ``len(deepstack_visual_indexes)`` decoder
+    layers (``language_model._deepstack_process``). Once pruning has dropped tokens, the features of
+    the dropped ones are dropped too: the adapter wraps that method (on this model instance) to
+    take only the kept rows, read from :func:`dualview.engine.hooks.active_keep`."""
 
     family = "qwen3_vl"
 
-    def check_prune_layer(self, layer):
-        levels = len(self.model.config.vision_config.deepstack_visual_indexes)
-        if layer < levels:
-            raise DualviewError(f"Qwen3-VL adds DeepStack vision features to the visual tokens after decoder layers "
-                                f"0 to {levels - 1}, so they can be pruned only from layer {levels} on.")
+    def __init__(self, model, processor):
+        super().__init__(model, processor)
+        language_model = self.language_model
+        add = language_model._deepstack_process
+
+        def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
+            if hidden_states.shape[1] != visual_pos_masks.shape[1]:  # pruned: [1, S'] of [1, S]
+                keep = hooks.active_keep().to(visual_pos_masks.device)
+                rank = visual_pos_masks[0].cumsum(0) - 1  # each visual position's row in visual_embeds
+                visual_embeds = visual_embeds[rank[keep][visual_pos_masks[0, keep]]]
+                visual_pos_masks = visual_pos_masks[:, keep]
+            return add(hidden_states, visual_pos_masks, visual_embeds)
+
+        language_model._deepstack_process = deepstack_process
 
 
 class Idefics3Adapter(Adapter):

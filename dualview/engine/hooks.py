@@ -9,6 +9,7 @@ stack-notes.md): the decoder layers of every supported family receive ``hidden_s
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,17 @@ class LayerInput:
     hidden: Tensor
     cos: Tensor
     sin: Tensor
+
+
+_ACTIVE: ContextVar[list | None] = ContextVar("dualview_active_keep", default=None)
+
+
+def active_keep() -> Tensor | None:
+    """Inside :func:`prune_from`, once its first layer has run: the ``[S']`` kept positions of the
+    prompt (CPU); else None. For model code outside the decoder layers that must follow the pruning
+    (Qwen3-VL's DeepStack additions)."""
+    chosen = _ACTIVE.get()
+    return chosen[0] if chosen else None
 
 
 class StopForward(Exception):
@@ -136,8 +148,10 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
 
     for layer in list(layers)[start:]:
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    active = _ACTIVE.set(chosen)
     try:
         yield
     finally:
+        _ACTIVE.reset(active)
         for handle in handles:
             handle.remove()

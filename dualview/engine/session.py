@@ -171,7 +171,6 @@ class Session:
     def _pruning(self, prepared: Prepared, keep, layer: int):
         if keep is None:
             return None, nullcontext()
-        self.adapter.check_prune_layer(layer)
         positions = prepared.keep_positions(keep)
         return positions, hooks.prune_from(self.adapter.layers, layer, positions, prepared.length)
 
@@ -220,7 +219,6 @@ class Session:
         if method is not None:
             if keep is not None or budget is None:
                 raise DualviewError("Give either keep=... or method=... with budget=..., not both.")
-            self.adapter.check_prune_layer(layer)
             keep_fn = self._fused_selection(prepared, layer, method, budget, params, record)
             pruning = hooks.prune_from(self.adapter.layers, layer, keep_fn, prepared.length)
         else:

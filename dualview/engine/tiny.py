@@ -90,7 +90,7 @@ _GEOMETRY = {
     },
     "qwen3_vl": {
         "tiny": dict(patch_size=16, merge=2, temporal=2, min_pixels=64 * 64, max_pixels=160 * 160,
-                     positions=16, deepstack=1),
+                     positions=16, deepstack=2),
         "real": dict(patch_size=16, merge=2, temporal=2, min_pixels=65536, max_pixels=16777216,
                      positions=2304, deepstack=3),
     },

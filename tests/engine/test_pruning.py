@@ -9,16 +9,10 @@ original position ids. Captured q/k/v are checked against the model's own projec
 import pytest
 import torch
 
-from dualview.errors import DualviewError
-from tests.engine_tiny import FAMILIES, FIRST_PRUNABLE_LAYER, PROMPT, gradient_image, tiny_session
+from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_session
 
 IMAGE = gradient_image(100, 72)
 NEW_TOKENS = 5
-
-
-def refused(family, layer):
-    """True (and the refusal checked) where ``family`` cannot prune from ``layer`` on."""
-    return layer < FIRST_PRUNABLE_LAYER.get(family, 0)
 
 
 def kept_subset(session, fraction=0.4, seed=1):
@@ -86,12 +80,6 @@ def test_keeping_every_token_is_the_unmodified_model(family):
         plain = session.model(**prepared.inputs, use_cache=False).logits[0].float()
         plain_tokens = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
     for layer in (0, session.default_layer):
-        if refused(family, layer):
-            with pytest.raises(DualviewError, match=f"pruned only from layer {FIRST_PRUNABLE_LAYER[family]} on"):
-                session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
-            with pytest.raises(DualviewError, match="DeepStack"):
-                session.answer(IMAGE, PROMPT, method="iwp", budget=0.5, layer=layer)
-            continue
         logits, positions = session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
         assert torch.equal(positions, torch.arange(prepared.length))
         assert torch.equal(logits, plain)
@@ -109,8 +97,6 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
     dropped_visual[kept] = False
     dropped = prepared.visual_positions[dropped_visual]
     for layer in sorted({0, session.default_layer, session.num_layers - 1}):
-        if refused(family, layer):
-            continue  # checked in test_keeping_every_token_is_the_unmodified_model
         logits, positions = session.logits(IMAGE, PROMPT, keep=kept, layer=layer)
         assert positions.numel() == prepared.length - dropped.numel()
         assert not set(positions.tolist()) & set(dropped.tolist())
@@ -124,10 +110,6 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
     session = tiny_session(family)
-    if refused(family, 0):
-        with pytest.raises(DualviewError, match="DeepStack"):
-            session.logits(IMAGE, PROMPT, keep=[0], layer=0)
-        return
     prepared = session.prepare(IMAGE, PROMPT)
     kept = kept_subset(session, fraction=0.3, seed=2)
     language_model = session.adapter.language_model
@@ -159,9 +141,16 @@ def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
         mask = {name: m[:, :, keep][..., keep] for name, m in own.items()}
     else:
         mask = torch.ones(1, keep.numel(), dtype=torch.long)
+    extra = {}
+    if seen.get("deepstack_visual_embeds") is not None:  # Qwen3-VL: DeepStack features of the kept visual tokens
+        is_visual = seen["visual_pos_masks"][0]
+        kept_rows = torch.nonzero(is_visual).reshape(-1).tolist()
+        rows = [kept_rows.index(p) for p in keep.tolist() if is_visual[p]]
+        extra = {"visual_pos_masks": seen["visual_pos_masks"][:, keep],
+                 "deepstack_visual_embeds": [e[rows] for e in seen["deepstack_visual_embeds"]]}
     with torch.no_grad():
         hidden = language_model(inputs_embeds=embeds, position_ids=positions[..., keep], use_cache=False,
-                                attention_mask=mask)
+                                attention_mask=mask, **extra)
         reference = session.model.lm_head(hidden.last_hidden_state)[0].float()
     logits, got_positions = session.logits(IMAGE, PROMPT, keep=kept, layer=0)
     assert torch.equal(got_positions, keep)
@@ -234,7 +223,7 @@ def test_answer_logprob_is_teacher_forced_log_likelihood():
     assert session.answer_logprob(IMAGE, PROMPT, text, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "shapes"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "shapes"])
 def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family):
     session = tiny_session(family)
     for method, layer in (("iwp", None), ("divprune", 0)):
@@ -245,5 +234,7 @@ def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family
         assert fused.kept == selection.kept.tolist()
         assert fused.token_ids == two_step.token_ids and fused.kept_tokens == two_step.kept_tokens
         assert fused.selection_seconds > 0
+    from dualview.errors import DualviewError
+
     with pytest.raises(DualviewError, match="prunes at layer 0"):
         session.answer(IMAGE, PROMPT, method="cdpruner", budget=0.3, layer=1)
