@@ -70,3 +70,16 @@ def test_model_errors_name_the_supported_families(tmp_path):
     for name in ("LLaVA-1.5", "LLaVA-NeXT", "LLaVA-OneVision", "Qwen2-VL", "Qwen2.5-VL", "Qwen3-VL", "Idefics3",
                  "SmolVLM", "Gemma 3", "InternVL", "generic path"):
         assert name in str(error.value)
+
+
+def test_the_cli_says_when_the_map_is_not_spatial(strip_session, capsys):
+    from dualview.cli import _print_text
+
+    analysis = strip_session.analyze(IMAGE, PROMPT)
+    result = {"settings": {"analysis_layer": analysis.layer}, "model": {"name": "m"},
+              "magnitude": analysis.magnitude.tolist(), "geometry": analysis.geometry.to_dict()}
+    _print_text("analyze", result)
+    assert f"note: {analysis.geometry.note}" in capsys.readouterr().out
+    result["geometry"] = tiny_session("paligemma").analyze(IMAGE, PROMPT).geometry.to_dict()
+    _print_text("analyze", result)
+    assert "note:" not in capsys.readouterr().out
