@@ -335,8 +335,9 @@ class SmolVLMAdapter(Idefics3Adapter):
 class Gemma3Adapter(Adapter):
     """Gemma 3: the whole image (896 px, no crop) as ``mm_tokens_per_image`` pooled soft tokens in a
     square raster, then, with pan-and-scan on (``do_pan_and_scan`` in the saved image processor
-    config), the same for each crop (crops from the image processor's own ``pan_and_scan``). Image tokens attend to each other both ways (the model's own
-    mask); 5 of every 6 decoder layers use a sliding window (the model's own masks, sliced)."""
+    config), the same for each crop (crops from the image processor's own ``pan_and_scan``). Image
+    tokens attend to each other both ways and 5 of every 6 decoder layers use a sliding window: the
+    model's own masks, which pruning slices (:mod:`dualview.engine.hooks`)."""
 
     family = "gemma3"
 
@@ -371,10 +372,7 @@ class Gemma3Adapter(Adapter):
     def geometry(self, image_size, inputs):
         side = math.isqrt(self.model.config.mm_tokens_per_image)
         regions = self.crop_regions(image_size)
-        width, height = image_size
-        grid = None
-        if regions:
-            grid = (1, len(regions)) if width >= height else (len(regions), 1)
+        grid = (len({r[1] for r in regions}), len({r[0] for r in regions})) if regions else None
         return geo.tiled(image_size, (side, side), grid, regions or None, "original", overview_first=True,
                          tile_name="crop")
 
@@ -390,8 +388,9 @@ class InternVLAdapter(Adapter):
     def geometry(self, image_size, inputs):
         config = self.model.config
         image_processor = self.processor.image_processor
-        tile = config.vision_config.image_size[0]
-        side = round(tile // config.vision_config.patch_size[0] * config.downsample_ratio)
+        tile, patch = (v if isinstance(v, int) else v[0] for v in (config.vision_config.image_size,
+                                                                   config.vision_config.patch_size))
+        side = round(tile // patch * config.downsample_ratio)
         width, height = image_size
         canvas = sys.modules[type(image_processor).__module__].get_optimal_tiled_canvas
         cols, rows = canvas((height, width), (tile, tile), image_processor.min_patches, image_processor.max_patches)

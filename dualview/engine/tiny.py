@@ -3,8 +3,8 @@
 ``build_tiny(family, directory, geometry=...)`` writes a model (``save_pretrained``), its tokenizer
 and its image processor to ``directory`` so that ``dualview.load(directory)`` goes through the real
 loading path. Their answers are noise. Every model has a byte-level tokenizer with a small chat
-template, a 1-layer 32-wide vision tower (Qwen3-VL: one block per DeepStack level) and a decoder
-of hidden 64, 4 query heads, 2 KV heads, head dim 16.
+template, a 32-wide vision tower of one block (Qwen2.5-VL: a windowed and a full block; Qwen3-VL: one
+block per DeepStack level) and a decoder of hidden 64, 4 query heads, 2 KV heads, head dim 16.
 
 Two geometries (:data:`GEOMETRIES`):
 
