@@ -80,6 +80,17 @@ class Prepared:
         return torch.nonzero(keep).reshape(-1)
 
 
+def append_generated(model, inputs: dict, token_ids: list[int]) -> dict:
+    """``inputs`` with ``token_ids`` appended as generated tokens, the other per-token inputs extended
+    by the model's own generation step (``_update_model_kwargs_for_generation``): attention mask
+    ones, ``mm_token_type_ids`` zeros, ``token_type_ids`` as the class says (Gemma 3: text;
+    PaliGemma: the causal suffix, not its bidirectional prefix)."""
+    extended = {key: value for key, value in inputs.items() if key != "input_ids"}
+    extended = model._update_model_kwargs_for_generation({}, extended, num_new_tokens=len(token_ids))
+    ids = torch.tensor([token_ids], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
+    return {**extended, "input_ids": torch.cat([inputs["input_ids"], ids], dim=1)}
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -164,13 +175,7 @@ class Adapter:
         inputs = self.processor_inputs(image, self.render(prompt))
         input_ids = inputs["input_ids"][0]
         if answer_ids:
-            extra = torch.tensor(answer_ids, dtype=input_ids.dtype)
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra[None]], dim=1)
-            for key in ("attention_mask", "mm_token_type_ids", "token_type_ids"):
-                if key in inputs:
-                    fill = 1 if key == "attention_mask" else 0
-                    inputs[key] = torch.cat([inputs[key], torch.full((1, len(answer_ids)), fill,
-                                                                     dtype=inputs[key].dtype)], dim=1)
+            inputs = append_generated(self.model, inputs, answer_ids)
         slots = torch.nonzero(input_ids == self.image_token_id).reshape(-1)
         if slots.numel() == 0:
             raise DualviewError("The processor produced no image tokens for this input, so there is "

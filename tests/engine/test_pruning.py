@@ -9,6 +9,7 @@ original position ids. Captured q/k/v are checked against the model's own projec
 import pytest
 import torch
 
+from dualview.engine.adapters import append_generated
 from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_session
 
 IMAGE = gradient_image(100, 72)
@@ -21,16 +22,10 @@ def kept_subset(session, fraction=0.4, seed=1):
     return torch.randperm(count, generator=generator)[: max(1, int(fraction * count))]
 
 
-def extended(inputs, extra):
-    """Model inputs with token ids ``extra`` appended (text tokens)."""
-    if not extra:
-        return inputs
-    ids = torch.tensor([extra], dtype=inputs["input_ids"].dtype)
-    out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids], dim=1))
-    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0), ("token_type_ids", 0)):
-        if key in inputs:
-            out[key] = torch.cat([inputs[key], torch.full_like(ids, fill).to(inputs[key].dtype)], dim=1)
-    return out
+def extended(session, inputs, extra):
+    """Model inputs with generated token ids ``extra`` appended (per-token inputs extended by the
+    model's own generation step)."""
+    return append_generated(session.model, inputs, extra) if extra else inputs
 
 
 def masked_logits(session, inputs, dropped, layer):
@@ -64,7 +59,7 @@ def masked_greedy(session, prepared, dropped, layer, steps):
     eos = set(eos if isinstance(eos, list) else [eos])
     generated = []
     for _ in range(steps):
-        token = int(masked_logits(session, extended(prepared.inputs, generated), dropped, layer)[-1].argmax())
+        token = int(masked_logits(session, extended(session, prepared.inputs, generated), dropped, layer)[-1].argmax())
         generated.append(token)
         if token in eos:
             break
@@ -105,6 +100,30 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
         answer = session.answer(IMAGE, PROMPT, keep=kept, layer=layer, max_new_tokens=NEW_TOKENS)
         assert answer.token_ids == masked_greedy(session, prepared, dropped, layer, NEW_TOKENS)
         assert answer.kept_tokens == positions.numel()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoding_step_matches_the_masked_reference(family):
+    """The logits of each generated token (cached, pruned layers hold shorter caches; Gemma 3's
+    sliding-window caches) equal a full forward pass of the masked reference on the same tokens."""
+    from dualview.engine import hooks
+
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    kept = kept_subset(session)
+    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
+    dropped_visual[kept] = False
+    dropped = prepared.visual_positions[dropped_visual]
+    layer = session.default_layer
+    with torch.no_grad(), hooks.prune_from(session.adapter.layers, layer, prepared.keep_positions(kept),
+                                           prepared.length):
+        out = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                     do_sample=False, output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, prepared.length:].tolist()
+    assert len(out.logits) == NEW_TOKENS
+    for step, logits in enumerate(out.logits):
+        reference = masked_logits(session, extended(session, prepared.inputs, tokens[:step]), dropped, layer)[-1]
+        assert (logits[0].float() - reference).abs().max() <= 1e-5, step
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -210,14 +229,14 @@ def test_answer_logprob_is_teacher_forced_log_likelihood():
     text = session.adapter.tokenizer.decode(answer.token_ids)
     ids = session.adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        logits = session.model(**extended(prepared.inputs, ids), use_cache=False).logits[0].float()
+        logits = session.model(**extended(session, prepared.inputs, ids), use_cache=False).logits[0].float()
     steps = torch.log_softmax(logits[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(IMAGE, PROMPT, text) == pytest.approx(expected, abs=1e-4)
     kept = kept_subset(session)
     dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
     dropped[kept] = False
-    masked = masked_logits(session, extended(prepared.inputs, ids), prepared.visual_positions[dropped], 1)
+    masked = masked_logits(session, extended(session, prepared.inputs, ids), prepared.visual_positions[dropped], 1)
     steps = torch.log_softmax(masked[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(IMAGE, PROMPT, text, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
