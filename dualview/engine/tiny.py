@@ -103,10 +103,10 @@ _GEOMETRY = {
         "real": dict(image_size=512, patch_size=16, scale=4, longest_edge=2048),
     },
     "gemma3": {
-        "tiny": dict(image_size=56, patch_size=14, tokens=4, sliding_window=24, min_crop=32, max_crops=4,
-                     ratio=1.2),
-        "real": dict(image_size=896, patch_size=14, tokens=256, sliding_window=1024, min_crop=256, max_crops=4,
-                     ratio=1.2),
+        "tiny": dict(image_size=56, patch_size=14, tokens=4, sliding_window=24, pattern=2, min_crop=32,
+                     max_crops=4, ratio=1.2),
+        "real": dict(image_size=896, patch_size=14, tokens=256, sliding_window=1024, pattern=6, min_crop=256,
+                     max_crops=4, ratio=1.2),
     },
     "internvl": {
         "tiny": dict(image_size=56, patch_size=14, min_patches=1, max_patches=6),
@@ -254,10 +254,12 @@ def _gemma3(family, g, layers):
     tokenizer = _tokenizer(list(named.values()), "<start_of_image>", named)
     ids = {key: tokenizer.convert_tokens_to_ids(named[name]) for key, name in
            [("image_token_index", "image_token"), ("boi_token_index", "boi_token"), ("eoi_token_index", "eoi_token")]}
-    pattern = ["sliding_attention"] * 5 + ["full_attention"]  # as in the checkpoint: 5 local, then 1 global
+    # Every pattern-th layer global, the others local (checkpoint: 5 local, then 1 global; tiny: alternating,
+    # so that 4 layers hold both kinds)
+    pattern = ["sliding_attention"] * (g["pattern"] - 1) + ["full_attention"]
     text = tf.Gemma3TextConfig(**_text(tokenizer, layers, head_dim=16, query_pre_attn_scalar=16,
                                        sliding_window=g["sliding_window"],
-                                       layer_types=[pattern[i % 6] for i in range(layers)]))
+                                       layer_types=[pattern[i % g["pattern"]] for i in range(layers)]))
     vision = tf.SiglipVisionConfig(**_VISION, image_size=g["image_size"], patch_size=g["patch_size"])
     config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=g["tokens"], **ids)
     image_processor = tf.Gemma3ImageProcessorPil(
