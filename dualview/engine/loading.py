@@ -136,8 +136,9 @@ def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
             On cuda the model loads with ``device_map="auto"`` (spread over all visible GPUs).
         dtype: default float32 on CPU, bfloat16 on GPU.
     Raises:
-        DualviewError: a class that is neither supported nor image-text-to-text, missing path, model not on disk while offline, weights
-            not in safetensors form (pickled ``.bin`` checkpoints are never unpickled).
+        DualviewError: a class that is neither supported nor image-text-to-text (or whose decoder
+            layers the generic path cannot find), missing path, model not on disk while offline,
+            weights not in safetensors form (pickled ``.bin`` checkpoints are never unpickled).
     """
     import transformers
 

@@ -77,8 +77,10 @@ _GEOMETRY = {
                      pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
     },
     "llava_onevision": {  # tiny: up to 4 x 4 crops so that the "anyres_max_9" down-sampling is exercised
-        "tiny": dict(image_size=56, patch_size=14, pinpoints=[[56 * a, 56 * b] for a in range(1, 5) for b in range(1, 5)]),
-        "real": dict(image_size=384, patch_size=14, pinpoints=[[384 * a, 384 * b] for a in range(1, 7) for b in range(1, 7)]),
+        "tiny": dict(image_size=56, patch_size=14,
+                     pinpoints=[[56 * a, 56 * b] for a in range(1, 5) for b in range(1, 5)]),
+        "real": dict(image_size=384, patch_size=14,
+                     pinpoints=[[384 * a, 384 * b] for a in range(1, 7) for b in range(1, 7)]),
     },
     "qwen2_vl": {
         "tiny": dict(patch_size=14, merge=2, temporal=2, min_pixels=56 * 56, max_pixels=140 * 140),
@@ -211,7 +213,8 @@ def _qwen(family, g, layers):
     elif family == "qwen2_5_vl":
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                       window_size=g["window"], fullatt_block_indexes=[1], **grid)
-        model = tf.Qwen2_5_VLForConditionalGeneration(tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids))
+        config = tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
+        model = tf.Qwen2_5_VLForConditionalGeneration(config)
     else:  # one vision block per DeepStack level, each feeding one early decoder layer
         text["rope_parameters"]["mrope_interleaved"] = True
         vision = dict(depth=g["deepstack"], hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
