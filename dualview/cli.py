@@ -17,16 +17,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"dualview: error: {message} (see --help)\n")
 
 
-def _param(text: str) -> tuple[str, object]:
+def _param(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as (name, text); the registry checks and converts the value."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE")
-    for cast in (int, float):
-        try:
-            return name, cast(value)
-        except ValueError:
-            pass
-    return name, value
+    return name.strip(), value
+
+
+def _params_help() -> str:
+    """Every method's parameters, from the registry (imports no torch)."""
+    from dualview.methods import all_methods
+
+    lines = []
+    for method in all_methods():
+        if method.params:
+            described = "; ".join(f"{p.name}={p.default:g} ({p.help}, {p.bounds})" for p in method.params)
+            lines.append(f"{method.name}: {described}")
+    return "method parameter NAME=VALUE (repeatable). " + " | ".join(lines)
 
 
 MAX_NEW_TOKENS = 512
@@ -61,13 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     answer = commands.add_parser("answer", parents=[common],
                                  help="answer with all visual tokens and with a pruned set",
                                  description="Answer with all visual tokens and with the kept set of a method.")
-    answer.add_argument("--method", default="iwp",
-                        help="iwp (default), iwp-magnitude, mmr, fastv, divprune, cdpruner, random, grid, oracle")
+    from dualview.methods import method_names
+
+    answer.add_argument("--method", default="iwp", help=f"one of: {', '.join(method_names())} (default iwp)")
     answer.add_argument("--budget", default="0.111",
                         help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
-    answer.add_argument("--seed", type=int, default=0, help="seed for seeded methods (random)")
-    answer.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                        help="method parameter, e.g. --param lam=5 (repeatable)")
+    answer.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE", help=_params_help())
     answer.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
 
     commands.add_parser("analyze", parents=[common], help="scores of every visual token at the analysis layer",
@@ -90,63 +97,52 @@ def _model_dict(session) -> dict:
     return {"name": session.name, "family": session.family, "num_layers": session.num_layers}
 
 
-PCMMR_PARAMS = ("b0", "growth", "lam")
-
-
-def load_checked(args, params: dict):
+def load_checked(args):
     """The session and the request of ``args``, checked by the app's own validator
-    (:func:`dualview.validation.validate_request`): cheap checks before the model loads, the layer
-    against the model's depth after."""
+    (:func:`dualview.validation.validate_request`): every cheap check (image, prompt, budget,
+    method, parameters) before the model loads, the layer against the model's depth after."""
     import dualview
     from dualview.validation import validate_request
 
-    pcmmr = {name: params[name] for name in PCMMR_PARAMS if name in params}
-    request = validate_request(args.image, args.prompt, getattr(args, "budget", 1),
-                               method=getattr(args, "method", "iwp"), layer=args.layer, **pcmmr)
+    request = validate_request(args.image, args.prompt, getattr(args, "budget", 1), method=getattr(args, "method", "iwp"),
+                               layer=args.layer, params=dict(getattr(args, "param", [])))
     session = dualview.load(args.model, device=args.device, dtype=args.dtype)
     request = validate_request(request.image, request.prompt, request.budget, method=request.method,
-                               layer=request.layer, num_layers=session.num_layers, **pcmmr)
+                               layer=request.layer, params=request.params, num_layers=session.num_layers)
     return session, request
 
 
 def run_answer(args) -> dict:
     import dualview
     from dualview.methods import get_method
-    from dualview.validation import parse_budget
 
-    params = dict(args.param)
-    session, request = load_checked(args, params)
-    image, prompt = request.image, request.prompt
-    method = get_method(args.method)
-    analysis = session.analyze(image, prompt, layer=request.layer)
-    if "seed" in method.params:
-        params.setdefault("seed", args.seed)
-    selection = analysis.select(args.method, parse_budget(request.budget, analysis.num_visual), **params)
+    session, request = load_checked(args)
+    prepared = session.prepare(request.image, request.prompt)
+    method = get_method(request.method)
+    analysis = session.analyze(prepared, layer=request.layer)
+    selection = method.select(analysis, request.budget, **request.params)
     layer = method.prune_layer(analysis)
-    full = session.answer(image, prompt, layer=layer, max_new_tokens=args.max_new_tokens)
-    pruned = session.answer(image, prompt, keep=selection.kept, layer=layer, max_new_tokens=args.max_new_tokens)
+    full = session.answer(prepared, layer=layer, max_new_tokens=args.max_new_tokens)
+    pruned = session.answer(prepared, keep=selection.kept, layer=layer, max_new_tokens=args.max_new_tokens)
+    measures = analysis.measures(selection.kept)
     result = {
         "version": dualview.__version__,
         "model": _model_dict(session),
-        "settings": {"method": args.method, "budget": request.budget, "kept_count": int(selection.kept.numel()),
+        "settings": {"method": method.name, "budget": request.budget, "kept_count": int(selection.kept.numel()),
                      "visual_tokens": analysis.num_visual, "analysis_layer": analysis.layer, "prune_layer": layer,
-                     "seed": args.seed, "params": params, "max_new_tokens": args.max_new_tokens,
-                     "image": str(args.image), "prompt": prompt},
+                     "params": request.params, "max_new_tokens": args.max_new_tokens,
+                     "image": str(args.image), "prompt": request.prompt},
         "full_answer": _answer_dict(full),
         "pruned_answer": _answer_dict(pruned),
         "kept": selection.kept.tolist(),
         "rounds": [chunk.tolist() for chunk in selection.chunks],
-        "weight_error": analysis.weight_error(selection.kept),
-        "effective_rank": analysis.effective_rank(selection.kept),
+        **measures,
         "effective_rank_full": analysis.effective_rank(range(analysis.num_visual)),
-        "visual_weight_error": analysis.weight_error(selection.kept, scope="visual"),
-        "visual_effective_rank": analysis.effective_rank(selection.kept, scope="visual"),
-        "attention_error": analysis.attention_error(selection.kept),
     }
     if full.text:
         result["full_answer_logprob"] = {
-            "all_tokens": session.answer_logprob(image, prompt, full.text, layer=layer),
-            "kept_tokens": session.answer_logprob(image, prompt, full.text, keep=selection.kept, layer=layer),
+            "all_tokens": session.answer_logprob(prepared, full, layer=layer),
+            "kept_tokens": session.answer_logprob(prepared, full, keep=selection.kept, layer=layer),
         }
     return result
 
@@ -154,8 +150,8 @@ def run_answer(args) -> dict:
 def run_analyze(args) -> dict:
     import dualview
 
-    session, request = load_checked(args, {})
-    analysis = session.analyze(request.image, request.prompt, layer=request.layer)
+    session, request = load_checked(args)
+    analysis = session.analyze(session.prepare(request.image, request.prompt), layer=request.layer)
     prepared = analysis.prepared
     return {
         "version": dualview.__version__,

@@ -7,13 +7,15 @@ infinite-dimensional, so ``W`` is never formed: everything here uses the kernel 
 
 Every function is batch-free and works on one layer:
 H query heads, Hkv key/value heads (grouped-query attention: query head h reads KV head
-``h // (H / Hkv)``), N tokens, T text tokens, d head dim, dv value dim.
+``h // (H / Hkv)``), N tokens, T text tokens, R query rows (method.md §8.1), d head dim,
+dv value dim.
 Nothing here knows about models or UIs.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -21,6 +23,7 @@ from torch import Tensor
 __all__ = [
     "kernel_logits",
     "value_norms",
+    "update_log_norms",
     "magnitude",
     "DuplicationBlocks",
     "duplication",
@@ -32,6 +35,9 @@ __all__ = [
     "effective_rank",
     "stable_rank",
     "attention_output_error",
+    "kept_attention_mass",
+    "AttentionSplit",
+    "attention_split",
     "greedy_oracle",
 ]
 
@@ -105,6 +111,17 @@ def magnitude(q_text: Tensor, k: Tensor, v: Tensor) -> Tensor:
     head_max = log_p.max(dim=1, keepdim=True).values
     head_max = torch.where(torch.isfinite(head_max), head_max, torch.zeros_like(head_max))
     return torch.exp(log_p - head_max).mean(dim=0)
+
+
+def update_log_norms(k: Tensor, v: Tensor) -> Tensor:
+    """``log ‖ΔW_i‖_F = ½ k_i·k_i / √d + log ‖v_i‖`` per KV head (method.md §1: ‖ΔW_i‖_F =
+    √κ(k_i, k_i) · ‖v_i‖), in log space so that nothing overflows.
+
+    Args: k ``[Hkv, N, d]`` (post-RoPE), v ``[Hkv, N, dv]``. Returns ``[Hkv, N]`` (float64).
+    """
+    _check_kv(k, v)
+    k, v = k.to(torch.float64), v.to(torch.float64)
+    return 0.5 * (k * k).sum(-1) / math.sqrt(k.shape[-1]) + torch.log(v.norm(dim=-1))
 
 
 # --- information duplication (method.md §3) ----------------------------------------------------
@@ -282,6 +299,32 @@ def stable_rank(k: Tensor, v: Tensor, keep: Tensor) -> float:
     return float(_rank_measures(k, v, keep)[1].mean())
 
 
+def _visible_logits(q: Tensor, k: Tensor, query_positions: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Attention logits ``q·k / √d`` and which keys each query row sees.
+
+    Args: q ``[H, R, d]``, k ``[Hkv, N, d]`` (GQA: head h reads KV head ``h // (H / Hkv)``),
+        query_positions ``[R]`` in ``[0, N)`` or None (every row sees every key).
+    Returns: logits ``[H, R, N]`` float64 and visible ``[R, N]`` bool (``j ≤ query_positions[r]``).
+    """
+    if q.dim() != 3 or k.dim() != 3 or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q must be [H, R, d] and k [Hkv, N, d], got {tuple(q.shape)}, {tuple(k.shape)}")
+    group = _check_heads(q.shape[0], k.shape[0])
+    rows, n = q.shape[1], k.shape[1]
+    k64 = k.to(torch.float64).repeat_interleave(group, dim=0)
+    logits = q.to(torch.float64) @ k64.transpose(1, 2) / math.sqrt(k.shape[-1])  # [H, R, N]
+    if query_positions is None:
+        return logits, torch.ones(rows, n, dtype=torch.bool)
+    positions = torch.as_tensor(query_positions, dtype=torch.long).reshape(-1)
+    if positions.numel() != rows or (rows and (int(positions.min()) < 0 or int(positions.max()) >= n)):
+        raise ValueError(f"query_positions must hold {rows} positions in [0, {n}), got {positions.tolist()}")
+    return logits, torch.arange(n)[None, :] <= positions[:, None]
+
+
+def _masked_logsumexp(logits: Tensor, mask: Tensor) -> Tensor:
+    """``log Σ_{j: mask} exp(logits_j)`` over the last axis; −inf where the mask is empty."""
+    return torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
 def attention_output_error(
     q: Tensor, k: Tensor, v: Tensor, keep: Tensor, query_positions: Tensor | None = None
 ) -> float:
@@ -296,27 +339,123 @@ def attention_output_error(
     Returns:
         float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output.
     """
+    split = attention_split(q, k, v, keep, query_positions)
+    denominator = torch.linalg.vector_norm(split.full).clamp_min(torch.finfo(torch.float64).tiny)
+    return float(torch.linalg.vector_norm(split.pruned - split.full) / denominator)
+
+
+# --- kept attention mass and the normaliser (method.md §8, ours) --------------------------------
+
+
+def kept_attention_mass(q: Tensor, k: Tensor, keep: Tensor, query_positions: Tensor | None = None) -> Tensor:
+    """Share of each query row's attention that the kept set holds (method.md §8.2).
+
+    ``m(q) = Σ_{j∈S} κ(q, k_j) / Σ_j κ(q, k_j) = η(q) / η_S(q)``, the sums over the keys the row
+    sees. Computed as ``exp(logsumexp_S − logsumexp_all)`` in float64, so nothing overflows.
+
+    Args:
+        q: ``[H, R, d]`` post-RoPE query rows (as attention uses them).
+        k: ``[Hkv, N, d]`` post-RoPE keys of all N tokens of the sequence.
+        keep: kept set S (bool mask ``[N]`` or indices): every non-visual token plus the kept visual ones.
+        query_positions: optional ``[R]`` sequence position of each row; row r then sees keys
+            ``j ≤ query_positions[r]`` only (causal attention).
+    Returns:
+        ``[H, R]`` float64 in [0, 1]; exactly 1 where nothing the row sees is dropped. Mean over
+        rows (``.mean(dim=1)``) for the per-head value.
+    """
+    kept = keep_mask(keep, k.shape[1])
+    logits, visible = _visible_logits(q, k, query_positions)
+    return torch.exp(_masked_logsumexp(logits, visible & kept) - _masked_logsumexp(logits, visible))
+
+
+@dataclass
+class AttentionSplit:
+    """``A(q; K, V) − A(q; K_S, V_S) = dropped_part + normaliser_part``, exactly (method.md §8.3).
+
+    Attributes (H query heads, R query rows, dv value dim; float64):
+        full: ``[H, R, dv]`` ``A(q; K, V) = η(q) Σ_j κ(q, k_j) v_j``.
+        pruned: ``[H, R, dv]`` ``A(q; K_S, V_S) = η_S(q) Σ_{j∈S} κ(q, k_j) v_j`` (zero for a row that
+            sees no kept key).
+        dropped_part: ``[H, R, dv]`` ``η(q) Σ_{j∉S} κ(q, k_j) v_j = η(q) φ(q) (W − W_S)``: what the
+            dropped updates contributed, under the full normaliser.
+        normaliser_part: ``[H, R, dv]`` ``(η(q) − η_S(q)) Σ_{j∈S} κ(q, k_j) v_j = −(1 − m) A(q; K_S, V_S)``:
+            the kept tokens' output renormalised.
+        kept_mass: ``[H, R]`` m(q), as :func:`kept_attention_mass`.
+    """
+
+    full: Tensor
+    pruned: Tensor
+    dropped_part: Tensor
+    normaliser_part: Tensor
+    kept_mass: Tensor
+
+    def _relative(self, part: Tensor) -> Tensor:
+        scale = torch.linalg.vector_norm(self.full, dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
+        return torch.linalg.vector_norm(part, dim=(1, 2)) / scale
+
+    @property
+    def output_error(self) -> Tensor:
+        """``[H]`` ``‖A − A_S‖_F / ‖A‖_F`` per query head (over rows and value dims)."""
+        return self._relative(self.full - self.pruned)
+
+    @property
+    def dropped_error(self) -> Tensor:
+        """``[H]`` ``‖dropped_part‖_F / ‖A‖_F`` per query head."""
+        return self._relative(self.dropped_part)
+
+    @property
+    def normaliser_error(self) -> Tensor:
+        """``[H]`` ``‖normaliser_part‖_F / ‖A‖_F`` per query head."""
+        return self._relative(self.normaliser_part)
+
+    @property
+    def kept_mass_per_head(self) -> Tensor:
+        """``[H]`` kept mass, mean over the query rows."""
+        return self.kept_mass.mean(dim=1)
+
+
+def attention_split(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor, query_positions: Tensor | None = None
+) -> AttentionSplit:
+    """The attention-output change of pruning, split into the dropped updates and the normaliser.
+
+    With the full attention weights ``a_j = κ(q, k_j) / Σ_i κ(q, k_i)`` (method.md §8.3):
+    ``A − A_S = Σ_{j∉S} a_j v_j − (1 − m) A_S``, where ``m = Σ_{j∈S} a_j`` is the kept mass. Logits
+    are shifted by log-sum-exp over each mask before exponentiating and everything is float64;
+    ``1 − m`` is computed from the dropped keys' own log-sum-exp, so it stays accurate near m = 1.
+
+    Args:
+        q: ``[H, R, d]`` post-RoPE query rows.
+        k: ``[Hkv, N, d]`` post-RoPE keys, v ``[Hkv, N, dv]`` values, of all N tokens (GQA: query
+            head h reads KV head ``h // (H / Hkv)``).
+        keep: kept set S, bool mask ``[N]`` or indices (every non-visual token plus the kept visual ones).
+        query_positions: optional ``[R]`` sequence positions of the rows (causal: row r sees
+            ``j ≤ query_positions[r]``), as in :func:`attention_output_error`.
+    Returns:
+        :class:`AttentionSplit`; its ``output_error`` per head is consistent with
+        :func:`attention_output_error` (same rows, same S).
+    """
     _check_kv(k, v)
-    group = _check_heads(q.shape[0], k.shape[0])
-    n = k.shape[1]
-    kept = keep_mask(keep, n)
-    q64 = q.to(torch.float64)
-    k64 = k.to(torch.float64).repeat_interleave(group, dim=0)
-    v64 = v.to(torch.float64).repeat_interleave(group, dim=0)
-    logits = q64 @ k64.transpose(1, 2) / math.sqrt(k.shape[-1])  # [H, T, N]
-    visible = torch.ones(q.shape[1], n, dtype=torch.bool)
-    if query_positions is not None:
-        visible = torch.arange(n)[None, :] <= torch.as_tensor(query_positions).reshape(-1, 1)
+    kept = keep_mask(keep, k.shape[1])
+    logits, visible = _visible_logits(q, k, query_positions)
+    v64 = v.to(torch.float64).repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    on_kept, on_dropped = visible & kept[None, :], visible & ~kept[None, :]
+    log_all, log_kept = _masked_logsumexp(logits, visible), _masked_logsumexp(logits, on_kept)
+    log_dropped = _masked_logsumexp(logits, on_dropped)
 
-    def attend(mask: Tensor) -> Tensor:
-        masked = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(masked, dim=-1).nan_to_num(0.0)
-        return weights @ v64  # [H, T, dv]
+    def weights(mask: Tensor, log_norm: Tensor) -> Tensor:  # exp(logit − log Σ) on the mask, else 0
+        return torch.where(mask, torch.exp(logits - log_norm[..., None]), 0.0)
 
-    full = attend(visible)
-    pruned = attend(visible & kept[None, :])
-    denominator = torch.linalg.vector_norm(full).clamp_min(torch.finfo(torch.float64).tiny)
-    return float(torch.linalg.vector_norm(pruned - full) / denominator)
+    full_weights = weights(visible, log_all)
+    pruned = weights(on_kept, log_kept) @ v64
+    dropped_mass = torch.exp(log_dropped - log_all)  # [H, R], 1 − m
+    return AttentionSplit(
+        full=full_weights @ v64,
+        pruned=pruned,
+        dropped_part=torch.where(on_dropped, full_weights, 0.0) @ v64,
+        normaliser_part=-dropped_mass[..., None] * pruned,
+        kept_mass=torch.exp(log_kept - log_all),
+    )
 
 
 def greedy_oracle(

@@ -2,7 +2,7 @@
 
 Every rule is a pure function of tensors returning a :class:`Selection`. N is the number of
 candidate (visual) tokens; indices refer to them. A budget is a token count (int ≥ 1) or a
-fraction of N (float in (0, 1]), see :func:`resolve_budget`. Ties are broken towards the
+fraction of N (float in (0, 1]), resolved by :func:`dualview.budget.resolve_budget`. Ties are broken towards the
 lower index everywhere, so every rule is deterministic.
 """
 
@@ -15,10 +15,11 @@ from typing import Protocol, Union
 import torch
 from torch import Tensor
 
+from dualview.budget import resolve_budget
+
 __all__ = [
     "Selection",
     "DuplicationSource",
-    "resolve_budget",
     "pc_mmr",
     "mmr",
     "top_k",
@@ -70,25 +71,6 @@ class Selection:
         return rounds
 
 
-def resolve_budget(budget: int | float, n: int) -> int:
-    """Number of tokens to keep out of ``n``.
-
-    An int is a count (1 ≤ budget ≤ n); a float in (0, 1] is a fraction, ``round(f · n)`` and at
-    least 1. Anything else raises ValueError with a sentence saying what is allowed.
-    """
-    if n < 1:
-        raise ValueError("there are no tokens to select from")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget must be a token count or a fraction, got {budget!r}")
-    if isinstance(budget, float):
-        if not math.isfinite(budget) or not 0.0 < budget <= 1.0:
-            raise ValueError(f"a fractional budget must lie in (0, 1], got {budget}")
-        return max(1, round(budget * n))
-    if not 1 <= budget <= n:
-        raise ValueError(f"a token budget must lie between 1 and {n}, got {budget}")
-    return budget
-
-
 def _block_reader(duplication: DuplicationSource):
     if isinstance(duplication, Tensor):
         return lambda rows, cols: duplication[rows][:, cols]
@@ -104,9 +86,10 @@ def pc_mmr(
     magnitude: Tensor,
     duplication: DuplicationSource,
     budget: int | float,
-    b0: int = 2,
-    growth: int = 2,
-    lam: float = 5.0,
+    *,
+    b0: int,
+    growth: int,
+    lam: float,
     floor: float = 0.01,
     trace: bool = True,
 ) -> Selection:
@@ -122,7 +105,9 @@ def pc_mmr(
         duplication: ``[N, N]`` S̄² or a block source of it; only ``|U| × chunk`` blocks are read.
         budget: count or fraction of N.
         b0: first chunk size (integer ≥ 1); growth: chunk growth factor (integer ≥ 1);
-            lam: penalty λ (≥ 0); floor: the smallest penalty factor (0.01 in the paper).
+            lam: penalty λ (≥ 0); the paper's values are declared once, in the ``iwp`` method's
+            registry entry (:mod:`dualview.methods.iwp`); floor: the smallest penalty factor
+            (0.01 in the paper, not a user parameter).
         trace: record per-round scores (for the animation).
     """
     if int(b0) != b0 or int(growth) != growth or b0 < 1 or growth < 1 or not lam >= 0 or not 0 <= floor <= 1:
@@ -155,7 +140,7 @@ def pc_mmr(
 
 
 def mmr(
-    relevance: Tensor, duplication: DuplicationSource, budget: int | float, trade: float = 0.5, trace: bool = True
+    relevance: Tensor, duplication: DuplicationSource, budget: int | float, *, trade: float, trace: bool = True
 ) -> Selection:
     """Classic MMR (Carbonell & Goldstein 1998), one token per step.
 
@@ -165,7 +150,8 @@ def mmr(
 
     Args:
         relevance: ``[N]`` (IWP passes the magnitude); duplication: ``[N, N]`` or a block source.
-        trade: λ' in [0, 1]; trace: record the objective before every step.
+        trade: λ' in [0, 1] (its default is declared in the ``mmr`` method's registry entry);
+            trace: record the objective before every step.
     """
     if not 0.0 <= trade <= 1.0:
         raise ValueError(f"MMR's trade-off must lie in [0, 1], got {trade}")

@@ -70,3 +70,8 @@ def gradient_image(width: int, height: int) -> Image.Image:
 
 
 PROMPT = "what color is the circle?"
+
+
+def analysis_of(session, image, prompt: str = PROMPT, layer: int | None = None):
+    """``session.analyze`` of ``session.prepare(image, prompt)`` (the engine's two steps)."""
+    return session.analyze(session.prepare(image, prompt), layer=layer)

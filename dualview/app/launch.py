@@ -14,7 +14,7 @@ QUEUE_CONCURRENCY = 2
 def create(model: str = "builtin", device: str | None = None, examples_dir=None):
     """The Blocks app with ``model`` already loaded (a DualviewError when it cannot be) and the
     keyword arguments its ``launch`` needs (page CSS, the linked-hover script, the upload size limit)."""
-    from dualview.app.service import ModelHolder
+    from dualview.app.models import ModelHolder
     from dualview.app.ui import CSS, build_demo
 
     import sklearn.decomposition  # noqa: F401 - imported now so the first token-space view is fast

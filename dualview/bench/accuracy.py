@@ -39,7 +39,7 @@ def iwp_defaults() -> dict:
     """The registry's iwp defaults (b0, growth, lam): the paper's."""
     from dualview.methods import get_method
 
-    return dict(get_method("iwp").params)
+    return get_method("iwp").defaults
 
 
 def rope_variant(analysis, variant: str, budget: float):
@@ -52,8 +52,7 @@ def rope_variant(analysis, variant: str, budget: float):
         magnitude = dual_form.magnitude(p.q_post[:, text], p.k_post[:, visual], p.v[:, visual]).float()
     else:
         duplication = dual_form.DuplicationBlocks(p.k_pre[:, visual], p.v[:, visual])
-    count = selection.resolve_budget(budget, analysis.num_visual)
-    return selection.pc_mmr(magnitude, duplication, count, **iwp_defaults()).kept
+    return selection.pc_mmr(magnitude, duplication, budget, **iwp_defaults()).kept
 
 
 def ablation_settings(num_layers: int, default_layer: int):
@@ -73,8 +72,11 @@ def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
     Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``
     (ablations need ``iwp`` among ``methods``).
     """
-    analysis = session.analyze(sample.image, sample.question)
+    from dualview.methods import get_method
+
     answer = common.Answers(session, sample)
+    analysis = session.analyze(answer.prepared)
+    iwp = get_method("iwp")
     full = answer()
     found = {("full",): full}
     for method in methods:
@@ -82,28 +84,28 @@ def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
             if budget == 1.0:
                 found[("main", method, budget)] = full
                 continue
-            kept = analysis.select(method, budget).kept
-            found[("main", method, budget)] = answer(kept, analysis.prune_layer(method))
+            chosen = get_method(method)
+            found[("main", method, budget)] = answer(chosen.select(analysis, budget).kept, chosen.prune_layer(analysis))
     for budget in ablation_budgets:
         for setting, value, is_default in ablation_settings(session.num_layers, session.default_layer):
             key = ("ablation", setting, value, budget)
             if is_default:
                 found[key] = found[("main", "iwp", budget)]
             elif setting == "layer":
-                at_layer = session.analyze(sample.image, sample.question, layer=value)
-                found[key] = answer(at_layer.select("iwp", budget).kept, value)
+                at_layer = session.analyze(answer.prepared, layer=value)
+                found[key] = answer(iwp.select(at_layer, budget).kept, value)
             elif setting == "rope":
                 found[key] = answer(rope_variant(analysis, value, budget), analysis.layer)
             else:
                 param = {"lambda": "lam", "g": "growth", "b0": "b0"}[setting]
-                kept = analysis.select("iwp", budget, **{param: value}).kept
+                kept = iwp.select(analysis, budget, **{param: value}).kept
                 found[key] = answer(kept, analysis.layer)
     return found
 
 
 def summarise(samples, predictions: list[dict], num_visual: int, layers: dict) -> list[dict]:
     """One row per key: accuracy per type and overall, relative score, agreement with full."""
-    from dualview.selection import resolve_budget
+    from dualview.budget import resolve_budget
 
     full = [p[("full",)] for p in predictions]
     full_accuracy = common.accuracy_by_type(samples, full)
@@ -251,8 +253,10 @@ def main(argv=None) -> None:
     predictions = [predict(session, s, methods, curve, ablation_budgets)
                    for s in common.progress(samples, "accuracy")]
     seconds = time.perf_counter() - start
-    first = session.analyze(samples[0].image, samples[0].question)
-    layers = {m: first.prune_layer(m) for m in set(methods) | {"iwp"}}
+    from dualview.methods import get_method
+
+    first = session.analyze(session.prepare(samples[0].image, samples[0].question))
+    layers = {m: get_method(m).prune_layer(first) for m in set(methods) | {"iwp"}}
     rows = summarise(samples, predictions, first.num_visual, layers)
     print_tables(rows, common.PAPER_BUDGETS, methods)
     record = common.header("accuracy", args, model, n)

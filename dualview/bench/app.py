@@ -60,12 +60,11 @@ def measure(model: str = "builtin", repeats: int = 3, examples_dir=None, budgets
                 question = json.loads((examples_dir / f"{scene}.json").read_text())["question"]
                 client.predict(scene, api_name="/example")
                 samples["run"].append(_timed(lambda: client.predict(
-                    handle_file(str(examples_dir / f"{scene}.png")), question, model, "iwp", budgets[0], "", 2, 2, 5.0,
+                    handle_file(str(examples_dir / f"{scene}.png")), question, model, "iwp", budgets[0], "",
                     api_name="/run")))
                 moved = budgets[1]
-                for key, args in (("budget", ("iwp", moved, 2, 2, 5.0)), ("method", ("fastv", moved, 2, 2, 5.0)),
-                                  ("b0", ("iwp", moved, 8, 2, 5.0))):
-                    samples[key].append(_timed(lambda: client.predict(*args, False, api_name="/update")))
+                for key, args in (("budget", ("iwp", moved)), ("method", ("fastv", moved)), ("b0", ("iwp", moved, False, 8))):
+                    samples[key].append(_timed(lambda: client.predict(*args, api_name="/update")))
     finally:
         demo.close()
     return {"load_seconds": load, "samples": samples, "scenes": scenes}

@@ -117,27 +117,24 @@ def questions(session, n: int, seed: int) -> list:
     return world.heldout_set(n, seed, session.model.config.vision_config.image_size)
 
 
-def answer(session, sample, keep=None, layer: int | None = None) -> str:
-    """Normalised greedy answer to ``sample`` keeping visual tokens ``keep`` (None = all) from ``layer`` on."""
-    from dualview.shapes.model import normalize_answer
-
-    return normalize_answer(session.answer(sample.image, sample.question, keep=keep, layer=layer,
-                                           max_new_tokens=MAX_NEW_TOKENS).text)
-
-
 class Answers:
-    """Answers to one sample, each distinct (pruning layer, kept set) generated once: methods and
-    settings that choose the same tokens share one generation. ``answers(kept, layer)``;
-    ``kept=None`` is the full-token answer."""
+    """Normalised greedy answers to one sample, prepared once; each distinct (pruning layer, kept
+    set) generated once: methods and settings that choose the same tokens share one generation.
+    ``answers(kept, layer)``; ``kept=None`` is the full-token answer. ``prepared`` is the sample's
+    prepared input (for analyses)."""
 
     def __init__(self, session, sample):
         self.session, self.sample = session, sample
+        self.prepared = session.prepare(sample.image, sample.question)
         self._known: dict = {}
 
     def __call__(self, kept=None, layer: int | None = None) -> str:
+        from dualview.shapes.model import normalize_answer
+
         key = None if kept is None else (layer, tuple(sorted(kept.tolist())))
         if key not in self._known:
-            self._known[key] = answer(self.session, self.sample, kept, layer)
+            self._known[key] = normalize_answer(self.session.answer(self.prepared, keep=kept, layer=layer,
+                                                                    max_new_tokens=MAX_NEW_TOKENS).text)
         return self._known[key]
 
 

@@ -31,20 +31,19 @@ MEASURES = ("weight_error", "effective_rank", "stable_rank", "visual_weight_erro
 
 def measure(session, sample, methods, budgets) -> list[dict]:
     """One record per (method, budget) for one question: errors, answer, flip."""
-    analysis = session.analyze(sample.image, sample.question)
+    from dualview.methods import get_method
+
     answer = common.Answers(session, sample)
+    analysis = session.analyze(answer.prepared)
     full = answer()
     records = []
     for method in methods:
         for budget in budgets:
-            kept = analysis.select(method, budget).kept
-            prediction = answer(kept, analysis.prune_layer(method))
+            chosen = get_method(method)
+            kept = chosen.select(analysis, budget).kept
+            prediction = answer(kept, chosen.prune_layer(analysis))
             records.append({"question": sample.question, "qtype": sample.qtype, "method": method, "budget": budget,
-                            "kept_tokens": int(kept.numel()), "weight_error": analysis.weight_error(kept),
-                            "effective_rank": analysis.effective_rank(kept), "stable_rank": analysis.stable_rank(kept),
-                            "visual_weight_error": analysis.weight_error(kept, scope="visual"),
-                            "visual_effective_rank": analysis.effective_rank(kept, scope="visual"),
-                            "attention_error": analysis.attention_error(kept), "answer": prediction, "full": full,
+                            "kept_tokens": int(kept.numel()), **analysis.measures(kept), "answer": prediction, "full": full,
                             "correct": prediction == sample.answer, "full_correct": full == sample.answer,
                             "flip": prediction != full})
     return records

@@ -115,19 +115,19 @@ def random_samples(n: int, seed: int, size: int = 336):
     return samples
 
 
-def timed_runs(session, samples, configs, repeats: int, max_new_tokens: int) -> dict:
-    """config name -> {"prefill": [s], "total": [s], "new_tokens": [int]}, interleaved (module docstring)."""
+def timed_runs(session, prepared: list, configs, repeats: int, max_new_tokens: int) -> dict:
+    """config name -> {"prefill": [s], "total": [s], "new_tokens": [int]}, interleaved (module docstring).
+    ``prepared``: one ``session.prepare`` per question."""
     times = {name: {"prefill": [], "total": [], "new_tokens": []} for name in configs}
     names = list(configs)
-    session.answer(samples[0].image, samples[0].question, max_new_tokens=max_new_tokens)  # warm-up
-    steps = common.progress(range(repeats * len(samples)), "prefill")
+    session.answer(prepared[0], max_new_tokens=max_new_tokens)  # warm-up
+    steps = common.progress(range(repeats * len(prepared)), "prefill")
     for step in steps:
-        repeat, index = divmod(step, len(samples))
+        repeat, index = divmod(step, len(prepared))
         order = names[(step % len(names)):] + names[:(step % len(names))]
         for name in order:
             keep, layer = configs[name][index]
-            result = session.answer(samples[index].image, samples[index].question, keep=keep, layer=layer,
-                                    max_new_tokens=max_new_tokens)
+            result = session.answer(prepared[index], keep=keep, layer=layer, max_new_tokens=max_new_tokens)
             times[name]["prefill"].append(result.prefill_seconds)
             times[name]["total"].append(result.total_seconds)
             times[name]["new_tokens"].append(len(result.token_ids))
@@ -179,29 +179,32 @@ def main(argv=None) -> None:
         session, model = common.load(args)
         samples, max_new_tokens = common.questions(session, n, args.seed), common.MAX_NEW_TOKENS
     from dualview.errors import DualviewError
+    from dualview.methods import get_method
 
     configs = {"full": [(None, None)] * n}
     selection_ms: dict = {}
     analysis_ms, lengths = [], []
     kept_tokens = {}
+    prepared = []
     try:
         for index, sample in enumerate(samples):
+            prepared.append(session.prepare(sample.image, sample.question))
             start = time.perf_counter()
-            analysis = session.analyze(sample.image, sample.question)
+            analysis = session.analyze(prepared[-1])
             analysis_ms.append(1000 * (time.perf_counter() - start))
             lengths.append(analysis.prepared.length)
             for method in methods:
                 for budget in common.PAPER_BUDGETS:
                     start = time.perf_counter()
-                    kept = analysis.select(method, budget).kept
+                    kept = get_method(method).select(analysis, budget).kept
                     selection_ms.setdefault((method, budget), []).append(1000 * (time.perf_counter() - start))
-                    configs.setdefault(f"{method}@{budget}", []).append((kept, analysis.prune_layer(method)))
+                    configs.setdefault(f"{method}@{budget}", []).append((kept, get_method(method).prune_layer(analysis)))
                     kept_tokens[method, budget] = int(kept.numel())
     except DualviewError as error:
         common.fail(str(error))
     num_visual = analysis.num_visual
     load_before = os.getloadavg()
-    times = timed_runs(session, samples, configs, repeats, max_new_tokens)
+    times = timed_runs(session, prepared, configs, repeats, max_new_tokens)
     load_after = os.getloadavg()
 
     def median_ms(name, key):

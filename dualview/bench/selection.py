@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from dualview import dual_form, selection
+from dualview.budget import resolve_budget
 
 TOKEN_COUNTS = (576, 2304, 6272)
 BUDGETS = (0.111, 0.222, 0.353)
@@ -33,11 +34,15 @@ def _synchronize(device: str) -> None:
 def _methods(q_text, k, v):
     """name -> function(budget) giving kept indices, each starting from q/k/v."""
 
+    from dualview.methods import get_method
+
     def iwp(budget):
-        return selection.pc_mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget, trace=False).kept
+        return selection.pc_mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget,
+                                trace=False, **get_method("iwp").defaults).kept
 
     def mmr(budget):
-        return selection.mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget, trace=False).kept
+        return selection.mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget,
+                             trace=False, **get_method("mmr").defaults).kept
 
     def divprune(budget):
         return selection.max_min_diversity(v.transpose(0, 1).reshape(k.shape[1], -1), budget).kept
@@ -68,7 +73,7 @@ def run(device: str = "cpu", token_counts=TOKEN_COUNTS, budgets=BUDGETS, repeats
                     kept = select(budget)
                     _synchronize(device)
                     times.append(1000 * (time.perf_counter() - start))
-                assert kept.numel() == selection.resolve_budget(budget, n)
+                assert kept.numel() == resolve_budget(budget, n)
                 rows.append({"method": name, "n": n, "budget": budget, "kept": kept.numel(), "runs": len(times),
                              "ms": statistics.median(times)})
     return rows

@@ -10,9 +10,11 @@ image-text-to-text class whose visual tokens are placeholder ids in ``input_ids`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -48,6 +50,11 @@ class Prepared:
         visual_positions: ``[Nv]`` sequence positions of the visual tokens (prunable), ascending.
         text_positions: ``[T]`` positions of the instruction tokens whose mean query is ``q_T``.
         geometry: boxes of the visual tokens (same order as ``visual_positions``).
+        image: the decoded RGB image the inputs were made from; prompt: the user's prompt text;
+        image_hash: content hash of ``image`` (size and pixels), set by ``Session.prepare``.
+        answer_length: answer tokens appended for teacher forcing (:meth:`with_answer`), 0 if none.
+        generation_step: the model's own ``_update_model_kwargs_for_generation``, which
+            :meth:`with_answer` uses to extend the per-token inputs (see :func:`append_generated`).
     """
 
     inputs: dict
@@ -55,6 +62,29 @@ class Prepared:
     visual_positions: Tensor
     text_positions: Tensor
     geometry: geo.Geometry
+    image: Image.Image | None = None
+    prompt: str = ""
+    image_hash: str = ""
+    answer_length: int = 0
+    generation_step: Callable | None = None
+
+    @property
+    def num_visual(self) -> int:
+        """Nv, the number of visual tokens."""
+        return int(self.visual_positions.numel())
+
+    def with_answer(self, answer_ids: list[int]) -> "Prepared":
+        """The same inputs with ``answer_ids`` appended after the generation prompt (teacher
+        forcing), without running the processor again. Only a prepared input without an answer
+        can take one."""
+        if self.answer_length:
+            raise ValueError("this prepared input already ends with an answer")
+        if self.generation_step is None:
+            raise ValueError("this prepared input was made without its model's generation step")
+        answer_ids = list(answer_ids)
+        inputs = append_generated(self.generation_step, self.inputs, answer_ids)
+        return dataclasses.replace(self, inputs=inputs, input_ids=inputs["input_ids"][0].cpu(),
+                                   answer_length=len(answer_ids))
 
     @property
     def length(self) -> int:
@@ -80,13 +110,16 @@ class Prepared:
         return torch.nonzero(keep).reshape(-1)
 
 
-def append_generated(model, inputs: dict, token_ids: list[int]) -> dict:
+def append_generated(generation_step: Callable, inputs: dict, token_ids: list[int]) -> dict:
     """``inputs`` with ``token_ids`` appended as generated tokens, the other per-token inputs extended
-    by the model's own generation step (``_update_model_kwargs_for_generation``): attention mask
-    ones, ``mm_token_type_ids`` zeros, ``token_type_ids`` as the class says (Gemma 3: text;
-    PaliGemma: the causal suffix, not its bidirectional prefix)."""
+    by ``generation_step``, the model's own ``_update_model_kwargs_for_generation`` (what
+    ``generate`` does after each step): attention mask ones, ``mm_token_type_ids`` zeros,
+    ``token_type_ids`` as the class says (Gemma 3: text; PaliGemma: its causal suffix, not its
+    bidirectional prefix)."""
+    if not token_ids:
+        return dict(inputs)
     extended = {key: value for key, value in inputs.items() if key != "input_ids"}
-    extended = model._update_model_kwargs_for_generation({}, extended, num_new_tokens=len(token_ids))
+    extended = generation_step({}, extended, num_new_tokens=len(token_ids))
     ids = torch.tensor([token_ids], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
     return {**extended, "input_ids": torch.cat([inputs["input_ids"], ids], dim=1)}
 
@@ -169,13 +202,10 @@ class Adapter:
     def processor_inputs(self, image: Image.Image, text: str) -> dict:
         return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
 
-    def prepare(self, image: Image.Image, prompt: str, answer_ids: list[int] | None = None) -> Prepared:
-        """Inputs and bookkeeping for (image, prompt); ``answer_ids`` are appended after the
-        generation prompt (teacher forcing)."""
+    def prepare(self, image: Image.Image, prompt: str) -> Prepared:
+        """Inputs and bookkeeping for (image, prompt): the processor runs once, here."""
         inputs = self.processor_inputs(image, self.render(prompt))
         input_ids = inputs["input_ids"][0]
-        if answer_ids:
-            inputs = append_generated(self.model, inputs, answer_ids)
         slots = torch.nonzero(input_ids == self.image_token_id).reshape(-1)
         if slots.numel() == 0:
             raise DualviewError("The processor produced no image tokens for this input, so there is "
@@ -199,7 +229,8 @@ class Adapter:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return Prepared(inputs=inputs, input_ids=inputs["input_ids"][0].cpu(), visual_positions=visual,
-                        text_positions=text, geometry=geometry)
+                        text_positions=text, geometry=geometry, image=image, prompt=prompt,
+                        generation_step=self.model._update_model_kwargs_for_generation)
 
     def geometry(self, image_size: tuple[int, int], inputs: dict) -> geo.Geometry:
         raise NotImplementedError

@@ -17,7 +17,6 @@ from torch import Tensor
 from dualview import dual_form
 from dualview.engine.adapters import Prepared
 from dualview.errors import DualviewError
-from dualview.selection import Selection, resolve_budget
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Analysis:
     """Scores at the pruning layer and measures of kept sets, for one image and prompt.
 
     Attributes:
-        model_name, image_hash, prompt, layer: what was analysed.
+        model_name, image_hash, prompt, layer: what was analysed (hash and prompt from ``prepared``).
         prepared: inputs and positions (``prepared.visual_positions [Nv]``, ``text_positions [T]``).
         geometry: boxes of the visual tokens.
         projections: q/k/v of the analysis layer, all S tokens.
@@ -70,12 +69,12 @@ class Analysis:
     analysis layer: the embeddings exist only when that layer is 0, FastV's score not at all.
     """
 
-    def __init__(self, *, model_name: str, image_hash: str, prompt: str, layer: int, num_layers: int,
+    def __init__(self, *, model_name: str, layer: int, num_layers: int,
                  prepared: Prepared, projections: Projections, embeddings: Tensor | None,
                  fastv_layer: int, fastv_received: Tensor | None):
         self.model_name = model_name
-        self.image_hash = image_hash
-        self.prompt = prompt
+        self.image_hash = prepared.image_hash
+        self.prompt = prepared.prompt
         self.layer = layer
         self.num_layers = num_layers
         self.prepared = prepared
@@ -188,19 +187,42 @@ class Analysis:
                                                 self.projections.v, self.sequence_keep(kept),
                                                 query_positions=text)
 
-    def select(self, method: str, budget: int | float, **params) -> Selection:
-        """Kept visual tokens chosen by registered ``method`` for ``budget`` (count or fraction)."""
-        from dualview.methods import get_method
+    @property
+    def sequence_kv(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Post-RoPE keys ``[Hkv, S, d]``, values ``[Hkv, S, dv]`` of every sequence position, and
+        the ``[Nv]`` positions of the visual tokens (what the greedy oracle reads)."""
+        return self.projections.k_post, self.projections.v, self.prepared.visual_positions
 
-        chosen = get_method(method)
-        try:
-            count = resolve_budget(budget, self.num_visual)
-        except ValueError as error:
-            raise DualviewError(f"Budget {budget!r} is not usable: {error}.") from None
-        return chosen.select(self, count, **params)
+    def measures(self, kept) -> dict:
+        """Every measure of a kept set that the app, the CLI and the benches report.
 
-    def prune_layer(self, method: str) -> int:
-        """The decoder layer from which ``method`` prunes, for this model."""
-        from dualview.methods import get_method
+        Args: kept: visual-token indices (0..Nv−1).
+        Returns: ``weight_error``, ``effective_rank`` and ``stable_rank`` of W_S over the whole
+        sequence (method.md §6), the error and effective rank over the visual tokens only (``visual_weight_error``,
+        ``visual_effective_rank``), and the text queries' ``attention_error``; floats.
+        """
+        return {"weight_error": self.weight_error(kept), "effective_rank": self.effective_rank(kept),
+                "stable_rank": self.stable_rank(kept), "visual_weight_error": self.weight_error(kept, scope="visual"),
+                "visual_effective_rank": self.effective_rank(kept, scope="visual"),
+                "attention_error": self.attention_error(kept)}
 
-        return get_method(method).prune_layer(self)
+    def token_numbers(self, token: int) -> dict:
+        """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:
+        its kernel logit, κ, ‖v‖, magnitude, ``log ‖ΔW_i‖_F`` (mean over KV heads), duplication and
+        its closest duplicate (``partner``)."""
+        row = self.duplication[token].clone()
+        row[token] = -1.0
+        partner = int(torch.argmax(row)) if self.num_visual > 1 else token
+        logit = float(self.kernel_logit[token])
+        update = dual_form.update_log_norms(self.visual_keys[:, token:token + 1], self.visual_values[:, token:token + 1])
+        return {
+            "token": token,
+            "kernel_logit": logit,
+            "kappa": math.exp(min(logit, 700.0)),
+            "value_norm": float(self.value_norm[token]),
+            "magnitude": float(self.magnitude[token]),
+            "update_norm_log": float(update.mean()),
+            "token_duplication": float(self.token_duplication[token]),
+            "partner": partner,
+            "partner_duplication": float(self.duplication[token, partner]),
+        }

@@ -21,7 +21,10 @@ from torch import Tensor
 from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
 from dualview.engine.analysis import Analysis, Projections, attention_received
+from dualview.engine.attribution import answer_terms
 from dualview.errors import DualviewError
+from dualview.images import load_image
+from dualview.methods import Method
 
 FASTV_K = 2
 """FastV prunes after layer K (K = 2 in its paper) using attention at layer K − 1."""
@@ -30,14 +33,6 @@ FASTV_K = 2
 def default_layer(num_layers: int) -> int:
     """method.md §5: layer 4, or ``max(1, L // 4)`` for models with fewer than 8 decoder layers."""
     return 4 if num_layers >= 8 else max(1, num_layers // 4)
-
-
-def as_image(image) -> Image.Image:
-    """A PIL image, a path, bytes or an ``[H, W(, 3)]`` array as an RGB PIL image, decoded by the
-    app's own validator (:func:`dualview.validation.load_image`: formats, modes, bomb limit, downscale)."""
-    from dualview.validation import load_image
-
-    return load_image(image)
 
 
 def image_hash(image: Image.Image) -> str:
@@ -107,13 +102,36 @@ class Session:
                                 f"0 to {self.num_layers - 1}.")
         return layer
 
-    def prepare(self, image, prompt: str, answer_ids: list[int] | None = None) -> Prepared:
+    def prepare(self, image, prompt: str) -> Prepared:
+        """The model inputs of (image, prompt), made once and handed to every later call.
+
+        Args:
+            image: a decoded RGB PIL image (a path, bytes or an array is decoded by
+                :func:`dualview.images.load_image`: same formats, limits and downscaling as the app).
+            prompt: the user's question (the chat template and image placeholder are added here).
+        Returns:
+            :class:`Prepared`: ``inputs`` for the model, ``input_ids [S]``, ``visual_positions [Nv]``,
+            ``text_positions [T]`` (sequence positions), the token ``geometry``, the image and its hash.
+        Raises:
+            DualviewError: the prompt is not text, or image and prompt exceed the model's length.
+        """
         if not isinstance(prompt, str):
             raise DualviewError("The prompt must be text.")
-        prepared = self.adapter.prepare(as_image(image), prompt, answer_ids)
-        if self.max_length and prepared.length > self.max_length:
-            raise DualviewError(f"The image and prompt make {prepared.length} tokens, more than this model's limit "
+        image = load_image(image)
+        prepared = self.adapter.prepare(image, prompt)
+        self._check_length(prepared.length)
+        prepared.image_hash = image_hash(image)
+        return prepared
+
+    def _check_length(self, length: int) -> None:
+        if self.max_length and length > self.max_length:
+            raise DualviewError(f"The image and prompt make {length} tokens, more than this model's limit "
                                 f"of {self.max_length}; shorten the prompt or use a smaller image.")
+
+    @staticmethod
+    def _prepared(prepared) -> Prepared:
+        if not isinstance(prepared, Prepared):
+            raise DualviewError(f"Pass the result of session.prepare(image, prompt), not {type(prepared).__name__}.")
         return prepared
 
     def _project(self, layer: int, captured: hooks.LayerInput) -> Projections:
@@ -132,20 +150,25 @@ class Session:
 
     # -- analysis -------------------------------------------------------------------------
     @torch.no_grad()
-    def analyze(self, image, prompt: str, layer: int | None = None) -> Analysis:
-        """Scores at decoder layer ``layer`` (default method.md §5) for (image, prompt), cached.
+    def analyze(self, prepared: Prepared, layer: int | None = None) -> Analysis:
+        """Scores at decoder layer ``layer`` (default method.md §5) of a prepared input, cached.
 
         One forward pass that stops at the deepest layer needed (the analysis layer, or FastV's
         scoring layer K − 1), capturing the language model's input embeddings, FastV's layer and
-        the analysis layer's input.
+        the analysis layer's input. Cached by (image hash, prompt, layer): the same image and
+        prompt prepared again reuse the analysis.
+
+        Args:
+            prepared: from :meth:`prepare`; layer: decoder layer 0..L−1 or None (the default).
+        Returns:
+            :class:`Analysis` (tensors on CPU, float32; visual-token indices 0..Nv−1).
         """
+        prepared = self._prepared(prepared)
         layer = self.check_layer(layer)
-        image = as_image(image)
-        key = (image_hash(image), prompt, layer)
+        key = (prepared.image_hash, prepared.prompt, layer)
         if key in self._analyses:
             self._analyses.move_to_end(key)
             return self._analyses[key]
-        prepared = self.prepare(image, prompt)
         fastv_layer = self.fastv_k - 1
         store: dict[int, hooks.LayerInput] = {}
         with hooks.capture_layer_inputs(self.adapter.layers, {0, fastv_layer, layer}, store):
@@ -158,7 +181,7 @@ class Session:
         projections = self._project(layer, store[layer])
         projections = Projections(*(getattr(projections, f).cpu() for f in Projections.__dataclass_fields__))
         analysis = Analysis(
-            model_name=self.name, image_hash=key[0], prompt=prompt, layer=layer, num_layers=self.num_layers,
+            model_name=self.name, layer=layer, num_layers=self.num_layers,
             prepared=prepared, projections=projections, embeddings=store[0].hidden.float().cpu(),
             fastv_layer=fastv_layer, fastv_received=received,
         )
@@ -174,12 +197,9 @@ class Session:
         positions = prepared.keep_positions(keep)
         return positions, hooks.prune_from(self.adapter.layers, layer, positions, prepared.length)
 
-    def _fused_selection(self, prepared: Prepared, layer: int, method: str, budget, params: dict, record: dict):
+    def _fused_selection(self, prepared: Prepared, layer: int, method: Method, budget, params: dict, record: dict):
         """A function of layer ``layer``'s input that analyses it, selects with ``method`` and
         returns the positions to keep (see :func:`dualview.engine.hooks.prune_from`)."""
-        from dualview.methods import get_method
-
-        chosen = get_method(method)
         cuda = self.model.device.type == "cuda"
 
         def select(captured: hooks.LayerInput) -> Tensor:
@@ -189,42 +209,55 @@ class Session:
             projections = self._project(layer, captured)
             projections = Projections(*(getattr(projections, f).cpu() for f in Projections.__dataclass_fields__))
             analysis = Analysis(
-                model_name=self.name, image_hash="", prompt="", layer=layer, num_layers=self.num_layers,
+                model_name=self.name, layer=layer, num_layers=self.num_layers,
                 prepared=prepared, projections=projections,
                 embeddings=captured.hidden.float().cpu() if layer == 0 else None,
                 fastv_layer=self.fastv_k - 1, fastv_received=None,
             )
-            if chosen.prune_layer(analysis) != layer:
-                raise DualviewError(f"Method '{method}' prunes at layer {chosen.prune_layer(analysis)}, not {layer}; "
-                                    "pass that layer, or use analyze() and then answer(keep=...).")
-            selection = analysis.select(method, budget, **params)
+            selection = method.select(analysis, budget, **params)
             record["kept"] = selection.kept.tolist()
             record["seconds"] = time.perf_counter() - start
             return prepared.keep_positions(selection.kept)
 
         return select
 
-    @torch.no_grad()
-    def answer(self, image, prompt: str, keep=None, layer: int | None = None, max_new_tokens: int = 16,
-               method: str | None = None, budget: int | float | None = None, **params) -> Answer:
-        """Greedy answer keeping visual tokens ``keep`` (indices, None = all) from ``layer`` on.
+    def _check_fusable(self, method: Method, layer: int) -> None:
+        """A method can select inside the pruned forward pass only from what that layer provides."""
+        where = method.prune_layer(_LayerOnly(layer, self.fastv_k - 1))
+        if where != layer or "fastv_attention" in method.needs or ("embeddings" in method.needs and layer != 0):
+            raise DualviewError(f"Method '{method.name}' prunes at layer {where} from what the analysis captures, so it "
+                                f"cannot select inside the pruned pass at layer {layer}; use analyze() and then "
+                                "answer(keep=...).")
 
-        With ``method`` and ``budget`` instead of ``keep``, the selection runs inside the prefill
-        pass at ``layer`` (scores from that layer's own q/k/v, then pruning), as a deployment would
-        do; ``params`` go to the method. Its time is ``Answer.selection_seconds``.
+    @torch.no_grad()
+    def answer(self, prepared: Prepared, keep=None, layer: int | None = None, max_new_tokens: int = 16,
+               method: Method | None = None, budget=None, params: dict | None = None) -> Answer:
+        """Greedy answer keeping visual tokens ``keep`` from ``layer`` on (None: all tokens).
+
+        With ``method`` (a registered :class:`dualview.methods.Method`) and ``budget`` instead of
+        ``keep``, the selection runs inside the prefill pass at ``layer`` (scores from that layer's
+        own q/k/v, then pruning), as a deployment would do; ``params`` go to the method. Its time
+        is ``Answer.selection_seconds``.
+
+        Args:
+            prepared: from :meth:`prepare`; keep: visual-token indices (0..Nv−1) or None;
+            layer: first pruned decoder layer (None: the default); max_new_tokens: ≥ 1.
+        Returns:
+            :class:`Answer` with the text, the generated ids and the prefill / total times.
         """
+        prepared = self._prepared(prepared)
         layer = self.check_layer(layer)
-        prepared = self.prepare(image, prompt)
         record: dict = {}
         if method is not None:
             if keep is not None or budget is None:
                 raise DualviewError("Give either keep=... or method=... with budget=..., not both.")
-            keep_fn = self._fused_selection(prepared, layer, method, budget, params, record)
+            self._check_fusable(method, layer)
+            keep_fn = self._fused_selection(prepared, layer, method, budget, params or {}, record)
             pruning = hooks.prune_from(self.adapter.layers, layer, keep_fn, prepared.length)
         else:
             _, pruning = self._pruning(prepared, keep, layer)
             if keep is not None:
-                record["kept"] = torch.as_tensor(keep).reshape(-1).tolist()
+                record["kept"] = prepared.check_kept(keep).tolist()
         marks: list[float] = []
         cuda = self.model.device.type == "cuda"
 
@@ -248,7 +281,7 @@ class Session:
             handle.remove()
         new_ids = output[0, prepared.length:].tolist()
         kept = record.get("kept")
-        dropped = 0 if kept is None else prepared.visual_positions.numel() - len(kept)
+        dropped = 0 if kept is None else prepared.num_visual - len(kept)
         return Answer(
             text=self.adapter.tokenizer.decode(new_ids, skip_special_tokens=True).strip(),
             token_ids=new_ids,
@@ -262,24 +295,67 @@ class Session:
         )
 
     @torch.no_grad()
-    def logits(self, image, prompt: str, keep=None, layer: int | None = None,
-               answer_ids: list[int] | None = None) -> tuple[Tensor, Tensor]:
-        """One forward pass; returns ``logits [S', V]`` (float32, CPU) and the ``[S']`` original
-        positions they belong to (all S positions when ``keep`` is None)."""
+    def logits(self, prepared: Prepared, keep=None, layer: int | None = None) -> tuple[Tensor, Tensor]:
+        """One forward pass over a prepared input (with its appended answer, if any).
+
+        Returns:
+            ``logits [S', V]`` (float32, CPU) and the ``[S']`` original sequence positions they
+            belong to (all S positions when ``keep`` is None).
+        """
+        prepared = self._prepared(prepared)
         layer = self.check_layer(layer)
-        prepared = self.prepare(image, prompt, answer_ids)
+        self._check_length(prepared.length)
         positions, pruning = self._pruning(prepared, keep, layer)
         with pruning:
             logits = self.model(**prepared.inputs, use_cache=False).logits[0].float().cpu()
         return logits, (torch.arange(prepared.length) if positions is None else positions)
 
-    def answer_logprob(self, image, prompt: str, answer_text: str, keep=None, layer: int | None = None) -> float:
-        """log p(answer_text | image, prompt) under teacher forcing, with the given kept set."""
-        answer_ids = self.adapter.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-        if not answer_ids:
-            raise DualviewError("The answer to score is empty; give the answer text.")
-        logits, positions = self.logits(image, prompt, keep, layer, answer_ids)
-        total = positions.numel()  # the answer tokens are text: always kept, at the end
-        start = total - len(answer_ids)
-        predicting = torch.log_softmax(logits[start - 1: total - 1], dim=-1)
-        return float(predicting[torch.arange(len(answer_ids)), torch.tensor(answer_ids)].sum())
+    def answer_ids(self, answer) -> list[int]:
+        """The token ids of an answer to score: an :class:`Answer` (its generated ids up to and
+        with the end-of-sequence id that ended it, so an empty answer is scored too), a list of
+        ids, or text whose tokenization
+        round-trips (decodes back to the same text); a one-sentence DualviewError otherwise."""
+        tokenizer = self.adapter.tokenizer
+        if isinstance(answer, Answer):
+            stops = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+            eos = self.model.generation_config.eos_token_id
+            stops |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+            ids = []
+            for token in answer.token_ids:
+                ids.append(int(token))
+                if token in stops:
+                    break
+        elif isinstance(answer, str):
+            ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            decoded = tokenizer.decode(ids, skip_special_tokens=False)
+            if decoded.strip() != answer.strip():
+                raise DualviewError(f"The answer {answer!r} does not survive this model's tokenizer (it reads back "
+                                    f"as {decoded!r}); score the generated answer's token ids instead.")
+        else:
+            ids = [int(i) for i in answer]
+        if not ids:
+            raise DualviewError("The answer to score is empty; give the answer text or its token ids.")
+        return ids
+
+    def answer_logprob(self, prepared: Prepared, answer, keep=None, layer: int | None = None) -> float:
+        """log p(answer | image, prompt) under teacher forcing, with the given kept set.
+
+        Args:
+            prepared: from :meth:`prepare` (without an answer); answer: see :meth:`answer_ids`
+                (an :class:`Answer` is scored from its own generated ids, so the score is exact
+                even when the decoded text would not re-tokenize to the same ids);
+            keep: kept visual-token indices or None; layer: first pruned decoder layer.
+        Returns:
+            the sum over answer tokens of log-softmax of the logit of each next token (nats).
+        """
+        ids = self.answer_ids(answer)
+        logits, _ = self.logits(self._prepared(prepared).with_answer(ids), keep, layer)
+        return float(answer_terms(logits, ids)[0])  # the answer tokens are text: always kept, at the end
+
+
+class _LayerOnly:
+    """The layer facts a method's ``layer`` rule reads, for a selection inside the pruned pass."""
+
+    def __init__(self, layer: int, fastv_layer: int):
+        self.layer = layer
+        self.fastv_layer = fastv_layer

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from dualview.methods.registry import Method, get_method, method_names, register
+from dualview.methods.registry import CAPTURES, Method, Param, ScoringInputs, all_methods, get_method, method_names, register
 
-__all__ = ["Method", "get_method", "method_names", "register", "load_all"]
+__all__ = ["CAPTURES", "Method", "Param", "ScoringInputs", "all_methods", "get_method", "method_names", "register", "load_all"]
 
 
 def load_all() -> None:

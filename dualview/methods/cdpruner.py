@@ -11,22 +11,24 @@ token's input embedding (the language model's own embedding table), averaged ove
 tokens and min-max normalised to [0, 1] over the visual tokens.
 """
 
-import torch
 
 from dualview.methods.registry import register
-from dualview.selection import dpp_map
 
 
-def relevance(analysis) -> torch.Tensor:
+def relevance(inputs):
     """``[Nv]`` instruction relevance in [0, 1] (see the module docstring)."""
-    visual = torch.nn.functional.normalize(analysis.input_embeddings.double(), dim=-1)
-    text = torch.nn.functional.normalize(analysis.prompt_embeddings.double(), dim=-1)
+    import torch
+
+    visual = torch.nn.functional.normalize(inputs.input_embeddings.double(), dim=-1)
+    text = torch.nn.functional.normalize(inputs.prompt_embeddings.double(), dim=-1)
     score = (visual @ text.T).mean(dim=1)
     spread = (score.max() - score.min()).clamp_min(1e-12)
     return (score - score.min()) / spread
 
 
-@register("cdpruner", layer=0)
-def select(analysis, count: int):
+@register("cdpruner", layer=0, needs=("embeddings",))
+def select(inputs, count: int):
     """Conditional DPP (relevance x similarity) on input embeddings, pruning before the LM."""
-    return dpp_map(analysis.input_embeddings, relevance(analysis), count)
+    from dualview.selection import dpp_map
+
+    return dpp_map(inputs.input_embeddings, relevance(inputs), count)

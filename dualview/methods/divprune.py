@@ -5,10 +5,11 @@ whose minimum cosine distance to the kept set is largest; text-agnostic.
 """
 
 from dualview.methods.registry import register
-from dualview.selection import max_min_diversity
 
 
-@register("divprune", layer=0)
-def select(analysis, count: int):
+@register("divprune", layer=0, needs=("embeddings",))
+def select(inputs, count: int):
     """Max-min cosine diversity of input embeddings, pruning before the language model."""
-    return max_min_diversity(analysis.input_embeddings, count)
+    from dualview.selection import max_min_diversity
+
+    return max_min_diversity(inputs.input_embeddings, count)

@@ -7,15 +7,16 @@ with fewer than 3 decoder layers K is L − 1.
 """
 
 from dualview.methods.registry import register
-from dualview.selection import top_k
 
 
-def fastv_layer(analysis) -> int:
+def fastv_layer(inputs) -> int:
     """K: one past the layer whose attention was scored."""
-    return analysis.fastv_layer + 1
+    return inputs.fastv_layer + 1
 
 
-@register("fastv", layer=fastv_layer)
-def select(analysis, count: int):
+@register("fastv", layer=fastv_layer, needs=("fastv_attention",))
+def select(inputs, count: int):
     """Top-k of attention received at layer K − 1, pruning from layer K = 2."""
-    return top_k(analysis.attention_received, count)
+    from dualview.selection import top_k
+
+    return top_k(inputs.attention_received, count)

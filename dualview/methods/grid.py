@@ -5,16 +5,17 @@ grid for AnyRes) gets a share of the budget proportional to its size (largest re
 the leftover tokens), spread evenly over that grid.
 """
 
-import torch
 
 from dualview.methods.registry import register
-from dualview.selection import Selection, uniform_grid
 
 
-@register("grid")
-def select(analysis, count: int):
+@register("grid", needs=())
+def select(inputs, count: int):
     """Evenly spread tokens over each image grid, pruning at the analysis layer."""
-    geometry = analysis.geometry
+    import torch
+    from dualview.selection import Selection, uniform_grid
+
+    geometry = inputs.geometry
     members = [geometry.view_indices(v) for v in range(len(geometry.views))]
     exact = [count * m.numel() / geometry.num_visual for m in members]
     shares = [int(x) for x in exact]

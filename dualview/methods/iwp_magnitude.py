@@ -5,10 +5,11 @@ redundancy penalty, so similar tokens can all be kept.
 """
 
 from dualview.methods.registry import register
-from dualview.selection import top_k
 
 
 @register("iwp-magnitude")
-def select(analysis, count: int):
+def select(inputs, count: int):
     """Top-k of the information magnitude, pruning at the analysis layer."""
-    return top_k(analysis.magnitude, count)
+    from dualview.selection import top_k
+
+    return top_k(inputs.magnitude, count)

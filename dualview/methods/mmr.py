@@ -5,11 +5,12 @@ redundancy the duplication S̄² against everything kept so far; each step takes
 ``argmax trade·P_i − (1 − trade)·max_{j∈C} S̄²_ij``.
 """
 
-from dualview.methods.registry import register
-from dualview.selection import mmr
+from dualview.methods.registry import Param, register
 
 
-@register("mmr")
-def select(analysis, count: int, trade: float = 0.5):
+@register("mmr", params=(Param("trade", 0.5, 0.0, 1.0, "weight of relevance against duplication", "λ'"),))
+def select(inputs, count: int, trade: float):
     """Classic one-at-a-time MMR on magnitude and duplication, pruning at the analysis layer."""
-    return mmr(analysis.magnitude, analysis.duplication_blocks, count, trade=trade)
+    from dualview.selection import mmr
+
+    return mmr(inputs.magnitude, inputs.duplication_blocks, count, trade=trade)

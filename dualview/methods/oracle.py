@@ -5,23 +5,23 @@ Prunes at the analysis layer l. Adds, one token at a time, the visual token that
 a cheap selector gets to the objective it approximates; cost grows with the sequence length².
 """
 
-import torch
 
-from dualview import dual_form
 from dualview.methods.registry import register
-from dualview.selection import Selection
 
 
 @register("oracle")
-def select(analysis, count: int):
+def select(inputs, count: int):
     """Greedy minimisation of the weight error, pruning at the analysis layer."""
-    prepared = analysis.prepared
-    others = torch.ones(prepared.length, dtype=torch.bool)
-    others[prepared.visual_positions] = False
-    chosen = dual_form.greedy_oracle(analysis.projections.k_post, analysis.projections.v, count,
-                                     candidates=prepared.visual_positions,
-                                     always=torch.nonzero(others).reshape(-1))
-    to_visual = torch.full((prepared.length,), -1, dtype=torch.long)
-    to_visual[prepared.visual_positions] = torch.arange(prepared.visual_positions.numel())
+    import torch
+    from dualview import dual_form
+    from dualview.selection import Selection
+
+    keys, values, visual = inputs.sequence_kv
+    length = keys.shape[1]
+    others = torch.ones(length, dtype=torch.bool)
+    others[visual] = False
+    chosen = dual_form.greedy_oracle(keys, values, count, candidates=visual, always=torch.nonzero(others).reshape(-1))
+    to_visual = torch.full((length,), -1, dtype=torch.long)
+    to_visual[visual] = torch.arange(visual.numel())
     kept = to_visual[chosen]
     return Selection(kept=kept, chunks=[kept])

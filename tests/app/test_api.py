@@ -1,13 +1,11 @@
 """The app's named endpoints, driven by gradio_client against the app launched in this process.
 
-The model is the built-in one when it is in assets/shapes-vlm, else a tiny random LLaVA (answers
-are noise then, so the ground-truth check needs the built-in model). Example scenes are written
-fresh by the shapes-world generator.
+The app is the session's shared one (tests/app/conftest.py), on the built-in model; example scenes
+are written fresh by the shapes-world generator.
 """
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -18,36 +16,16 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
+from tests.app.conftest import API_VIEWS  # noqa: E402
 
 HAS_BUILTIN = (BUILTIN_DIR / "config.json").is_file()
-RUN_OUTPUTS = 21  # ui.build_demo: fresh views (17, the gr.State not returned) + answers, curves, space, table, per-head
-SUMMARY = 14
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RUN_OUTPUTS = len(API_VIEWS)
+SUMMARY = API_VIEWS.index("summary")
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    from dualview.app.launch import create
-    from dualview.shapes.world import write_examples
-
-    root = tmp_path_factory.mktemp("app")
-    write_examples(root / "examples")
-    if HAS_BUILTIN:
-        model = "builtin"
-    else:
-        from dualview.engine.tiny import build_tiny
-
-        model = str(build_tiny("llava", root / "tiny"))
-    demo, launch_kwargs = create(model, examples_dir=root / "examples")
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    yield {"url": f"http://127.0.0.1:{port}/", "model": model, "examples": root / "examples"}
-    demo.close()
+def app(served):
+    return {"url": served["url"], "model": "builtin", "examples": served["examples"]}
 
 
 def connect(app) -> Client:
@@ -114,7 +92,7 @@ def test_moving_the_budget_changes_the_kept_set_without_a_new_analysis(app):
     client = connect(app)
     run(client, app, budget=4)
     for budget in (3, 9):
-        out = client.predict("iwp", budget, 2, 2, 5.0, False, api_name="/update")
+        out = client.predict("iwp", budget, False, 2, 2, 5.0, api_name="/update")
         assert out[SUMMARY]["kept_count"] == budget
     answered = client.predict(api_name="/answer")
     assert answered[-1]["kept_count"] == 9 and answered[-1]["answers"]["tokens_after_pruning"] > 0
@@ -195,7 +173,7 @@ def test_every_method_answers_at_the_budget(app):
 def test_bad_input_is_refused_with_one_sentence(app):
     client = connect(app)
     with pytest.raises(AppError, match="Run an analysis first"):
-        client.predict("iwp", 5, 2, 2, 5.0, False, api_name="/update")
+        client.predict("iwp", 5, False, 2, 2, 5.0, api_name="/update")
     # sliders refuse values outside their range before the validator sees them (gradio's own sentence)
     for kwargs, message in [(dict(prompt="   "), "prompt is empty"), (dict(budget=0), "less than minimum"),
                             (dict(method="magic"), "not in the list of choices|Unknown method"),
@@ -213,7 +191,7 @@ def test_two_users_keep_their_own_results(app):
     first, second = connect(app), connect(app)
     run(first, app, budget=3)
     run(second, app, example="07_letter", budget=8)
-    assert first.predict("iwp", 3, 2, 2, 5.0, False, api_name="/update")[SUMMARY]["kept_count"] == 3
+    assert first.predict("iwp", 3, False, 2, 2, 5.0, api_name="/update")[SUMMARY]["kept_count"] == 3
     assert second.predict(api_name="/answer")[-1]["settings"]["example"] == "07_letter"
 
 
@@ -221,7 +199,7 @@ def test_full_answers_are_the_models_and_the_ground_truth_where_the_model_knows_
     """The app shows exactly what the model answers with all tokens; on the example scenes the
     built-in model gets right (it must get at least one), that is the ground truth."""
     import dualview
-    from dualview.validation import load_image
+    from dualview.images import load_image
 
     assert HAS_BUILTIN, "the built-in model must be shipped in assets/shapes-vlm"
     session = dualview.load(app["model"], device="cpu")
@@ -229,7 +207,7 @@ def test_full_answers_are_the_models_and_the_ground_truth_where_the_model_knows_
     known = 0
     for path in sorted(app["examples"].glob("*.png")):
         meta = json.loads(path.with_suffix(".json").read_text())
-        direct = session.answer(load_image(str(path)), meta["question"]).text
+        direct = session.answer(session.prepare(load_image(str(path)), meta["question"]), max_new_tokens=8).text
         out, _ = run(client, app, example=path.stem, budget=69)
         assert out[SUMMARY]["answers"]["full"] == direct, path.stem
         known += direct == meta["answer"]

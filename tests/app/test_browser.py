@@ -9,7 +9,6 @@ test-output/; with DUALVIEW_UPDATE_SCREENSHOT=1 the first one is copied to docs/
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
 from dualview.figures.curves import METRICS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,25 +43,9 @@ CENTRE_OF_TOKEN_ON_MAP = """(token) => {
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    from dualview.app.launch import create
-    from dualview.shapes.world import write_examples
-
-    root = tmp_path_factory.mktemp("browser")
-    write_examples(root / "examples")
-    if (BUILTIN_DIR / "config.json").is_file():
-        model = "builtin"
-    else:
-        from dualview.engine.tiny import build_tiny
-
-        model = str(build_tiny("llava_next", root / "tiny"))  # two views (base + crops): no square-grid shortcut
-    demo, launch_kwargs = create(model, examples_dir=root / "examples")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    yield f"http://127.0.0.1:{port}/", root / "examples"
-    demo.close()
+def app_url(served):
+    """The session's app (tests/app/conftest.py) on the built-in model."""
+    return served["url"], served["examples"]
 
 
 @pytest.fixture(scope="module")

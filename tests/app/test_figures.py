@@ -107,7 +107,7 @@ def _traced():
 def test_selection_step_shows_kept_so_far_new_chunk_and_remaining_scores():
     layout = _layouts()["square"]
     magnitude, duplication = _traced()
-    selection = pc_mmr(magnitude, duplication, 40)
+    selection = pc_mmr(magnitude, duplication, 40, b0=2, growth=2, lam=5.0)
     chunks = [c.tolist() for c in selection.chunks]
     scores = [s.numpy() for s in selection.scores]
     for step in range(len(chunks)):
@@ -134,7 +134,7 @@ def test_selection_step_shows_kept_so_far_new_chunk_and_remaining_scores():
 def test_selection_step_for_classic_mmr_uses_raw_scores():
     layout = _layouts()["qwen_wide"]
     magnitude, duplication = _traced()
-    selection = mmr(magnitude[:50], duplication[:50, :50], 6)
+    selection = mmr(magnitude[:50], duplication[:50, :50], 6, trade=0.5)
     fig = figures.selection_step(layout, [c.tolist() for c in selection.chunks], [s.numpy() for s in selection.scores],
                                  selection.floored, 3, log_scores=False, label="classic MMR")
     remaining = _cell_values(next(t for t in fig.data if t.name == "remaining"))
@@ -183,7 +183,7 @@ def test_compare_kept_one_panel_per_method():
 def test_animation_html_is_self_contained_and_has_every_frame():
     layout = _layouts()["square"]
     magnitude, duplication = _traced()
-    selection = pc_mmr(magnitude, duplication, 30)
+    selection = pc_mmr(magnitude, duplication, 30, b0=2, growth=2, lam=5.0)
     chunks = [c.tolist() for c in selection.chunks]
     frames = [figures.selection_step(layout, chunks, [s.numpy() for s in selection.scores], selection.floored, s)
               for s in range(len(chunks))]

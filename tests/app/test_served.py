@@ -2,11 +2,9 @@
 uploads decoded only by the validator, the same refusals as the CLI, unloadable models, concurrent
 users, cancelled jobs, file serving, export names and the upload limit; the launch defaults."""
 
-import inspect
 import io
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -23,18 +21,12 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from dualview import cli  # noqa: E402
+from tests.app.conftest import API_VIEWS  # noqa: E402
 
-SUMMARY = 14  # position of the summary JSON in /run's outputs (see tests/test_app_api.py)
-UPDATE_SUMMARY = 14
-PICKER = 6  # the "pick a patch" image: the request's image as the validator decoded it
+SUMMARY = UPDATE_SUMMARY = API_VIEWS.index("summary")  # /run and /update return the same views
+PICKER = API_VIEWS.index("picker")  # the "pick a patch" image: the request's image as the validator decoded it
 PROMPT = "how many objects are there?"
 TIMINGS = ("full_prefill_s", "pruned_prefill_s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def save(image: Image.Image, path: Path, fmt: str, **kwargs) -> str:
@@ -64,23 +56,12 @@ def upload_files(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    from dualview.app.launch import create
-    from dualview.engine.tiny import build_tiny
-    from dualview.shapes.world import write_examples
-
-    root = tmp_path_factory.mktemp("hardening")
-    write_examples(root / "examples")
-    model = str(build_tiny("llava", root / "tiny"))
-    demo, launch_kwargs = create(model, examples_dir=root / "examples")
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
-                **launch_kwargs)
-    uploads = root / "uploads"
-    uploads.mkdir()
-    yield {"url": f"http://127.0.0.1:{port}/", "model": model, "root": root, "demo": demo,
-           "images": upload_files(uploads)}
-    demo.close()
+def app(served):
+    """The session's app, asked for the tiny random LLaVA in the model box."""
+    uploads = served["root"] / "uploads"
+    uploads.mkdir(exist_ok=True)
+    return {"url": served["url"], "model": served["tiny"], "root": served["root"], "demo": served["demo"],
+            "images": upload_files(uploads)}
 
 
 def run(client, app, image, budget=5, prompt=PROMPT, model=None, layer="", lam=5.0):
@@ -168,7 +149,7 @@ def test_a_model_that_cannot_load_leaves_the_app_usable(app):
                            ("org/not-on-disk", "downloads are off")]:
         assert message in api_error(client, app, image, model=model)
         # the user's analysis with the previous model is still there ...
-        updated = client.predict("iwp", 6, 2, 2, 5.0, False, api_name="/update")[UPDATE_SUMMARY]
+        updated = client.predict("iwp", 6, False, 2, 2, 5.0, api_name="/update")[UPDATE_SUMMARY]
         assert updated["kept_count"] == 6 and updated["model"] == app["model"]
     # ... and a new request with it gives what it gave before
     assert comparable(run(client, app, image, budget=4)[SUMMARY]) == comparable(before)
@@ -184,7 +165,7 @@ def test_eight_concurrent_users_get_what_each_would_get_alone(app):
     solo = Client(app["url"], verbose=False)
     for name, budget, new_budget in requests:
         ran = comparable(run(solo, app, app["images"][name][0], budget=budget)[SUMMARY])
-        updated = comparable(solo.predict("iwp", new_budget, 2, 2, 5.0, False, api_name="/update")[UPDATE_SUMMARY])
+        updated = comparable(solo.predict("iwp", new_budget, False, 2, 2, 5.0, api_name="/update")[UPDATE_SUMMARY])
         alone[name] = (ran, updated)
     results, failures = {}, []
 
@@ -195,7 +176,7 @@ def test_eight_concurrent_users_get_what_each_would_get_alone(app):
             for k in (i, (i + 3) % 8):  # two analyses, each followed by a budget change
                 name, budget, new_budget = requests[k]
                 ran = comparable(run(client, app, app["images"][name][0], budget=budget)[SUMMARY])
-                got.append((k, ran, comparable(client.predict("iwp", new_budget, 2, 2, 5.0, False,
+                got.append((k, ran, comparable(client.predict("iwp", new_budget, False, 2, 2, 5.0,
                                                               api_name="/update")[UPDATE_SUMMARY])))
             results[i] = got
         except Exception as error:  # noqa: BLE001 - reported below
@@ -233,9 +214,7 @@ def test_queue_is_bounded_and_cancelled_jobs_free_their_place(app):
     # model. A job that had already started when cancelled cannot be stopped mid-forward (the other
     # worker may still be in one): it must finish and let go of the model within a few seconds.
     assert run(client, app, image, budget=7)[SUMMARY]["kept_count"] == 7
-    handlers = [inspect.unwrap(fn.fn) for fn in demo.fns.values() if fn.fn is not None]
-    holder = next(cell.cell_contents for handler in handlers for cell in (handler.__closure__ or ())
-                  if type(cell.cell_contents).__name__ == "ModelHolder")
+    holder = demo.model_holder
     deadline = time.monotonic() + 10.0
     while holder.lock.locked() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -11,8 +11,10 @@ from PIL import Image
 
 from dualview.errors import DualviewError
 from dualview.methods import method_names
-from dualview.validation import (MAX_B0, MAX_GROWTH, MAX_LAMBDA, MAX_PROMPT_CHARS, MAX_SIDE, Request, load_image,
-                                 parse_budget, validate_request)
+from dualview.budget import resolve_budget
+from dualview.images import MAX_SIDE, load_image
+from dualview.methods import get_method
+from dualview.validation import MAX_PROMPT_CHARS, Request, validate_request
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IMAGE = Image.new("RGB", (6, 4), (1, 2, 3))
@@ -40,8 +42,9 @@ def refused_cleanly(error: DualviewError) -> None:
 def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, layer, b0, growth, lam, num_visual,
                                                        num_layers):
     try:
-        request = validate_request(IMAGE, prompt, budget, method=method, layer=layer, b0=b0, growth=growth, lam=lam,
-                                   num_visual=num_visual, num_layers=num_layers)
+        request = validate_request(IMAGE, prompt, budget, method=method, layer=layer,
+                                   params={"b0": b0, "growth": growth, "lam": lam}, num_visual=num_visual,
+                                   num_layers=num_layers)
     except DualviewError as error:
         refused_cleanly(error)
         return
@@ -50,9 +53,10 @@ def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, l
     assert request.prompt == request.prompt.strip() and 0 < len(request.prompt) <= MAX_PROMPT_CHARS
     assert request.method in method_names()
     assert request.layer is None or 0 <= request.layer < (num_layers or 10**9)
-    assert isinstance(request.b0, int) and 1 <= request.b0 <= MAX_B0
-    assert isinstance(request.growth, int) and 1 <= request.growth <= MAX_GROWTH
-    assert isinstance(request.lam, float) and 0.0 <= request.lam <= MAX_LAMBDA
+    assert request.method == "iwp"  # the only method with these three parameters
+    for param in get_method("iwp").params:
+        value = request.params[param.name]
+        assert type(value) is type(param.default) and param.low <= value <= param.high
     if num_visual is None:
         assert (isinstance(request.budget, int) and request.budget >= 1) or \
             (isinstance(request.budget, float) and 0.0 < request.budget <= 1.0)
@@ -64,7 +68,7 @@ def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, l
 @given(budget=anything, num_visual=st.integers(1, 5000))
 def test_any_budget_resolves_to_a_count_within_the_tokens_or_is_refused(budget, num_visual):
     try:
-        count = parse_budget(budget, num_visual)
+        count = resolve_budget(budget, num_visual)
     except DualviewError as error:
         refused_cleanly(error)
         return

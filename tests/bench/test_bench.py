@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dualview.bench import accuracy, common, error, prefill, readme
-from dualview.selection import resolve_budget
+from dualview.budget import resolve_budget
 from dualview.shapes import world
 from dualview.shapes.evaluate import run_eval
 from dualview.shapes.model import TINY, answer, build_model, load_builtin, normalize_answer
@@ -140,10 +140,13 @@ def test_random_llava_session_prunes_with_the_gpu_path_code():
              "vision": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)}
     session = prefill.random_llava_session("cpu", shape, dtype=torch.float32)
     sample = prefill.random_samples(1, 0)[0]
-    analysis = session.analyze(sample.image, sample.question)
+    from dualview.methods import get_method
+
+    prepared = session.prepare(sample.image, sample.question)
+    analysis = session.analyze(prepared)
     assert analysis.num_visual == 576
-    times = prefill.timed_runs(session, [sample], {"full": [(None, None)],
-                                                   "iwp": [(analysis.select("iwp", 0.111).kept, analysis.layer)]},
+    times = prefill.timed_runs(session, [prepared], {"full": [(None, None)],
+                                                     "iwp": [(get_method("iwp").select(analysis, 0.111).kept, analysis.layer)]},
                                repeats=1, max_new_tokens=2)
     assert all(len(t["prefill"]) == 1 and t["new_tokens"][0] >= 1 for t in times.values())
 

@@ -3,7 +3,7 @@
 import json
 
 from dualview.bench import selection as suite
-from dualview.selection import resolve_budget
+from dualview.budget import resolve_budget
 
 
 def test_selection_quick_writes_one_row_per_method_and_budget(tmp_path, capsys):

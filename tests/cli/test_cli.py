@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from dualview import cli, dual_form
-from tests.engine_tiny import PROMPT, gradient_image, tiny_dir, tiny_session
+from tests.engine_tiny import PROMPT, analysis_of, gradient_image, tiny_dir, tiny_session
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
 
 
@@ -49,7 +49,7 @@ def test_answer_json(image_path, capsys):
     assert result["pruned_answer"]["kept_tokens"] == result["full_answer"]["prompt_tokens"] - (
         settings["visual_tokens"] - settings["kept_count"])
     assert 0.0 < result["weight_error"] < 1.0
-    analysis = tiny_session("llava_next").analyze(Image.open(image_path), PROMPT)
+    analysis = analysis_of(tiny_session("llava_next"), Image.open(image_path))
     assert result["visual_weight_error"] == pytest.approx(dual_form.weight_error(
         analysis.visual_keys, analysis.visual_values, torch.tensor(result["kept"])), rel=1e-6)
 
@@ -58,7 +58,7 @@ def test_answer_random_uses_the_seed_and_analyze_json(image_path, capsys):
     model = tiny_dir("qwen2_vl")
     base = ["answer", "--model", model, "--image", image_path, "--prompt", PROMPT, "--method", "random",
             "--budget", "4", "--max-new-tokens", "1", "--json"]
-    kept = [json.loads(run_in_process(base + ["--seed", str(s)], capsys)[1])["kept"] for s in (0, 0, 5)]
+    kept = [json.loads(run_in_process(base + ["--param", f"seed={s}"], capsys)[1])["kept"] for s in (0, 0, 5)]
     assert kept[0] == kept[1] != kept[2]
     code, out, _ = run_in_process(["analyze", "--model", model, "--image", image_path, "--prompt", PROMPT,
                                    "--json"], capsys)

@@ -11,6 +11,7 @@ import dualview
 from dualview.engine.adapters import GenericAdapter
 from dualview.engine.session import Session
 from dualview.errors import DualviewError
+from dualview.methods import get_method
 from tests.engine.test_pruning import masked_greedy, masked_logits
 from tests.engine_tiny import PROMPT, gradient_image, tiny_session
 
@@ -48,17 +49,17 @@ def test_an_unknown_layout_is_a_strip_in_token_order_flagged_not_spatial(strip_s
 
 
 def test_scores_selection_pruning_and_answers_work_on_a_strip(strip_session):
-    analysis = strip_session.analyze(IMAGE, PROMPT)
-    kept = analysis.select("iwp", 0.3).kept
-    prepared = analysis.prepared
+    prepared = strip_session.prepare(IMAGE, PROMPT)
+    analysis = strip_session.analyze(prepared)
+    kept = get_method("iwp").select(analysis, 0.3).kept
     layer = analysis.layer
     dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
     dropped_visual[kept] = False
     dropped = prepared.visual_positions[dropped_visual]
-    logits, positions = strip_session.logits(IMAGE, PROMPT, keep=kept, layer=layer)
+    logits, positions = strip_session.logits(prepared, keep=kept, layer=layer)
     reference = masked_logits(strip_session, prepared.inputs, dropped, layer)[positions]
     assert (logits - reference).abs().max() <= 1e-5
-    fused = strip_session.answer(IMAGE, PROMPT, method="iwp", budget=0.3, max_new_tokens=4)
+    fused = strip_session.answer(prepared, method=get_method("iwp"), budget=0.3, max_new_tokens=4)
     assert fused.kept == kept.tolist()
     assert fused.token_ids == masked_greedy(strip_session, prepared, dropped, layer, 4)
 
@@ -75,11 +76,11 @@ def test_model_errors_name_the_supported_families(tmp_path):
 def test_the_cli_says_when_the_map_is_not_spatial(strip_session, capsys):
     from dualview.cli import _print_text
 
-    analysis = strip_session.analyze(IMAGE, PROMPT)
+    analysis = strip_session.analyze(strip_session.prepare(IMAGE, PROMPT))
     result = {"settings": {"analysis_layer": analysis.layer}, "model": {"name": "m"},
               "magnitude": analysis.magnitude.tolist(), "geometry": analysis.geometry.to_dict()}
     _print_text("analyze", result)
     assert f"note: {analysis.geometry.note}" in capsys.readouterr().out
-    result["geometry"] = tiny_session("paligemma").analyze(IMAGE, PROMPT).geometry.to_dict()
+    result["geometry"] = tiny_session("paligemma").prepare(IMAGE, PROMPT).geometry.to_dict()
     _print_text("analyze", result)
     assert "note:" not in capsys.readouterr().out

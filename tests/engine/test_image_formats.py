@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dualview.errors import DualviewError
-from dualview.validation import load_image
+from dualview.images import load_image
 
 
 def encoded(fmt: str, mode: str = "RGB", **kwargs) -> bytes:
@@ -45,9 +45,9 @@ def test_the_python_api_decodes_with_the_same_validator(tmp_path):
         with pytest.raises(DualviewError) as from_validator:
             load_image(str(path))
         with pytest.raises(DualviewError) as from_session:
-            session.analyze(str(path), "what?")
+            session.prepare(str(path), "what?")
         assert str(from_session.value) == str(from_validator.value)
     sixteen = tmp_path / "sixteen.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 65535, (40, 30), dtype=np.uint16), "I;16").save(sixteen)
-    by_path = session.analyze(str(sixteen), "what?")
-    assert by_path.image_hash == session.analyze(load_image(str(sixteen)), "what?").image_hash
+    by_path = session.prepare(str(sixteen), "what?")
+    assert by_path.image_hash == session.prepare(load_image(str(sixteen)), "what?").image_hash

@@ -66,19 +66,5 @@ def test_a_prompt_beyond_the_models_positions_is_refused_before_the_forward_pass
     session = dualview.load(tiny_dir("llava"), device="cpu")
     assert session.max_length == 4096
     with pytest.raises(DualviewError, match=r"make \d+ tokens, more than this model's limit of 4096"):
-        session.analyze(gradient_image(80, 60), "€" * 2000)
-    assert session.analyze(gradient_image(80, 60), "€" * 1000).num_visual > 0
-
-
-def test_the_app_keeps_at_most_two_models_loaded():
-    """Visitors naming model after model cannot fill memory: the least recently used one goes."""
-    from dualview.app.service import ModelHolder
-
-    holder = ModelHolder(device="cpu", capacity=2)
-    llava, next_, qwen = (tiny_dir(f) for f in ("llava", "llava_next", "qwen2_vl"))
-    first = holder.get(llava)
-    holder.get(next_)
-    assert holder.get(llava) is first  # still loaded, and now the most recent
-    holder.get(qwen)  # evicts llava_next, the least recently used
-    assert set(holder._sessions) == {llava, qwen}
-    assert holder.get(llava) is first
+        session.prepare(gradient_image(80, 60), "€" * 2000)
+    assert session.prepare(gradient_image(80, 60), "€" * 1000).num_visual > 0

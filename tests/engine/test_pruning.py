@@ -25,7 +25,7 @@ def kept_subset(session, fraction=0.4, seed=1):
 def extended(session, inputs, extra):
     """Model inputs with generated token ids ``extra`` appended (per-token inputs extended by the
     model's own generation step)."""
-    return append_generated(session.model, inputs, extra) if extra else inputs
+    return append_generated(session.model._update_model_kwargs_for_generation, inputs, extra)
 
 
 def masked_logits(session, inputs, dropped, layer):
@@ -75,10 +75,10 @@ def test_keeping_every_token_is_the_unmodified_model(family):
         plain = session.model(**prepared.inputs, use_cache=False).logits[0].float()
         plain_tokens = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
     for layer in (0, session.default_layer):
-        logits, positions = session.logits(IMAGE, PROMPT, keep=everything, layer=layer)
+        logits, positions = session.logits(prepared, keep=everything, layer=layer)
         assert torch.equal(positions, torch.arange(prepared.length))
         assert torch.equal(logits, plain)
-        answer = session.answer(IMAGE, PROMPT, keep=everything, layer=layer, max_new_tokens=NEW_TOKENS)
+        answer = session.answer(prepared, keep=everything, layer=layer, max_new_tokens=NEW_TOKENS)
         assert answer.token_ids == plain_tokens[0, prepared.length:].tolist()
         assert answer.kept_tokens == answer.prompt_tokens == prepared.length
 
@@ -92,12 +92,12 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
     dropped_visual[kept] = False
     dropped = prepared.visual_positions[dropped_visual]
     for layer in sorted({0, session.default_layer, session.num_layers - 1}):
-        logits, positions = session.logits(IMAGE, PROMPT, keep=kept, layer=layer)
+        logits, positions = session.logits(prepared, keep=kept, layer=layer)
         assert positions.numel() == prepared.length - dropped.numel()
         assert not set(positions.tolist()) & set(dropped.tolist())
         reference = masked_logits(session, prepared.inputs, dropped, layer)[positions]
         assert (logits - reference).abs().max() <= 1e-5
-        answer = session.answer(IMAGE, PROMPT, keep=kept, layer=layer, max_new_tokens=NEW_TOKENS)
+        answer = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=NEW_TOKENS)
         assert answer.token_ids == masked_greedy(session, prepared, dropped, layer, NEW_TOKENS)
         assert answer.kept_tokens == positions.numel()
 
@@ -171,7 +171,7 @@ def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
         hidden = language_model(inputs_embeds=embeds, position_ids=positions[..., keep], use_cache=False,
                                 attention_mask=mask, **extra)
         reference = session.model.lm_head(hidden.last_hidden_state)[0].float()
-    logits, got_positions = session.logits(IMAGE, PROMPT, keep=kept, layer=0)
+    logits, got_positions = session.logits(prepared, keep=kept, layer=0)
     assert torch.equal(got_positions, keep)
     assert (logits - reference).abs().max() <= 1e-5
 
@@ -180,7 +180,7 @@ def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
 def test_captured_qkv_equal_the_models_own(family):
     session = tiny_session(family)
     layer = session.default_layer
-    analysis = session.analyze(IMAGE, PROMPT, layer=layer)
+    analysis = session.analyze(session.prepare(IMAGE, PROMPT), layer=layer)
     attention = session.adapter.layers[layer].self_attn
     outputs = {}
     # q and k before RoPE: the projections' outputs, or the per-head norms' (Gemma 3, Qwen3) that follow them
@@ -222,38 +222,72 @@ def test_text_tokens_are_the_instruction(family):
     assert not set(prepared.text_positions.tolist()) & set(prepared.visual_positions.tolist())
 
 
-def test_answer_logprob_is_teacher_forced_log_likelihood():
+def test_answer_logprob_is_teacher_forced_log_likelihood_of_the_generated_ids():
     session = tiny_session("llava")
     prepared = session.prepare(IMAGE, PROMPT)
-    answer = session.answer(IMAGE, PROMPT, max_new_tokens=3)
-    text = session.adapter.tokenizer.decode(answer.token_ids)
-    ids = session.adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer = session.answer(prepared, max_new_tokens=3)
+    stops = {session.adapter.tokenizer.eos_token_id}
+    ids = []
+    for token in answer.token_ids:  # the answer as generated, up to and with the token that ended it
+        ids.append(token)
+        if token in stops:
+            break
+    assert session.answer_ids(answer) == ids
     with torch.no_grad():
         logits = session.model(**extended(session, prepared.inputs, ids), use_cache=False).logits[0].float()
     steps = torch.log_softmax(logits[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
-    assert session.answer_logprob(IMAGE, PROMPT, text) == pytest.approx(expected, abs=1e-4)
+    assert session.answer_logprob(prepared, answer) == pytest.approx(expected, abs=1e-4)
+    assert session.answer_logprob(prepared, ids) == pytest.approx(expected, abs=1e-4)
     kept = kept_subset(session)
     dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
     dropped[kept] = False
     masked = masked_logits(session, extended(session, prepared.inputs, ids), prepared.visual_positions[dropped], 1)
     steps = torch.log_softmax(masked[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
-    assert session.answer_logprob(IMAGE, PROMPT, text, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
+    assert session.answer_logprob(prepared, answer, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
+
+
+def test_answer_text_is_scored_only_when_it_round_trips_through_the_tokenizer():
+    """The built-in layout's word-level tokenizer lowercases: "U" would be scored as [UNK]."""
+    from dualview.errors import DualviewError
+
+    session = tiny_session("shapes")
+    prepared = session.prepare(IMAGE, PROMPT)
+    ids = session.answer_ids("red")
+    assert session.answer_logprob(prepared, "red") == session.answer_logprob(prepared, ids)
+    for text in ("U", "Red", "red!"):
+        with pytest.raises(DualviewError, match="does not survive this model's tokenizer"):
+            session.answer_logprob(prepared, text)
+    with pytest.raises(DualviewError, match="empty"):
+        session.answer_logprob(prepared, "")
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "shapes"])
 def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family):
+    from dualview.errors import DualviewError
+    from dualview.methods import get_method
+
     session = tiny_session(family)
-    for method, layer in (("iwp", None), ("divprune", 0)):
-        analysis = session.analyze(IMAGE, PROMPT, layer=layer)
-        selection = analysis.select(method, 0.3)
-        two_step = session.answer(IMAGE, PROMPT, keep=selection.kept, layer=analysis.layer, max_new_tokens=NEW_TOKENS)
-        fused = session.answer(IMAGE, PROMPT, method=method, budget=0.3, layer=layer, max_new_tokens=NEW_TOKENS)
+    prepared = session.prepare(IMAGE, PROMPT)
+    for name, layer in (("iwp", None), ("divprune", 0)):
+        method = get_method(name)
+        analysis = session.analyze(prepared, layer=layer)
+        selection = method.select(analysis, 0.3)
+        two_step = session.answer(prepared, keep=selection.kept, layer=analysis.layer, max_new_tokens=NEW_TOKENS)
+        fused = session.answer(prepared, method=method, budget=0.3, layer=layer, max_new_tokens=NEW_TOKENS)
         assert fused.kept == selection.kept.tolist()
         assert fused.token_ids == two_step.token_ids and fused.kept_tokens == two_step.kept_tokens
         assert fused.selection_seconds > 0
+    for name in ("cdpruner", "fastv"):
+        with pytest.raises(DualviewError, match="cannot select inside the pruned pass"):
+            session.answer(prepared, method=get_method(name), budget=0.3, layer=1)
+
+
+def test_every_call_takes_a_prepared_input():
     from dualview.errors import DualviewError
 
-    with pytest.raises(DualviewError, match="prunes at layer 0"):
-        session.answer(IMAGE, PROMPT, method="cdpruner", budget=0.3, layer=1)
+    session = tiny_session("llava")
+    for call in (lambda: session.analyze(IMAGE), lambda: session.answer(IMAGE), lambda: session.logits("x")):
+        with pytest.raises(DualviewError, match="session.prepare"):
+            call()

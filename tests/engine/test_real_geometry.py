@@ -107,9 +107,10 @@ def test_token_counts_are_the_checkpoints_and_boxes_tile(family):
 def test_one_forward_pass_at_real_geometry(family):
     session = real_session(family)
     image = gradient_image(160, 120)
-    analysis = session.analyze(image, PROMPT)
+    prepared = session.prepare(image, PROMPT)
+    analysis = session.analyze(prepared)
     assert analysis.layer == 4
-    assert analysis.magnitude.shape == (session.prepare(image, PROMPT).geometry.num_visual,)
+    assert analysis.magnitude.shape == (prepared.geometry.num_visual,)
     assert bool(torch.isfinite(analysis.magnitude).all())
 
 

@@ -5,12 +5,13 @@ import torch
 
 from dualview import dual_form
 from dualview.errors import DualviewError
-from tests.engine_tiny import PROMPT, gradient_image, tiny_session
+from dualview.methods import get_method
+from tests.engine_tiny import analysis_of, gradient_image, tiny_session
 
 
 def test_visual_scope_measures_the_visual_updates_alone():
-    analysis = tiny_session("llava").analyze(gradient_image(64, 48), PROMPT)
-    kept = analysis.select("iwp", 0.3).kept
+    analysis = analysis_of(tiny_session("llava"), gradient_image(64, 48))
+    kept = get_method("iwp").select(analysis, 0.3).kept
     k, v = analysis.visual_keys, analysis.visual_values
     assert analysis.weight_error(kept, scope="visual") == dual_form.weight_error(k, v, kept)
     assert analysis.effective_rank(kept, scope="visual") == dual_form.effective_rank(k, v, kept)

@@ -4,10 +4,16 @@ import math
 import random
 
 import pytest
+import numpy as np
 import torch
 
 from dualview import dual_form as df
 from dualview import selection as sel
+
+from dualview.budget import resolve_budget  # noqa: E402
+
+PCMMR = dict(b0=2, growth=2, lam=5.0)
+"""Test inputs (the paper's values; the defaults themselves are pinned in tests/methods)."""
 
 
 def _random_problem(seed, n):
@@ -53,7 +59,7 @@ def test_pc_mmr_equals_algorithm_1(seed):
 
 def test_pc_mmr_budget_chunks_and_trace():
     magnitude, dup, _, _ = _random_problem(0, 100)
-    result = sel.pc_mmr(magnitude, dup, 40)
+    result = sel.pc_mmr(magnitude, dup, 40, **PCMMR)
     assert len(set(result.kept.tolist())) == 40 == result.kept.numel()
     assert [c.numel() for c in result.chunks] == [2, 4, 8, 16, 10]
     assert len(result.scores) == len(result.chunks) == len(result.floored)
@@ -66,12 +72,12 @@ def test_pc_mmr_budget_chunks_and_trace():
     assert torch.equal(result.scores[0], magnitude)
     rounds = result.round_of(100)
     assert int((rounds >= 0).sum()) == 40 and int(rounds[result.chunks[3][0]]) == 3
-    assert sel.pc_mmr(magnitude, dup, 0.111).kept.numel() == round(0.111 * 100)
+    assert sel.pc_mmr(magnitude, dup, 0.111, **PCMMR).kept.numel() == round(0.111 * 100)
 
 
 def test_pc_mmr_without_penalty_is_top_k():
     magnitude, dup, _, _ = _random_problem(1, 60)
-    got = sel.pc_mmr(magnitude, dup, 25, lam=0.0)
+    got = sel.pc_mmr(magnitude, dup, 25, **{**PCMMR, "lam": 0.0})
     assert got.kept.tolist() == torch.argsort(magnitude, descending=True)[:25].tolist()
     assert got.kept.tolist() == sel.top_k(magnitude, 25).kept.tolist()
 
@@ -93,10 +99,10 @@ def _planted_copies(seed):
 def test_pc_mmr_never_keeps_copies_while_distinct_tokens_remain(seed):
     k, v, magnitude, source = _planted_copies(seed)
     dup = df.duplication(k, v)
-    one_at_a_time = sel.pc_mmr(magnitude, dup, 12, b0=1, growth=1)
+    one_at_a_time = sel.pc_mmr(magnitude, dup, 12, **{**PCMMR, "b0": 1, "growth": 1})
     assert sorted(source[i] for i in one_at_a_time.kept.tolist()) == list(range(12))
     # With growing chunks, two copies can only be kept when they fall into the same chunk.
-    result = sel.pc_mmr(magnitude, dup, 12)
+    result = sel.pc_mmr(magnitude, dup, 12, **PCMMR)
     chunk_of = {int(i): r for r, chunk in enumerate(result.chunks) for i in chunk}
     for a in result.kept.tolist():
         for b in result.kept.tolist():
@@ -113,7 +119,7 @@ def test_oracle_le_pc_mmr_le_random_when_updates_are_orthogonal():
     norms = (torch.exp(0.5 * (k * k).sum(-1) / 2.0) * v.norm(dim=-1)).mean(0)  # mean_h ‖ΔW_i‖ (√d = 2)
     budget = 10
     oracle = df.weight_error(k, v, df.greedy_oracle(k, v, budget))
-    pc = df.weight_error(k, v, sel.pc_mmr(norms, df.duplication(k, v), budget).kept)
+    pc = df.weight_error(k, v, sel.pc_mmr(norms, df.duplication(k, v), budget, **PCMMR).kept)
     randoms = [df.weight_error(k, v, sel.random_subset(n, budget, seed).kept) for seed in range(20)]
     assert oracle <= pc + 1e-12
     assert all(pc <= r + 1e-12 for r in randoms)
@@ -188,7 +194,7 @@ def test_uniform_grid_spreads_exactly_budget_tokens():
     for rows, cols in [(24, 24), (14, 14), (7, 13), (1, 9)]:
         for budget in [1, 2, 5, 0.111, 0.222, 0.353, 1.0]:
             kept = sel.uniform_grid(rows, cols, budget).kept
-            m = sel.resolve_budget(budget, rows * cols)
+            m = resolve_budget(budget, rows * cols)
             assert kept.numel() == m == len(set(kept.tolist()))
             assert int(kept.min()) >= 0 and int(kept.max()) < rows * cols
     rows_hit = {int(i) // 24 for i in sel.uniform_grid(24, 24, 64).kept}
@@ -201,19 +207,21 @@ def test_random_subset_is_seeded():
     assert not torch.equal(a.kept, sel.random_subset(100, 30, seed=5).kept)
 
 
-@pytest.mark.parametrize("budget,n,expected", [(0.111, 576, 64), (0.222, 576, 128), (0.353, 576, 203), (0.001, 10, 1), (1.0, 7, 7), (5, 9, 5)])
+@pytest.mark.parametrize("budget,n,expected", [(0.111, 576, 64), (0.222, 576, 128), (0.353, 576, 203), (0.001, 10, 1), (1.0, 7, 7), (5, 9, 5),
+                                                 ("35.3%", 196, 69), ("10", 10, 10), (np.int64(5), 9, 5),
+                                                 (torch.tensor(0.5), 10, 5), (np.float32(0.5), 10, 5)])
 def test_resolve_budget(budget, n, expected):
-    assert sel.resolve_budget(budget, n) == expected
+    assert resolve_budget(budget, n) == expected
 
 
-@pytest.mark.parametrize("budget", [0, -1, 11, 0.0, 1.5, float("nan"), "10", True, None])
+@pytest.mark.parametrize("budget", [0, -1, 11, 0.0, 1.5, float("nan"), "ten", "110%", True, None, [3]])
 def test_resolve_budget_refuses(budget):
     with pytest.raises(ValueError):
-        sel.resolve_budget(budget, 10)
+        resolve_budget(budget, 10)
 
 
 @pytest.mark.parametrize("params", [dict(b0=0), dict(growth=0), dict(lam=-1.0), dict(b0=1.5), dict(lam=float("nan"))])
 def test_pc_mmr_refuses_bad_parameters(params):
     magnitude, dup, _, _ = _random_problem(0, 10)
     with pytest.raises(ValueError):
-        sel.pc_mmr(magnitude, dup, 3, **params)
+        sel.pc_mmr(magnitude, dup, 3, **{**PCMMR, **params})

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from dualview.errors import DualviewError
-from dualview.methods import get_method, method_names, register
+from dualview.budget import resolve_budget
+from dualview.methods import Param, all_methods, get_method, method_names, register
 from dualview.methods import registry
-from dualview.selection import pc_mmr, resolve_budget
-from tests.engine_tiny import PROMPT, gradient_image, tiny_session
+from dualview.selection import mmr, pc_mmr
+from tests.engine_tiny import PROMPT, analysis_of, gradient_image, tiny_session
 
 IMAGE = gradient_image(120, 90)
 FAMILIES = ("llava_next", "qwen2_vl", "shapes")
@@ -22,49 +23,85 @@ def test_every_method_is_registered():
         assert get_method(name).summary
 
 
+def test_each_method_declares_the_papers_defaults_once():
+    """The registry is the only place defaults live: these are the papers' values (method.md §4,
+    Carbonell & Goldstein's even trade-off), and the tensor functions have no defaults of their own."""
+    import inspect
+
+    declared = {m.name: m.defaults for m in all_methods()}
+    assert declared == {"iwp": {"b0": 2, "growth": 2, "lam": 5.0}, "mmr": {"trade": 0.5}, "random": {"seed": 0},
+                        "iwp-magnitude": {}, "fastv": {}, "divprune": {}, "cdpruner": {}, "grid": {}, "oracle": {}}
+    for function, names in ((pc_mmr, ("b0", "growth", "lam")), (mmr, ("trade",))):
+        parameters = inspect.signature(function).parameters
+        assert all(parameters[n].default is inspect.Parameter.empty for n in names), function.__name__
+    for method in all_methods():
+        keywords = list(inspect.signature(method.function).parameters.values())[2:]
+        assert all(p.default is inspect.Parameter.empty for p in keywords), method.name
+        assert all(p.low <= p.default <= p.high and p.help for p in method.params), method.name
+
+
+def test_needs_and_layers_are_declared():
+    assert get_method("fastv").needs == {"fastv_attention"}
+    assert get_method("divprune").needs == get_method("cdpruner").needs == {"embeddings"}
+    assert get_method("random").needs == get_method("grid").needs == frozenset()
+    assert get_method("iwp").needs == {"projections"}
+
+
+def test_parameters_are_checked_against_their_declaration():
+    iwp = get_method("iwp")
+    assert iwp.check_params({"lam": "2.5", "b0": 4.0}) == {"b0": 4, "growth": 2, "lam": 2.5}
+    for bad, message in [({"b0": 0}, "b₀"), ({"b0": 2.5}, "whole number"), ({"lam": -1}, "from 0 to 100"),
+                         ({"lam": "x"}, "λ"), ({"growth": True}, "g"), ({"gamma": 1}, "no parameter gamma")]:
+        with pytest.raises(DualviewError, match=message):
+            iwp.check_params(bad)
+    with pytest.raises(DualviewError, match="trade"):
+        get_method("mmr").check_params({"trade": 1.5})
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_keeps_exactly_the_budget_deterministically(family):
     session = tiny_session(family)
-    analysis = session.analyze(IMAGE, PROMPT)
+    analysis = analysis_of(session, IMAGE)
     n = analysis.num_visual
     for name in method_names():
-        for budget in (1, 3, 0.3, 1.0):
-            selection = analysis.select(name, budget)
+        for budget in (1, 3, 0.3, 1.0, "30%"):
+            selection = get_method(name).select(analysis, budget)
             kept = selection.kept
             assert kept.numel() == resolve_budget(budget, n), (name, budget)
             assert kept.unique().numel() == kept.numel()
             assert 0 <= int(kept.min()) and int(kept.max()) < n
             assert torch.equal(torch.cat(selection.chunks), kept)
     session._analyses.clear()  # a fresh forward pass gives the same choices
-    again = session.analyze(IMAGE, PROMPT)
+    again = analysis_of(session, IMAGE)
     assert again is not analysis
     for name in method_names():
-        assert torch.equal(again.select(name, 0.3).kept, analysis.select(name, 0.3).kept), name
-    seeds = {tuple(analysis.select("random", 0.5, seed=s).kept.tolist()) for s in range(4)}
+        assert torch.equal(get_method(name).select(again, 0.3).kept, get_method(name).select(analysis, 0.3).kept), name
+    seeds = {tuple(get_method("random").select(analysis, 0.5, seed=s).kept.tolist()) for s in range(4)}
     assert len(seeds) > 1
 
 
 def test_pruning_layers():
     session = tiny_session("qwen2_vl")  # 4 decoder layers
-    analysis = session.analyze(IMAGE, PROMPT, layer=2)
-    layers = {name: analysis.prune_layer(name) for name in method_names()}
+    analysis = analysis_of(session, IMAGE, layer=2)
+    layers = {name: get_method(name).prune_layer(analysis) for name in method_names()}
     assert layers == {"iwp": 2, "iwp-magnitude": 2, "mmr": 2, "oracle": 2, "random": 2, "grid": 2,
                       "fastv": 2, "divprune": 0, "cdpruner": 0}
-    assert session.analyze(IMAGE, PROMPT, layer=3).prune_layer("fastv") == 2
-    assert tiny_session("shapes").analyze(IMAGE, PROMPT).prune_layer("fastv") == 1  # 2 layers: K = L - 1
+    fastv = get_method("fastv")
+    assert fastv.prune_layer(analysis_of(session, IMAGE, layer=3)) == 2
+    assert fastv.prune_layer(analysis_of(tiny_session("shapes"), IMAGE)) == 1  # 2 layers: K = L - 1
 
 
 def test_iwp_is_pc_mmr_on_the_full_duplication_matrix():
-    analysis = tiny_session("llava_next").analyze(IMAGE, PROMPT)
-    reference = pc_mmr(analysis.magnitude, analysis.duplication, 20)
-    assert torch.equal(analysis.select("iwp", 20).kept, reference.kept)
-    assert torch.equal(analysis.select("iwp-magnitude", 5).kept,
+    analysis = analysis_of(tiny_session("llava_next"), IMAGE)
+    reference = pc_mmr(analysis.magnitude, analysis.duplication, 20, b0=2, growth=2, lam=5.0)
+    assert torch.equal(get_method("iwp").select(analysis, 20).kept, reference.kept)
+    assert torch.equal(get_method("iwp-magnitude").select(analysis, 5).kept,
                        torch.sort(analysis.magnitude, descending=True, stable=True).indices[:5])
 
 
 def test_fastv_score_is_the_models_attention():
     session = tiny_session("llava_next")
-    analysis = session.analyze(IMAGE, PROMPT)
+    analysis = analysis_of(session, IMAGE)
     model = session.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -79,19 +116,25 @@ def test_fastv_score_is_the_models_attention():
 
 
 def test_oracle_first_pick_minimises_the_weight_error():
-    analysis = tiny_session("qwen2_vl").analyze(IMAGE, PROMPT)
+    analysis = analysis_of(tiny_session("qwen2_vl"), IMAGE)
     errors = torch.tensor([analysis.weight_error([i]) for i in range(analysis.num_visual)])
-    first = int(analysis.select("oracle", 1).kept[0])
+    first = int(get_method("oracle").select(analysis, 1).kept[0])
     assert errors[first] == errors.min()
 
 
 def test_kept_set_measures():
-    analysis = tiny_session("llava_next").analyze(IMAGE, PROMPT)
+    analysis = analysis_of(tiny_session("llava_next"), IMAGE)
     everything = list(range(analysis.num_visual))
     assert analysis.weight_error(everything) == pytest.approx(0.0, abs=1e-12)
     assert analysis.attention_error(everything) == pytest.approx(0.0, abs=1e-12)
-    kept = analysis.select("iwp", 0.25).kept
+    kept = get_method("iwp").select(analysis, 0.25).kept
     assert 0.0 < analysis.weight_error(kept) < 1.0
+    measures = analysis.measures(kept)
+    assert measures == {"weight_error": analysis.weight_error(kept), "effective_rank": analysis.effective_rank(kept),
+                        "stable_rank": analysis.stable_rank(kept),
+                        "visual_weight_error": analysis.weight_error(kept, scope="visual"),
+                        "visual_effective_rank": analysis.effective_rank(kept, scope="visual"),
+                        "attention_error": analysis.attention_error(kept)}
     assert analysis.weight_error_per_head(kept).shape == (analysis.visual_keys.shape[0],)
     assert 1.0 <= analysis.effective_rank(kept) <= analysis.visual_values.shape[-1]
     assert analysis.duplication.shape == (analysis.num_visual, analysis.num_visual)
@@ -103,37 +146,37 @@ def test_kept_set_measures():
 
 
 def test_bad_requests_are_one_sentence_errors():
-    analysis = tiny_session("qwen2_vl").analyze(IMAGE, PROMPT)
+    analysis = analysis_of(tiny_session("qwen2_vl"), IMAGE)
     with pytest.raises(DualviewError, match="Unknown method 'nope'"):
-        analysis.select("nope", 2)
+        get_method("nope")
     with pytest.raises(DualviewError, match="no parameter"):
-        analysis.select("iwp", 2, gamma=3)
+        get_method("iwp").select(analysis, 2, gamma=3)
     for budget in (0, 1.5, analysis.num_visual + 1, "half"):
         with pytest.raises(DualviewError, match="Budget"):
-            analysis.select("iwp", budget)
+            get_method("iwp").select(analysis, budget)
     with pytest.raises(DualviewError, match="Layer 7"):
-        tiny_session("qwen2_vl").analyze(IMAGE, PROMPT, layer=7)
+        analysis_of(tiny_session("qwen2_vl"), IMAGE, layer=7)
 
 
 def test_analysis_is_cached_without_rerunning_the_model():
     session = tiny_session("llava_next")
-    first = session.analyze(IMAGE, PROMPT)
+    first = analysis_of(session, IMAGE)
     calls = []
     handle = session.model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        assert session.analyze(IMAGE.copy(), PROMPT) is first  # same pixels, new object
+        assert analysis_of(session, IMAGE.copy()) is first  # same pixels, new object
         for budget in (0.1, 0.2, 0.5):
-            first.select("iwp", budget)
+            get_method("iwp").select(first, budget)
         assert calls == []
-        session.analyze(IMAGE, PROMPT + " now")
+        analysis_of(session, IMAGE, PROMPT + " now")
         assert calls == [1]
     finally:
         handle.remove()
 
 
 def test_a_new_method_is_one_registration():
-    @register("first-tokens", layer=0)
-    def select(analysis, count, offset: int = 0):
+    @register("first-tokens", layer=0, needs=(), params=(Param("offset", 0, 0, 10, "first token kept"),))
+    def select(inputs, count, offset):
         """Keep the first tokens."""
         from dualview.selection import Selection
 
@@ -141,9 +184,13 @@ def test_a_new_method_is_one_registration():
         return Selection(kept=kept, chunks=[kept])
 
     try:
-        analysis = tiny_session("qwen2_vl").analyze(IMAGE, PROMPT)
-        assert analysis.select("first-tokens", 3, offset=2).kept.tolist() == [2, 3, 4]
-        assert analysis.prune_layer("first-tokens") == 0
+        analysis = analysis_of(tiny_session("qwen2_vl"), IMAGE)
+        method = get_method("first-tokens")
+        assert method.select(analysis, 3, offset=2).kept.tolist() == [2, 3, 4]
+        assert method.select(analysis, 2).kept.tolist() == [0, 1]  # the declared default
+        assert method.prune_layer(analysis) == 0
         assert get_method("first-tokens").summary == "Keep the first tokens."
     finally:
         registry._METHODS.pop("first-tokens")
+    with pytest.raises(ValueError, match="without defaults"):
+        register("with-default")(lambda inputs, count, offset=0: None)

@@ -60,4 +60,4 @@ def test_the_apps_loader_answers_like_the_model(builtin):
     session = dualview.load("builtin", device="cpu")
     assert session.num_layers >= 8 and session.adapter.family == "llava"
     for s in world.heldout_set(8, HELDOUT_SEED):
-        assert session.answer(s.image, s.question).text == answer(model, processor, s.image, s.question)
+        assert session.answer(session.prepare(s.image, s.question)).text == answer(model, processor, s.image, s.question)

@@ -1,0 +1,279 @@
+"""What each event of the page does: module-level functions of a visitor's state and the values
+of the page's inputs, returning the views they change.
+
+Every handler returns a dict ``view name -> value`` (names are :data:`dualview.app.layout.VIEWS`);
+the page wires them to components and skips the views a handler leaves out. Handlers raise
+:class:`~dualview.errors.DualviewError` with one sentence for bad input and never touch a state
+they were not handed, so one visitor's error cannot disturb another's views. They can be called
+without a browser (the tests do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from dualview import figures
+from dualview.app import views
+from dualview.app.models import ModelHolder
+from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
+from dualview.budget import resolve_budget
+from dualview.errors import DualviewError
+from dualview.methods import all_methods, get_method, method_names
+from dualview.validation import parse_layer, validate_choice, validate_request
+
+PARAM_CONTROLS = tuple((m.name, p) for m in all_methods() for p in m.params)
+"""Every method's parameters, in the order of the page's parameter controls."""
+
+
+def params_from_controls(values) -> dict[str, dict]:
+    """The controls' values (in :data:`PARAM_CONTROLS` order; None or missing: the default) as
+    every method's checked parameters, by method name."""
+    values = list(values) + [None] * (len(PARAM_CONTROLS) - len(values))
+    given: dict[str, dict] = {m.name: {} for m in all_methods()}
+    for (method, param), value in zip(PARAM_CONTROLS, values):
+        if value is not None:
+            given[method][param.name] = value
+    return {name: get_method(name).check_params(chosen) for name, chosen in given.items()}
+
+
+def require(state: AppState | None) -> AppState:
+    if state is None:
+        raise DualviewError("Run an analysis first (pick an example or upload an image, then press Run).")
+    return state
+
+
+# --- views -----------------------------------------------------------------------------------
+
+
+def selection_views(state: AppState) -> dict:
+    """The views that change with the kept set (maps of the kept set, status, summary, tables)."""
+    return {"state": state, "status": views.status_text(state), "kept": views.kept_figure(state),
+            "teaching": views.teaching_text(state), "summary": views.summary(state),
+            "command": views.cli_command(state), "space": views.space_figure(state),
+            "per_head": views.per_head_text(state),
+            "pcmmr_plot": views.step_figure(state, "pcmmr", 0),
+            "pcmmr_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "pcmmr") - 1), value=0),
+            "classic_plot": views.step_figure(state, "classic", 0),
+            "classic_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "classic") - 1), value=0)}
+
+
+def analysis_views(state: AppState) -> dict:
+    """Every view of a new analysis (the curves follow in :func:`curves_if_stale`)."""
+    return {**selection_views(state), "magnitude": views.magnitude_figure(state),
+            "duplication": views.duplication_figure(state), "row": views.row_figure(state),
+            "picker": state.request.image, "token": state.selected,
+            "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
+            "space_kind": state.space_kind, "answers": views.answers_text(state),
+            "curves": None, "method_table": None}
+
+
+# --- Run and re-selection --------------------------------------------------------------------
+
+
+def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, param_values, example=None) -> dict:
+    """Validate, prepare once, analyse, select and answer: a new state with every view.
+
+    ``example`` (a shipped example's sidecar) is kept only when ``image`` is that example's picture."""
+    name = (model_name or "").strip() or "builtin"
+    params = params_from_controls(param_values)
+    request = validate_request(image, prompt, budget, method=method, layer=layer, params=params.get(method))
+    session = holder.get(name)
+    layer = parse_layer(request.layer, session.num_layers)
+    with holder.lock:
+        prepared = session.prepare(request.image, request.prompt)
+        analysis = session.analyze(prepared, layer=layer)
+    request = dataclasses.replace(request, layer=analysis.layer, budget=resolve_budget(request.budget, analysis.num_visual))
+    if example is not None and not same_image(request.image, example):
+        example = None
+    state = AppState(model_name=name, request=request, analysis=analysis, params=params, example=example)
+    state.reselect()
+    answer(holder, state)
+    return analysis_views(state)
+
+
+def update(state: AppState | None, method, budget, param_values, with_oracle: bool = False) -> dict:
+    """Re-select after the method, the budget or a parameter changed: no model call. The curves
+    are redrawn (current budget marked) when they are computed already, else a later step does it."""
+    state = require(state)
+    params = params_from_controls(param_values)
+    method, budget, _ = validate_choice(method, budget, params.get(method), state.num_visual)
+    state.params = params
+    state.request = dataclasses.replace(state.request, method=method, budget=budget, params=params[method])
+    state.reselect()
+    drawn = {"curves": views.curves_figure(state, bool(with_oracle))} if state.curves_current(bool(with_oracle)) else {}
+    return {**selection_views(state), **drawn}
+
+
+def preset_budget(choice: str, state: AppState | None):
+    """A paper budget ("35.3 %") as a token count of this analysis (no change without one)."""
+    if state is None or not choice:
+        return gr.skip()
+    return resolve_budget(choice.replace(" ", ""), state.num_visual)
+
+
+def answer(holder: ModelHolder, state: AppState | None) -> dict:
+    """Full answer (once per analysis) and the answer with the current kept set, each with the
+    log-probability of the full answer, scored from the full answer's own token ids."""
+    state = require(state)
+    session = holder.get(state.model_name)
+    prepared, layer = state.analysis.prepared, state.prune_layer
+    kept = state.kept_tensor()
+    with holder.lock:
+        if state.derived.full_answer is None:
+            full = session.answer(prepared, max_new_tokens=MAX_NEW_TOKENS)
+            state.derived.full_answer = (full, session.answer_logprob(prepared, full))
+        full, full_logprob = state.derived.full_answer
+        pruned = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=MAX_NEW_TOKENS)
+        pruned_logprob = session.answer_logprob(prepared, full, keep=kept, layer=layer)
+    state.derived.answers = Answers(full.text, pruned.text, full.prefill_seconds, pruned.prefill_seconds,
+                                    full_logprob, pruned_logprob, pruned.prompt_tokens, pruned.kept_tokens)
+    return {"state": state, "answers": views.answers_text(state), "summary": views.summary(state)}
+
+
+def answer_every_method(holder: ModelHolder, state: AppState | None) -> dict:
+    """A table row per method at the current budget: kept count, answer, agreement, weight error, prefill."""
+    state = require(state)
+    session = holder.get(state.model_name)
+    full = state.derived.full_answer[0].text if state.derived.full_answer else None
+    rows = []
+    for name in method_names():
+        if name == "oracle" and state.analysis.prepared.length > ORACLE_MAX_LENGTH:
+            continue
+        method = get_method(name)
+        selection = state.select(method)
+        with holder.lock:
+            result = session.answer(state.analysis.prepared, keep=selection.kept, layer=method.prune_layer(state.analysis),
+                                    max_new_tokens=MAX_NEW_TOKENS)
+        agree = "" if full is None else ("yes" if result.text.strip().lower() == full.strip().lower() else "no")
+        rows.append([name, int(selection.kept.numel()), result.text, agree,
+                     round(state.analysis.weight_error(selection.kept), 4), round(result.prefill_seconds, 4)])
+    state.derived.method_answers = rows
+    return {"state": state, "method_table": rows}
+
+
+# --- curves, token space, comparison ---------------------------------------------------------
+
+
+def curves(state: AppState | None, with_oracle: bool) -> dict:
+    return {"curves": views.curves_figure(require(state), bool(with_oracle))}
+
+
+def curves_if_stale(state: AppState | None, with_oracle: bool) -> dict:
+    """The curves, when the event before could not draw them (nothing otherwise)."""
+    if state is None or state.curves_current(bool(with_oracle)):
+        return {}
+    return curves(state, with_oracle)
+
+
+def curve_data(state: AppState | None, with_oracle: bool) -> dict:
+    state = require(state)
+    return {"curve_data": {"budgets": state.curve_budgets(), "methods": state.curves(bool(with_oracle))}}
+
+
+def token_space(state: AppState | None, kind: str) -> dict:
+    state = require(state)
+    if kind not in ("keys", "values"):
+        raise DualviewError(f"The token space projects 'keys' or 'values', not {kind!r}.")
+    state.space_kind = kind
+    return {"space": views.space_figure(state)}
+
+
+def compare(state: AppState | None, chosen) -> dict:
+    state = require(state)
+    if not chosen:
+        raise DualviewError("Tick at least one method to compare.")
+    kept = {m: state.select(m).kept.tolist() for m in chosen}
+    errors = {m: state.analysis.weight_error(k) for m, k in kept.items()}
+    return {"compare": figures.compare_kept(state.layout, kept, image=state.request.image, errors=errors,
+                                            title=f"Kept masks at {state.budget} of {state.num_visual} tokens")}
+
+
+# --- patches ---------------------------------------------------------------------------------
+
+
+def inspect(state: AppState | None, token, mode: str) -> dict:
+    """Select a token; in force modes toggle it in the forced keep / drop set."""
+    state = require(state)
+    if token is None or isinstance(token, bool) or not float(token).is_integer() \
+            or not 0 <= int(token) < state.num_visual:
+        raise DualviewError(f"Token {token} does not exist: this image has tokens 0 to {state.num_visual - 1}.")
+    state.selected = int(token)
+    state.toggle_forced(state.selected, mode)
+    return {"state": state, "token": state.selected, "row": views.row_figure(state), "teaching": views.teaching_text(state),
+            "kept": views.kept_figure(state), "magnitude": views.magnitude_figure(state),
+            "duplication": views.duplication_figure(state), "status": views.status_text(state),
+            "summary": views.summary(state), "space": views.space_figure(state), "per_head": views.per_head_text(state)}
+
+
+def pick(state: AppState | None, x: float, y: float, mode: str) -> dict:
+    """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there."""
+    state = require(state)
+    hit = state.token_at(float(x), float(y))
+    if hit is None:
+        raise DualviewError("That point is outside every visual token's patch (e.g. a centre-cropped border).")
+    return inspect(state, hit, mode)
+
+
+def clear_forced(state: AppState | None) -> dict:
+    state = require(state)
+    state.forced_keep.clear()
+    state.forced_drop.clear()
+    return {"state": state, "kept": views.kept_figure(state), "status": views.status_text(state),
+            "summary": views.summary(state)}
+
+
+# --- animations ------------------------------------------------------------------------------
+
+
+def step(state: AppState | None, which: str, value) -> dict:
+    """Frame ``value`` (0-based round) of the ``"pcmmr"`` or ``"classic"`` animation."""
+    state = require(state)
+    return {f"{which}_plot": views.step_figure(state, which, int(value or 0))}
+
+
+def tick(state: AppState | None, which: str, value) -> dict:
+    """The next frame of a playing animation (wraps around); nothing without a state."""
+    if state is None:
+        return {}
+    following = (int(value or 0) + 1) % views.steps_of(state, which)
+    return {f"{which}_step": following, f"{which}_plot": views.step_figure(state, which, following)}
+
+
+# --- export and examples ---------------------------------------------------------------------
+
+
+def export(state: AppState | None) -> dict:
+    """The JSON of everything shown and the PC-MMR animation as one HTML file, in a new temp folder."""
+    state = require(state)
+    folder = Path(tempfile.mkdtemp(prefix="dualview-export-"))
+    data = folder / "dualview.json"
+    data.write_text(json.dumps(views.export_payload(state), indent=1, allow_nan=False))
+    frames = [views.step_figure(state, "pcmmr", s) for s in range(views.steps_of(state, "pcmmr"))]
+    html = folder / "pcmmr-animation.html"
+    html.write_text(figures.animation_html(frames, title="dualview: PC-MMR step by step"))
+    return {"files": [str(data), str(html)], "command": views.cli_command(state)}
+
+
+def example_by_name(examples: list[dict], name: str) -> dict:
+    for example in examples:
+        if example["name"] == name:
+            return {"image": example["path"], "prompt": example["question"], "example": example}
+    raise DualviewError(f"No example named {name!r}; known: {', '.join(e['name'] for e in examples)}.")
+
+
+def same_image(image, example: dict) -> bool:
+    """Whether ``image`` is the example's picture (so its ground truth and evidence apply)."""
+    from PIL import Image
+
+    with Image.open(example["path"]) as shipped:
+        return shipped.size == image.size and np.array_equal(np.asarray(shipped.convert("RGB")), np.asarray(image))
+
+
+def preset_labels() -> list[str]:
+    return [f"{100 * p:.1f} %" for p in PRESETS]
