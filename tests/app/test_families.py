@@ -35,3 +35,20 @@ def test_run_on_every_family(served, client, family):
     assert len(out) == len(API_VIEWS)
     count = tiny_session(family).prepare(load_image(str(image)), question).num_visual
     assert f"keeps **3** of {count} visual tokens" in view(out, "status")
+
+
+def test_the_status_line_says_when_the_map_is_not_spatial():
+    """A not-spatial geometry (the generic path's strip) puts its note under the status line."""
+    from types import SimpleNamespace
+
+    from dualview.app.views import status_text
+    from dualview.engine import geometry as geo
+
+    measures = dict.fromkeys(("weight_error", "effective_rank", "visual_weight_error", "visual_effective_rank",
+                              "attention_error"), 0.5)
+    for geometry in (geo.strip((40, 30), 8, "Shown in token order."), geo.fixed_grid((40, 30), 2, (0, 0, 40, 30))):
+        state = SimpleNamespace(measures=lambda: measures, forced_keep=[], forced_drop=[], kept=lambda: [0, 1],
+                                num_visual=geometry.num_visual, request=SimpleNamespace(method="iwp", prompt="p"),
+                                analysis=SimpleNamespace(layer=1, num_layers=4, geometry=geometry))
+        text = status_text(state)
+        assert ("⚠️ Shown in token order." in text) == (not geometry.spatial)
