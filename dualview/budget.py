@@ -73,6 +73,6 @@ def resolve_budget(budget, num_visual: int | None = None) -> int | float:
         raise DualviewError("There are no visual tokens to select from.")
     count = max(1, round(budget * num_visual)) if isinstance(budget, float) else budget
     if count > num_visual:
-        raise DualviewError(f"Budget {original!r} is more than the {num_visual} visual tokens of this image; "
+        raise DualviewError(f"Budget {count} is more than the {num_visual} visual tokens of this image; "
                             f"use at most {num_visual}.")
     return count

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dualview.engine import geometry as geo
 from dualview.engine import hooks
+from dualview.engine.guards import normalize_keep, refuse_special_text
 from dualview.errors import DualviewError
 
 # config.json "architectures" entry -> adapter family
@@ -91,15 +92,9 @@ class Prepared:
         return int(self.input_ids.numel())
 
     def check_kept(self, kept) -> Tensor:
-        """``kept`` (indices into the visual tokens) as a ``[M]`` LongTensor, or a DualviewError."""
-        kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
-        count = self.visual_positions.numel()
-        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= count):
-            raise DualviewError(f"Kept token indices must lie between 0 and {count - 1} "
-                                f"(this image has {count} visual tokens).")
-        if kept.unique().numel() != kept.numel():
-            raise DualviewError("The kept token indices contain duplicates; give each visual token once.")
-        return kept
+        """``kept`` (visual-token indices or a boolean mask, see :func:`guards.normalize_keep`) as a
+        ``[M]`` LongTensor of visual-token indices, or a DualviewError."""
+        return normalize_keep(kept, self.visual_positions.numel())
 
     def keep_positions(self, kept_visual) -> Tensor:
         """``[S']`` ascending positions that survive when only ``kept_visual`` (indices into the
@@ -203,7 +198,11 @@ class Adapter:
         return dict(self.processor(images=[image], text=[text], return_tensors="pt"))
 
     def prepare(self, image: Image.Image, prompt: str) -> Prepared:
-        """Inputs and bookkeeping for (image, prompt): the processor runs once, here."""
+        """Inputs and bookkeeping for (image, prompt): the processor runs once, here. Refuses, before
+        any processor or model work, a prompt holding special-token text and an image outside the
+        processor's limits (:meth:`check_image`)."""
+        refuse_special_text(self.processor, prompt)
+        self.check_image(image.size)
         inputs = self.processor_inputs(image, self.render(prompt))
         input_ids = inputs["input_ids"][0]
         slots = torch.nonzero(input_ids == self.image_token_id).reshape(-1)
@@ -231,6 +230,10 @@ class Adapter:
         return Prepared(inputs=inputs, input_ids=inputs["input_ids"][0].cpu(), visual_positions=visual,
                         text_positions=text, geometry=geometry, image=image, prompt=prompt,
                         generation_step=self.model._update_model_kwargs_for_generation)
+
+    def check_image(self, image_size: tuple[int, int]) -> None:
+        """Raise DualviewError if the family's processor refuses an image of ``image_size``
+        (width, height); by default it accepts every size."""
 
     def geometry(self, image_size: tuple[int, int], inputs: dict) -> geo.Geometry:
         raise NotImplementedError
@@ -288,6 +291,15 @@ class QwenVLAdapter(Adapter):
     """Qwen2-VL / Qwen2.5-VL: a dynamic patch grid, 2 × 2 patches merged into one token, 3-D M-RoPE."""
 
     family = "qwen2_vl"
+    MAX_ASPECT_RATIO = 200
+    """``smart_resize`` of the Qwen2-VL image processors refuses a longer/shorter side ratio above this."""
+
+    def check_image(self, image_size):
+        width, height = image_size
+        if max(width, height) / min(width, height) > self.MAX_ASPECT_RATIO:
+            raise DualviewError(f"The image is {width}x{height} pixels, an aspect ratio of "
+                                f"{max(width, height) / min(width, height):.4g}:1, but {self.family}'s processor "
+                                f"accepts at most {self.MAX_ASPECT_RATIO}:1; crop or pad the image.")
 
     def image_placeholder(self):
         return "<|vision_start|>" + self.processor.image_token + "<|vision_end|>"

@@ -109,11 +109,14 @@ class _Builder:
 
         ``newline`` adds one structural slot after each row. ``labels`` (one per cell, raster order)
         splits the cells into several groups (e.g. AnyRes crops); default: one group ``name``.
+        A grid may be empty (0 rows or 0 columns, e.g. AnyRes crops of a very thin image after
+        unpadding): it adds no cells and no view, and its rows still get their newline slots.
         """
         x0, y0, x1, y1 = region
-        cell_w, cell_h = (x1 - x0) / n_cols, (y1 - y0) / n_rows
+        cell_w, cell_h = (x1 - x0) / max(n_cols, 1), (y1 - y0) / max(n_rows, 1)
         names = labels if labels is not None else [name] * (n_rows * n_cols)
-        self.views.append((name, (n_rows, n_cols)))
+        if n_rows * n_cols:
+            self.views.append((name, (n_rows, n_cols)))
         for r in range(n_rows):
             for c in range(n_cols):
                 self._cell([x0 + c * cell_w, y0 + r * cell_h, x0 + (c + 1) * cell_w, y0 + (r + 1) * cell_h],

@@ -8,6 +8,7 @@ stack-notes.md): the decoder layers of every supported family receive ``hidden_s
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -73,6 +74,30 @@ def capture_layer_inputs(layers, wanted: set[int], store: dict[int, LayerInput])
             handle.remove()
 
 
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+"""Attention implementations whose masks :func:`prune_from` slices correctly (a 4-D tensor or None).
+Others (flex attention's block masks, flash attention's packed-sequence detection from position
+ids) are not sliced, so a model using one is switched to sdpa by :func:`use_supported_attention`."""
+
+
+def use_supported_attention(model) -> str | None:
+    """Switch ``model`` to sdpa (eager if the model does not offer sdpa) when its language model's
+    attention implementation is not in :data:`SUPPORTED_ATTENTION`, telling the user with a
+    warning; returns that sentence (None when nothing changed). Call it before any forward pass,
+    so that full and pruned runs agree."""
+    current = getattr(model.config.get_text_config(), "_attn_implementation", None) or "sdpa"
+    if current in SUPPORTED_ATTENTION:
+        return None
+    try:
+        model.set_attn_implementation(target := "sdpa")
+    except ValueError:
+        model.set_attn_implementation(target := "eager")
+    message = (f"dualview switched this model's attention from {current} to {target}, because its pruning "
+               f"hooks support only {' and '.join(SUPPORTED_ATTENTION)} attention.")
+    warnings.warn(message, stacklevel=3)
+    return message
+
+
 def _sliding_decode_mask(keep: Tensor, prefill_length: int, step: int, window: int, dtype) -> Tensor:
     """``[1, 1, 1, n]`` additive mask for decoding step ``step`` (0 = first new token) of a pruned
     sliding-window layer.
@@ -119,8 +144,7 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
     handles = []
     on_device: dict[torch.device, Tensor] = {}
     chosen: list[Tensor] = [] if callable(keep) else [keep]
-
-    steps: dict[int, int] = {}
+    key_length: dict[int, int] = {}  # per layer (id of the module): keys it holds after the current call
 
     def hook(module, args, kwargs):
         cos, sin = kwargs["position_embeddings"]
@@ -128,14 +152,19 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
             chosen.append(keep(LayerInput(_hidden(args, kwargs)[0], cos[0], sin[0])).cpu())
         index = on_device.setdefault(cos.device, chosen[0].to(cos.device))
         if cos.shape[-2] != prefill_length:  # a decoding step
-            step = steps[id(module)] = steps.get(id(module), -1) + 1
+            key_length[id(module)] += cos.shape[-2]
             window = getattr(getattr(module, "self_attn", None), "sliding_window", None)
             if window:
+                step = key_length[id(module)] - index.numel() - 1  # 0 for the first generated token
                 mask = _sliding_decode_mask(index, prefill_length, step, window, _hidden(args, kwargs).dtype)
                 return args, {**kwargs, "attention_mask": mask}
-            if isinstance(kwargs.get("attention_mask"), Tensor):
-                kwargs = {**kwargs, "attention_mask": _slice_mask(kwargs["attention_mask"], index, prefill_length)}
+            mask = kwargs.get("attention_mask")
+            # The decoding mask is built from the first layer's cache: full width when that layer
+            # is unpruned (slice it), already this layer's width when pruning starts at layer 0.
+            if isinstance(mask, Tensor) and mask.shape[-1] != key_length[id(module)]:
+                kwargs = {**kwargs, "attention_mask": _slice_mask(mask, index, prefill_length)}
             return args, kwargs
+        key_length[id(module)] = index.numel()
         hidden = _hidden(args, kwargs)
         if hidden.shape[1] == prefill_length:
             args, kwargs = _with_hidden(args, kwargs, hidden.index_select(1, index))

@@ -22,6 +22,7 @@ from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
 from dualview.engine.analysis import Analysis, Projections, attention_received
 from dualview.engine.attribution import answer_terms
+from dualview.engine.guards import refuse_special_text
 from dualview.errors import DualviewError
 from dualview.images import load_image
 from dualview.methods import Method
@@ -117,6 +118,7 @@ class Session:
         """
         if not isinstance(prompt, str):
             raise DualviewError("The prompt must be text.")
+        hooks.use_supported_attention(self.model)
         image = load_image(image)
         prepared = self.adapter.prepare(image, prompt)
         self._check_length(prepared.length)
@@ -326,6 +328,7 @@ class Session:
                 if token in stops:
                     break
         elif isinstance(answer, str):
+            refuse_special_text(self.processor, answer, "answer to score")
             ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
             decoded = tokenizer.decode(ids, skip_special_tokens=False)
             if decoded.strip() != answer.strip():
