@@ -231,8 +231,8 @@ def _idefics(family, g, layers):
     import transformers as tf
 
     markers = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-    tokenizer = _tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + markers,
-                           "<image>", {"image_token": "<image>"})
+    tokenizer = _tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<video>"]
+                           + markers, "<image>", {"image_token": "<image>"})
     text = tf.LlamaConfig(**_text(tokenizer, layers))
     vision = dict(_VISION, image_size=g["image_size"], patch_size=g["patch_size"])
     image_kw = dict(size={"longest_edge": g["longest_edge"]}, max_image_size={"longest_edge": g["image_size"]})
