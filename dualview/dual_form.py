@@ -29,6 +29,8 @@ __all__ = [
     "duplication",
     "token_duplication",
     "keep_mask",
+    "ImplicitWeight",
+    "WeightMeasures",
     "weight_error",
     "weight_error_per_head",
     "weight_spectrum",
@@ -175,23 +177,30 @@ def duplication(k: Tensor, v: Tensor) -> Tensor:
     return DuplicationBlocks(k, v).full()
 
 
-def token_duplication(dup: Tensor, top: int = 8) -> Tensor:
-    """Per-token duplication for heat-maps: mean of the ``top`` largest ``S̄²_ij``, j ≠ i.
+def token_duplication(duplication, top: int = 8, block: int = 512) -> Tensor:
+    """Per-token duplication for heat-maps: mean of the ``top`` largest ``S̄²_ij``, j ≠ i (method.md §3).
 
     Args:
-        dup: ``[N, N]`` duplication matrix.
+        duplication: the symmetric ``[N, N]`` matrix, or a :class:`DuplicationBlocks` (then only
+            ``N × block`` entries exist at a time: memory O(N · block), never N × N).
+        top: how many of the largest entries to average; block: columns per step.
     Returns:
         ``[N]``; zeros when N = 1.
     """
-    n = dup.shape[0]
+    if isinstance(duplication, Tensor):
+        n, read = duplication.shape[0], (lambda rows, cols: duplication[rows][:, cols])
+    else:
+        n, read = duplication.n, duplication.block
+    every = torch.arange(n)
+    out = torch.zeros(n)
     if n < 2:
-        return torch.zeros(n, dtype=dup.dtype)
-    off_diagonal = dup.clone()
-    off_diagonal.fill_diagonal_(float("-inf"))
-    return off_diagonal.topk(min(top, n - 1), dim=1).values.mean(dim=1)
-
-
-# --- the implicit weight and its low-rank approximation (method.md §6) -------------------------
+        return out
+    for start in range(0, n, block):
+        cols = every[start:start + block]
+        part = read(every, cols).float().clone()  # [N, C]: column j is row j (symmetric)
+        part[cols, torch.arange(cols.numel())] = float("-inf")
+        out[cols] = part.topk(min(top, n - 1), dim=0).values.mean(dim=0)
+    return out
 
 
 def keep_mask(keep: Tensor, n: int) -> Tensor:
@@ -221,7 +230,7 @@ def _shifted_kernel(k: Tensor) -> Tensor:
 
 
 def _gram(k: Tensor, v: Tensor) -> Tensor:
-    """Shifted Gram matrices ``G_ij = (v_i·v_j) · κ(k_i, k_j)`` per head, float64.
+    """Shifted Gram matrices ``G_ij = (v_i·v_j) · κ(k_i, k_j)`` per head, float64 (the greedy oracle's).
 
     Args: k ``[Hkv, N, d]``, v ``[Hkv, N, dv]``. Returns ``[Hkv, N, N]``; ``Σ G ∝ ‖W‖²_F``.
     """
@@ -236,6 +245,134 @@ def _dropped_energy(gram: Tensor, kept: Tensor) -> Tensor:
     return gram[:, dropped][:, :, dropped].sum(dim=(1, 2)).clamp_min(0.0)
 
 
+def _rank_of(sigma_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """Effective rank ``exp(entropy of σ²/Σσ²)`` and stable rank ``Σσ²/σ₁²`` of ``[Hkv, dv]`` σ² (0 for W = 0)."""
+    tiny = torch.finfo(torch.float64).tiny
+    energy = sigma_sq.sum(dim=-1)
+    p = sigma_sq / energy.clamp_min(tiny)[:, None]
+    entropy = -(p * torch.log(p.clamp_min(tiny))).sum(dim=-1)
+    effective = torch.where(energy > 0, torch.exp(entropy), torch.zeros_like(entropy))
+    stable = torch.where(energy > 0, energy / sigma_sq.amax(dim=-1).clamp_min(tiny), torch.zeros_like(energy))
+    return effective, stable
+
+
+@dataclass
+class WeightMeasures:
+    """Measures of one kept set's implicit weight, per KV head (float64; method.md §6).
+
+    Attributes:
+        weight_error: ``[Hkv]`` ``‖W − W_S‖_F / ‖W‖_F``, W summing every token's update.
+        visual_weight_error: ``[Hkv]`` the same with W summing the candidates' (visual tokens') updates only.
+        spectrum: ``[Hkv, dv]`` singular values of ``W_S`` relative to ``‖W‖_F``, descending.
+        effective_rank, stable_rank: ``[Hkv]`` of ``W_S``; visual_effective_rank,
+        visual_stable_rank: ``[Hkv]`` of the kept candidates' part ``W_{S∩V}``.
+    """
+
+    weight_error: Tensor
+    visual_weight_error: Tensor
+    spectrum: Tensor
+    effective_rank: Tensor
+    stable_rank: Tensor
+    visual_effective_rank: Tensor
+    visual_stable_rank: Tensor
+
+
+class ImplicitWeight:
+    """The implicit weight of one attention layer, for measuring any kept set exactly and fast.
+
+    Tokens split into **candidates** C (those a kept set may drop, the visual tokens) and the rest
+    T (always kept). Everything is float64 and uses the kernel trick (method.md §1, §6) with the
+    kernel shifted by ``max_i ‖k_i‖²/√d`` per head (≥ every logit, so entries lie in (0, 1]; the
+    shift cancels in every ratio). Built once (cost ``O(Hkv · N · Nc · (d + dv))``, blockwise, memory
+    ``O(block · N)``), it keeps only ``O(Hkv · Nc · dv)`` numbers: ``KV = K_CC V_C``,
+    ``U = K_CT V_T``, ``M_CC = V_Cᵀ K_CC V_C``, ``A_TT = V_Tᵀ K_TT V_T`` and the two totals. A kept set
+    K ⊂ C (dropped D = C \ K) then costs ``O(min(|K|, |D|)² · (d + dv))``, because
+
+        M_KK = V_Kᵀ K_KK V_K = M_CC − Σ_{j∈D} (KV_jᵀ v_j + v_jᵀ KV_j) + M_DD
+        ‖W − W_S‖² = tr M_DD = tr M_CC − 2 Σ_{j∈K} v_j·KV_j + tr M_KK
+        W_Sᵀ W_S = A_TT + C_K + C_Kᵀ + M_KK,   C_K = Σ_{j∈K} u_jᵀ v_j    (u_j: row j of U)
+
+    and only the smaller of K and D needs its kernel block.
+
+    Args:
+        k: ``[Hkv, N, d]`` post-RoPE keys and v ``[Hkv, N, dv]`` values of every token of the sequence.
+        candidates: ``[Nc]`` positions in 0..N−1 that kept sets choose from (index or bool mask).
+        block: rows per kernel block (memory ``Hkv · block · N`` float64).
+    """
+
+    def __init__(self, k: Tensor, v: Tensor, candidates: Tensor, block: int = 1024):
+        _check_kv(k, v)
+        n = k.shape[1]
+        is_candidate = keep_mask(candidates, n)
+        self.block = block
+        self.scale = 1.0 / math.sqrt(k.shape[-1])
+        k64, v64 = k.to(torch.float64), v.to(torch.float64)
+        self.shift = (k64 * k64).sum(-1).amax(dim=1) * self.scale  # [Hkv]
+        self.kc, self.vc = k64[:, is_candidate], v64[:, is_candidate]  # [Hkv, Nc, d], [Hkv, Nc, dv]
+        kt, vt = k64[:, ~is_candidate], v64[:, ~is_candidate]
+        self.num_candidates = self.kc.shape[1]
+        self.kv = self._kernel_times(self.kc, self.kc, self.vc)  # [Hkv, Nc, dv]
+        self.u = self._kernel_times(self.kc, kt, vt)  # [Hkv, Nc, dv]
+        self.m_cc = _symmetric(self.vc.transpose(1, 2) @ self.kv)  # [Hkv, dv, dv]
+        self.a_tt = _symmetric(vt.transpose(1, 2) @ self._kernel_times(kt, kt, vt))
+        self.total_visual = _trace(self.m_cc)
+        self.total = _trace(self.a_tt) + 2.0 * (self.u * self.vc).sum(dim=(1, 2)) + self.total_visual
+
+    def _kernel_times(self, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+        """``K(rows, cols) @ values`` per head, the kernel made ``block`` rows at a time: ``[Hkv, R, dv]``."""
+        out = torch.zeros(rows.shape[0], rows.shape[1], values.shape[-1], dtype=torch.float64)
+        for start in range(0, rows.shape[1], self.block):
+            part = rows[:, start:start + self.block]
+            kernel = torch.exp(part @ cols.transpose(1, 2) * self.scale - self.shift[:, None, None])
+            out[:, start:start + self.block] = kernel @ values
+        return out
+
+    def _quadratic(self, index: Tensor) -> Tensor:
+        """``V_Xᵀ K_XX V_X`` for the candidates ``index``: ``[Hkv, dv, dv]``."""
+        keys, values = self.kc[:, index], self.vc[:, index]
+        return _symmetric(values.transpose(1, 2) @ self._kernel_times(keys, keys, values))
+
+    def measure(self, keep) -> WeightMeasures:
+        """The measures of kept set K (bool mask ``[Nc]`` or indices into the candidates)."""
+        kept = keep_mask(keep, self.num_candidates)
+        inside, outside = torch.nonzero(kept).reshape(-1), torch.nonzero(~kept).reshape(-1)
+        if inside.numel() <= outside.numel():
+            m_kk = self._quadratic(inside)
+            dropped = self.total_visual - 2.0 * (self.vc[:, inside] * self.kv[:, inside]).sum(dim=(1, 2)) + _trace(m_kk)
+        else:
+            m_dd = self._quadratic(outside)
+            cross = self.kv[:, outside].transpose(1, 2) @ self.vc[:, outside]
+            m_kk = _symmetric(self.m_cc - cross - cross.transpose(1, 2) + m_dd)
+            dropped = _trace(m_dd)
+        text_cross = self.u[:, inside].transpose(1, 2) @ self.vc[:, inside]
+        m_s = _symmetric(self.a_tt + text_cross + text_cross.transpose(1, 2) + m_kk)
+        tiny = torch.finfo(torch.float64).tiny
+        dropped = dropped.clamp_min(0.0)
+        sigma_sq = torch.linalg.eigvalsh(m_s).clamp_min(0.0).flip(-1)
+        visual_sigma_sq = torch.linalg.eigvalsh(m_kk).clamp_min(0.0).flip(-1)
+        effective, stable = _rank_of(sigma_sq)
+        visual_effective, visual_stable = _rank_of(visual_sigma_sq)
+        return WeightMeasures(
+            weight_error=(dropped / self.total.clamp_min(tiny)).sqrt(),
+            visual_weight_error=(dropped / self.total_visual.clamp_min(tiny)).sqrt(),
+            spectrum=(sigma_sq / self.total.clamp_min(tiny)[:, None]).sqrt(),
+            effective_rank=effective, stable_rank=stable,
+            visual_effective_rank=visual_effective, visual_stable_rank=visual_stable)
+
+
+def _symmetric(m: Tensor) -> Tensor:
+    return 0.5 * (m + m.transpose(-1, -2))
+
+
+def _trace(m: Tensor) -> Tensor:
+    return m.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def _whole(k: Tensor, v: Tensor, keep: Tensor) -> WeightMeasures:
+    """Measures of a kept set when every token is a candidate (nothing always kept)."""
+    return ImplicitWeight(k, v, torch.ones(k.shape[1], dtype=torch.bool)).measure(keep_mask(keep, k.shape[1]))
+
+
 def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
     """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight, per KV head.
 
@@ -247,9 +384,7 @@ def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
         ``[Hkv]`` float64 ≥ 0: 0 when nothing is dropped, 1 when everything is. It can exceed 1
         when the kept updates cancel what the dropped ones add (the sum is not a projection).
     """
-    gram = _gram(k, v)
-    total = gram.sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
-    return (_dropped_energy(gram, keep_mask(keep, k.shape[1])) / total).sqrt()
+    return _whole(k, v, keep).weight_error
 
 
 def weight_error(k: Tensor, v: Tensor, keep: Tensor) -> float:
@@ -266,37 +401,17 @@ def weight_spectrum(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
     Args: k ``[Hkv, N, d]``, v ``[Hkv, N, dv]``, keep mask ``[N]`` or indices.
     Returns: ``[Hkv, dv]`` float64, descending.
     """
-    _check_kv(k, v)
-    kept = keep_mask(keep, k.shape[1])
-    v64 = v.to(torch.float64)
-    kernel = _shifted_kernel(k)  # [Hkv, N, N]
-    total = ((v64 @ v64.transpose(1, 2)) * kernel).sum(dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
-    v_s = v64[:, kept]  # [Hkv, M, dv]
-    gram_dv = v_s.transpose(1, 2) @ kernel[:, kept][:, :, kept] @ v_s  # [Hkv, dv, dv]
-    gram_dv = 0.5 * (gram_dv + gram_dv.transpose(1, 2))
-    sigma_sq = torch.linalg.eigvalsh(gram_dv).clamp_min(0.0).flip(-1)
-    return (sigma_sq / total[:, None]).sqrt()
-
-
-def _rank_measures(k: Tensor, v: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Effective rank and stable rank of ``W_S`` per head: two ``[Hkv]`` float64 tensors."""
-    sigma_sq = weight_spectrum(k, v, keep) ** 2
-    energy = sigma_sq.sum(dim=-1)
-    p = sigma_sq / energy.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-    entropy = -(p * torch.log(p.clamp_min(torch.finfo(torch.float64).tiny))).sum(dim=-1)
-    effective = torch.where(energy > 0, torch.exp(entropy), torch.zeros_like(entropy))
-    stable = torch.where(energy > 0, energy / sigma_sq[:, 0].clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(energy))
-    return effective, stable
+    return _whole(k, v, keep).spectrum
 
 
 def effective_rank(k: Tensor, v: Tensor, keep: Tensor) -> float:
     """Mean over heads of ``exp(entropy of σ²/Σσ²)`` of ``W_S``: 1 for rank one, dv at most."""
-    return float(_rank_measures(k, v, keep)[0].mean())
+    return float(_whole(k, v, keep).effective_rank.mean())
 
 
 def stable_rank(k: Tensor, v: Tensor, keep: Tensor) -> float:
     """Mean over heads of ``‖W_S‖²_F / σ₁²``."""
-    return float(_rank_measures(k, v, keep)[1].mean())
+    return float(_whole(k, v, keep).stable_rank.mean())
 
 
 def _visible_logits(q: Tensor, k: Tensor, query_positions: Tensor | None) -> tuple[Tensor, Tensor]:

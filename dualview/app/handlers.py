@@ -59,7 +59,15 @@ def selection_views(state: AppState) -> dict:
             "per_head": views.per_head_text(state),
             "pcmmr_plot": views.step_figure(state, "pcmmr", 0),
             "pcmmr_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "pcmmr") - 1), value=0),
-            "classic_plot": views.step_figure(state, "classic", 0),
+            "classic_plot": None, "classic_step": gr.update(minimum=0, maximum=1, value=0)}
+
+
+def classic_view(state: AppState | None) -> dict:
+    """Classic MMR's first step and its step range: computed only when its view is opened (one
+    token per step makes it the costliest selection)."""
+    if state is None:
+        return {}
+    return {"classic_plot": views.step_figure(state, "classic", 0),
             "classic_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "classic") - 1), value=0)}
 
 
@@ -67,7 +75,7 @@ def analysis_views(state: AppState) -> dict:
     """Every view of a new analysis (the curves follow in :func:`curves_if_stale`)."""
     return {**selection_views(state), "magnitude": views.magnitude_figure(state),
             "duplication": views.duplication_figure(state), "row": views.row_figure(state),
-            "picker": state.request.image, "token": state.selected,
+            "picker": state.picker_image, "token": state.selected,
             "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
             "space_kind": state.space_kind, "answers": views.answers_text(state),
             "curves": None, "method_table": None}
@@ -79,7 +87,8 @@ def analysis_views(state: AppState) -> dict:
 def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, param_values, example=None) -> dict:
     """Validate, prepare once, analyse, select and answer: a new state with every view.
 
-    ``example`` (a shipped example's sidecar) is kept only when ``image`` is that example's picture."""
+    ``example`` (a shipped example's sidecar: ground truth, evidence) is kept only when ``image`` is
+    that example's picture and the prompt its question: it describes exactly those inputs."""
     name = (model_name or "").strip() or "builtin"
     params = params_from_controls(param_values)
     request = validate_request(image, prompt, budget, method=method, layer=layer, params=params.get(method))
@@ -89,7 +98,7 @@ def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, p
         prepared = session.prepare(request.image, request.prompt)
         analysis = session.analyze(prepared, layer=layer)
     request = dataclasses.replace(request, layer=analysis.layer, budget=resolve_budget(request.budget, analysis.num_visual))
-    if example is not None and not same_image(request.image, example):
+    if example is not None and (request.prompt != example["question"].strip() or not same_image(request.image, example)):
         example = None
     state = AppState(model_name=name, request=request, analysis=analysis, params=params, example=example)
     state.reselect()
@@ -127,10 +136,13 @@ def answer(holder: ModelHolder, state: AppState | None) -> dict:
     with holder.lock:
         if state.derived.full_answer is None:
             full = session.answer(prepared, max_new_tokens=MAX_NEW_TOKENS)
-            state.derived.full_answer = (full, session.answer_logprob(prepared, full))
+            state.derived.full_answer = (full, full.logprob_of(session.answer_ids(full)))
         full, full_logprob = state.derived.full_answer
         pruned = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=MAX_NEW_TOKENS)
-        pruned_logprob = session.answer_logprob(prepared, full, keep=kept, layer=layer)
+        ids = session.answer_ids(full)
+        pruned_logprob = pruned.logprob_of(ids)  # the same answer: its generation scored it already
+        if pruned_logprob is None:
+            pruned_logprob = session.answer_logprob(prepared, ids, keep=kept, layer=layer)
     state.derived.answers = Answers(full.text, pruned.text, full.prefill_seconds, pruned.prefill_seconds,
                                     full_logprob, pruned_logprob, pruned.prompt_tokens, pruned.kept_tokens)
     return {"state": state, "answers": views.answers_text(state), "summary": views.summary(state)}
@@ -190,7 +202,7 @@ def compare(state: AppState | None, chosen) -> dict:
         raise DualviewError("Tick at least one method to compare.")
     kept = {m: state.select(m).kept.tolist() for m in chosen}
     errors = {m: state.analysis.weight_error(k) for m, k in kept.items()}
-    return {"compare": figures.compare_kept(state.layout, kept, image=state.request.image, errors=errors,
+    return {"compare": figures.compare_kept(state.layout, kept, image=state.display_image, errors=errors,
                                             title=f"Kept masks at {state.budget} of {state.num_visual} tokens")}
 
 
@@ -214,7 +226,7 @@ def inspect(state: AppState | None, token, mode: str) -> dict:
 def pick(state: AppState | None, x: float, y: float, mode: str) -> dict:
     """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there."""
     state = require(state)
-    hit = state.token_at(float(x), float(y))
+    hit = state.token_at_display(float(x), float(y))
     if hit is None:
         raise DualviewError("That point is outside every visual token's patch (e.g. a centre-cropped border).")
     return inspect(state, hit, mode)
@@ -234,7 +246,10 @@ def clear_forced(state: AppState | None) -> dict:
 def step(state: AppState | None, which: str, value) -> dict:
     """Frame ``value`` (0-based round) of the ``"pcmmr"`` or ``"classic"`` animation."""
     state = require(state)
-    return {f"{which}_plot": views.step_figure(state, which, int(value or 0))}
+    last = views.steps_of(state, which) - 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value <= last:
+        raise DualviewError(f"Step {value!r} does not exist: this selection has steps 0 to {last}.")
+    return {f"{which}_plot": views.step_figure(state, which, int(value))}
 
 
 def tick(state: AppState | None, which: str, value) -> dict:

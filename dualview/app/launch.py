@@ -21,9 +21,14 @@ def create(model: str = "builtin", device: str | None = None, examples_dir=None)
 
     holder = ModelHolder(device=device)
     holder.get(model)
-    demo = build_demo(holder, default_model=model, examples_dir=examples_dir)
+    from dualview.app.examples import EXAMPLES_DIR
+
+    examples = Path(examples_dir or EXAMPLES_DIR).resolve()
+    demo = build_demo(holder, default_model=model, examples_dir=examples)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)
-    return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text(), "max_file_size": MAX_UPLOAD}
+    # the example pictures are served from their own folder whatever the working directory; nothing else is added
+    return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text(), "max_file_size": MAX_UPLOAD,
+                  "allowed_paths": [str(examples)]}
 
 
 def serve(model: str = "builtin", host: str = "127.0.0.1", port: int = 7860, share: bool = False,

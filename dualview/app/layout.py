@@ -40,6 +40,17 @@ class ImageUpload(gr.Image):
         return payload.path
 
 
+class RangeSlider(gr.Slider):
+    """``gr.Slider`` whose value reaches the handler unchecked: the range that matters (the visual
+    tokens of the loaded model and image, the rounds of a selection) is only known after a Run and
+    differs per visitor, so the validator checks it (one sentence), not the slider as built."""
+
+    is_template = True  # gradio: draw it with gr.Slider's front end
+
+    def preprocess(self, payload: float) -> float:
+        return payload
+
+
 def _param_control(method: str, param):
     label = f"{method}: {param.title} ({param.help})"
     if param.integer and param.high - param.low > 256:
@@ -70,7 +81,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
             c["model"] = gr.Textbox(label="Model (builtin, a directory, or a Hugging Face id on disk)",
                                     value=default_model, elem_id="model")
             c["method"] = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method")
-            c["budget"] = gr.Slider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
+            c["budget"] = RangeSlider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
             c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
             c["layer"] = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
             with gr.Accordion("Method parameters", open=False):
@@ -100,18 +111,21 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
                             c["space"] = gr.Plot(label="token space (hover: linked to the kept map)", elem_id="space")
                             c["space_kind"] = gr.Radio(["keys", "values"], value="keys", label="PCA of the tokens'")
                     c["teaching"] = gr.Markdown(latex_delimiters=LATEX, elem_classes=["teach"], elem_id="teaching")
-                with gr.Tab("PC-MMR step by step", elem_id="tab-steps"):
-                    gr.Markdown("One frame per round: kept tokens coloured by the round that took them, "
-                                "this round's chunk outlined in cyan, the remaining tokens' penalised scores "
-                                "as a heat-map. Classic MMR below takes one token per step.")
-                    for which, label, interval in (("pcmmr", "round (0-based)", PLAY_INTERVAL_S),
-                                                   ("classic", "step (0-based)", PLAY_INTERVAL_S / 3)):
-                        c[f"{which}_plot"] = gr.Plot(elem_id=f"{'mmr' if which == 'classic' else which}-plot")
+                for which, tab, text, label, interval in (
+                        ("pcmmr", "PC-MMR step by step", "One frame per round: kept tokens coloured by the round that "
+                         "took them, this round's chunk outlined in cyan, the remaining tokens' penalised scores as a "
+                         "heat-map.", "round (0-based)", PLAY_INTERVAL_S),
+                        ("classic", "Classic MMR", "Classic MMR for comparison: one token per step (computed when "
+                         "this tab opens: at thousands of tokens it is the costliest selection).", "step (0-based)",
+                         PLAY_INTERVAL_S / 3)):
+                    prefix = "mmr" if which == "classic" else which
+                    with gr.Tab(tab, elem_id=f"tab-{prefix}") as c[f"{which}_tab"]:
+                        gr.Markdown(text)
+                        c[f"{which}_plot"] = gr.Plot(elem_id=f"{prefix}-plot")
                         with gr.Row():
-                            prefix = "mmr" if which == "classic" else which
                             c[f"{which}_play"] = gr.Button("▶ Play", elem_id=f"{prefix}-play", scale=0)
                             c[f"{which}_pause"] = gr.Button("Pause", elem_id=f"{prefix}-pause", scale=0)
-                            c[f"{which}_step"] = gr.Slider(0, 1, value=0, step=1, label=label, elem_id=f"{prefix}-step")
+                            c[f"{which}_step"] = RangeSlider(0, 1, value=0, step=1, label=label, elem_id=f"{prefix}-step")
                         c[f"{which}_timer"] = gr.Timer(interval, active=False)
                 with gr.Tab("Low-rank error"):
                     c["with_oracle"] = gr.Checkbox(False, label="add the greedy oracle (slower)", elem_id="oracle")

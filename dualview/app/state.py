@@ -67,7 +67,8 @@ class Derived:
     """Results computed from an :class:`AppState`, each once (``None`` / empty: not yet).
 
     Attributes:
-        layout: the token geometry as plain data (figures draw it);
+        layout: the token geometry as plain data (figures draw it); display: (the picture the maps
+            draw underneath as a JPEG data URL, the picker's smaller image, its scale), made once;
         selection: the chosen method's Selection; pcmmr / classic: the traced PC-MMR and classic
             MMR selections of the two animations; measured: (kept set, measures) of the last
             kept set measured; curves: (method, params) -> measure -> values over
@@ -77,6 +78,7 @@ class Derived:
     """
 
     layout: dict | None = None
+    display: tuple | None = None
     selection: Selection | None = None
     pcmmr: Selection | None = None
     classic: Selection | None = None
@@ -130,6 +132,35 @@ class AppState:
         if self.derived.layout is None:
             self.derived.layout = self.analysis.geometry.to_dict()
         return self.derived.layout
+
+    def _display(self) -> tuple:
+        if self.derived.display is None:
+            from PIL import Image
+
+            from dualview.figures import display_image
+            from dualview.figures.maps import DISPLAY_SIDE
+
+            image = self.request.image
+            scale = min(1.0, DISPLAY_SIDE / max(image.size))
+            picker = image if scale == 1.0 else image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+            self.derived.display = (display_image(image), picker, scale)
+        return self.derived.display
+
+    @property
+    def display_image(self) -> str:
+        """The picture under every map (a JPEG data URL at display size), made once per analysis."""
+        return self._display()[0]
+
+    @property
+    def picker_image(self):
+        """The image the patch picker shows (display size; :meth:`token_at_display` maps clicks back)."""
+        return self._display()[1]
+
+    def token_at_display(self, x: float, y: float) -> int | None:
+        """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""
+        scale = self._display()[2]
+        return self.token_at(x / scale, y / scale)
 
     @property
     def prune_layer(self) -> int:

@@ -136,6 +136,8 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                   [c[slider], c["state"]], (slider, plot), show_progress="hidden")
             c[f"{which}_play"].click(lambda: gr.Timer(active=True), None, [c[timer]], api_name=False)
             c[f"{which}_pause"].click(lambda: gr.Timer(active=False), None, [c[timer]], api_name=False)
+        event(c["classic_tab"].select, handlers.classic_view, [c["state"]], ("classic_plot", "classic_step"),
+              api_name="classic_view")
 
         # -- curves, token space, tables, comparison, export ----------------------------------------
         event(c["with_oracle"].change, handlers.curves, [c["state"], c["with_oracle"]], ("curves",), api_name="curves")

@@ -23,21 +23,21 @@ def _hover_numbers(state: AppState) -> dict:
 
 
 def magnitude_figure(state: AppState):
-    return figures.token_map(state.layout, state.analysis.magnitude.numpy(), image=state.request.image,
+    return figures.token_map(state.layout, state.analysis.magnitude.numpy(), image=state.display_image,
                              title="Magnitude P = κ(q_T,k)·‖v‖", hover=_hover_numbers(state),
                              colorscale="Inferno", colorbar_title="P", selected=state.selected,
                              evidence=state.evidence_boxes())
 
 
 def duplication_figure(state: AppState):
-    return figures.token_map(state.layout, state.analysis.token_duplication.numpy(), image=state.request.image,
+    return figures.token_map(state.layout, state.analysis.token_duplication.numpy(), image=state.display_image,
                              title="Duplication (top-8 mean S̄²)", hover=_hover_numbers(state),
                              colorscale="Viridis", zmin=0.0, zmax=1.0, colorbar_title="S̄²", selected=state.selected)
 
 
 def kept_figure(state: AppState):
     kept = state.kept()
-    return figures.kept_map(state.layout, state.rounds(), image=state.request.image, hover=_hover_numbers(state),
+    return figures.kept_map(state.layout, state.rounds(), image=state.display_image, hover=_hover_numbers(state),
                             title=f"Kept: {len(kept)} / {state.num_visual} ({state.request.method})",
                             num_rounds=len(state.selection.chunks) + (1 if state.forced_keep else 0),
                             selected=state.selected, evidence=state.evidence_boxes(),
@@ -46,8 +46,8 @@ def kept_figure(state: AppState):
 
 def row_figure(state: AppState):
     token = state.selected
-    row = state.analysis.duplication[token].numpy()
-    return figures.token_map(state.layout, row, image=state.request.image, hover={"S̄² with selected": row},
+    row = state.analysis.duplication_row(token).numpy()
+    return figures.token_map(state.layout, row, image=state.display_image, hover={"S̄² with selected": row},
                              title=f"Which patches duplicate token {token}: row {token} of S̄²",
                              colorscale="Viridis", zmin=0.0, zmax=1.0, colorbar_title="S̄²", selected=token)
 
@@ -56,7 +56,7 @@ def step_figure(state: AppState, which: str, step: int):
     selection = state.trace(which)
     return figures.selection_step(
         state.layout, [c.tolist() for c in selection.chunks], [s.numpy() for s in selection.scores],
-        selection.floored, step, image=state.request.image,
+        selection.floored, step, image=state.display_image,
         label="PC-MMR" if which == "pcmmr" else "classic MMR", log_scores=which == "pcmmr")
 
 
@@ -196,7 +196,7 @@ def export_payload(state: AppState) -> dict:
         "layout": state.layout,
         "magnitude": _finite(a.magnitude), "kernel_logit": _finite(a.kernel_logit),
         "value_norm": _finite(a.value_norm), "token_duplication": _finite(a.token_duplication),
-        "duplication_row_of_selected": _finite(a.duplication[state.selected]),
+        "duplication_row_of_selected": _finite(a.duplication_row(state.selected)),
         "pcmmr_round_scores": [_finite(s) for s in state.trace("pcmmr").scores],
         "classic_mmr": {"kept": state.trace("classic").kept.tolist()},
         "curves": {"budgets": state.curve_budgets(), "methods": state.curves()},

@@ -9,6 +9,7 @@ SUITES = {
     "error": "dualview.bench.error",
     "prefill": "dualview.bench.prefill",
     "readme": "dualview.bench.readme",
+    "scale": "dualview.bench.scale",
     "selection": "dualview.bench.selection",
 }
 

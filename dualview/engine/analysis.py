@@ -128,13 +128,19 @@ class Analysis:
 
     @cached_property
     def duplication(self) -> Tensor:
-        """``[Nv, Nv]`` information duplication S̄² (method.md §3)."""
-        return dual_form.duplication(self.visual_keys, self.visual_values).float()
+        """``[Nv, Nv]`` information duplication S̄² (method.md §3): Nv² numbers; the views use
+        :meth:`duplication_row` and :attr:`token_duplication` instead."""
+        return self.duplication_blocks.full().float()
+
+    def duplication_row(self, token: int) -> Tensor:
+        """``[Nv]`` row ``token`` of S̄²: which tokens duplicate visual token ``token`` (O(Nv))."""
+        every = torch.arange(self.num_visual)
+        return self.duplication_blocks.block(every, torch.tensor([int(token)]))[:, 0].float()
 
     @cached_property
     def token_duplication(self) -> Tensor:
-        """``[Nv]`` mean of each token's 8 largest duplications with other tokens."""
-        return dual_form.token_duplication(self.duplication).float()
+        """``[Nv]`` mean of each token's 8 largest duplications with other tokens (blockwise)."""
+        return dual_form.token_duplication(self.duplication_blocks)
 
     # -- kept sets ------------------------------------------------------------------------
     def sequence_keep(self, kept) -> Tensor:
@@ -144,41 +150,41 @@ class Analysis:
         return mask
 
     SCOPES = ("sequence", "visual")
+    """``sequence`` is method.md §6: W sums the updates of every token and S holds every non-visual
+    token plus the kept visual ones. ``visual`` sums the visual tokens' updates only: the view to
+    use when a few non-visual tokens (an attention sink such as BOS, with a large ‖k‖) dominate W
+    and hide the differences between kept sets."""
 
-    def implicit_weight(self, kept, scope: str = "sequence") -> tuple[Tensor, Tensor, Tensor]:
-        """Keys ``[Hkv, n, d]`` (post-RoPE), values ``[Hkv, n, dv]`` and kept mask ``[n]`` of the
-        implicit weight a measure is taken on.
+    @cached_property
+    def implicit_weight(self) -> dual_form.ImplicitWeight:
+        """This layer's implicit weight with the visual tokens as candidates, built once; every
+        kept-set measure below reads it (method.md §6)."""
+        return dual_form.ImplicitWeight(self.projections.k_post, self.projections.v, self.prepared.visual_positions)
 
-        ``scope="sequence"`` is method.md §6: W sums the updates of every token of the sequence and
-        S holds every non-visual token plus the kept visual ones. ``scope="visual"`` sums the visual
-        tokens' updates only (n = Nv): the view to use when a few non-visual tokens (an attention
-        sink such as BOS, with a large ‖k‖) dominate W and hide the differences between kept sets.
-        """
-        if scope == "sequence":
-            return self.projections.k_post, self.projections.v, self.sequence_keep(kept)
-        if scope == "visual":
-            return self.visual_keys, self.visual_values, dual_form.keep_mask(self.prepared.check_kept(kept), self.num_visual)
-        raise DualviewError(f"Unknown scope {scope!r} for the implicit weight; use one of {', '.join(self.SCOPES)}.")
+    def weight_measures(self, kept) -> dual_form.WeightMeasures:
+        """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask)."""
+        return self.implicit_weight.measure(self.prepared.check_kept(kept))
 
-    def weight_error(self, kept, scope: str = "sequence") -> float:
-        """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight (method.md §6)."""
-        return dual_form.weight_error(*self.implicit_weight(kept, scope))
+    def _scoped(self, kept, scope: str, sequence: str, visual: str) -> Tensor:
+        if scope not in self.SCOPES:
+            raise DualviewError(f"Unknown scope {scope!r} for the implicit weight; use one of {', '.join(self.SCOPES)}.")
+        return getattr(self.weight_measures(kept), sequence if scope == "sequence" else visual)
 
     def weight_error_per_head(self, kept, scope: str = "sequence") -> Tensor:
-        """``[Hkv]`` the same error per KV head."""
-        return dual_form.weight_error_per_head(*self.implicit_weight(kept, scope))
+        """``[Hkv]`` relative error ``‖W − W_S‖_F / ‖W‖_F`` per KV head (method.md §6)."""
+        return self._scoped(kept, scope, "weight_error", "visual_weight_error")
+
+    def weight_error(self, kept, scope: str = "sequence") -> float:
+        """Relative error ``‖W − W_S‖_F / ‖W‖_F`` of the implicit weight, mean over KV heads."""
+        return float(self.weight_error_per_head(kept, scope).mean())
 
     def effective_rank(self, kept, scope: str = "sequence") -> float:
         """Effective rank of ``W_S`` (mean over KV heads)."""
-        return dual_form.effective_rank(*self.implicit_weight(kept, scope))
+        return float(self._scoped(kept, scope, "effective_rank", "visual_effective_rank").mean())
 
     def stable_rank(self, kept, scope: str = "sequence") -> float:
         """Stable rank of ``W_S`` (mean over KV heads)."""
-        return dual_form.stable_rank(*self.implicit_weight(kept, scope))
-
-    def weight_spectrum(self, kept, scope: str = "sequence") -> Tensor:
-        """``[Hkv, dv]`` singular values of ``W_S`` per KV head, relative to ``‖W‖_F``."""
-        return dual_form.weight_spectrum(*self.implicit_weight(kept, scope))
+        return float(self._scoped(kept, scope, "stable_rank", "visual_stable_rank").mean())
 
     def attention_error(self, kept) -> float:
         """Relative attention-output error of the text queries at this layer (causal)."""
@@ -194,25 +200,29 @@ class Analysis:
         return self.projections.k_post, self.projections.v, self.prepared.visual_positions
 
     def measures(self, kept) -> dict:
-        """Every measure of a kept set that the app, the CLI and the benches report.
+        """Every measure of a kept set that the app, the CLI and the benches report (one
+        :meth:`weight_measures` call and one attention pass).
 
         Args: kept: visual-token indices (0..Nv−1).
         Returns: ``weight_error``, ``effective_rank`` and ``stable_rank`` of W_S over the whole
-        sequence (method.md §6), the error and effective rank over the visual tokens only (``visual_weight_error``,
-        ``visual_effective_rank``), and the text queries' ``attention_error``; floats.
+        sequence (method.md §6), the error and effective rank over the visual tokens only
+        (``visual_weight_error``, ``visual_effective_rank``), and the text queries'
+        ``attention_error``; floats (means over KV heads).
         """
-        return {"weight_error": self.weight_error(kept), "effective_rank": self.effective_rank(kept),
-                "stable_rank": self.stable_rank(kept), "visual_weight_error": self.weight_error(kept, scope="visual"),
-                "visual_effective_rank": self.effective_rank(kept, scope="visual"),
+        m = self.weight_measures(kept)
+        return {"weight_error": float(m.weight_error.mean()), "effective_rank": float(m.effective_rank.mean()),
+                "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
+                "visual_effective_rank": float(m.visual_effective_rank.mean()),
                 "attention_error": self.attention_error(kept)}
 
     def token_numbers(self, token: int) -> dict:
         """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:
         its kernel logit, κ, ‖v‖, magnitude, ``log ‖ΔW_i‖_F`` (mean over KV heads), duplication and
         its closest duplicate (``partner``)."""
-        row = self.duplication[token].clone()
-        row[token] = -1.0
-        partner = int(torch.argmax(row)) if self.num_visual > 1 else token
+        row = self.duplication_row(token)
+        partner_row = row.clone()
+        partner_row[token] = -1.0
+        partner = int(torch.argmax(partner_row)) if self.num_visual > 1 else token
         logit = float(self.kernel_logit[token])
         update = dual_form.update_log_norms(self.visual_keys[:, token:token + 1], self.visual_values[:, token:token + 1])
         return {
@@ -224,5 +234,5 @@ class Analysis:
             "update_norm_log": float(update.mean()),
             "token_duplication": float(self.token_duplication[token]),
             "partner": partner,
-            "partner_duplication": float(self.duplication[token, partner]),
+            "partner_duplication": float(row[partner]),
         }

@@ -56,6 +56,8 @@ class Answer:
             pruning layer on.
         layer: the pruning layer; ``kept``: kept visual-token indices (None = all).
         selection_seconds: time of a selection fused into the prefill (0 when none ran).
+        step_logprobs: log p of each generated token given the ones before (nats), from the
+            generation's own logits.
     """
 
     text: str
@@ -67,6 +69,15 @@ class Answer:
     layer: int
     kept: list[int] | None = field(default=None)
     selection_seconds: float = 0.0
+    step_logprobs: list[float] = field(default_factory=list)
+
+    def logprob_of(self, ids: list[int]) -> float | None:
+        """log p of the answer ``ids`` under the kept set this answer was generated with, read from
+        the generation itself when its first tokens are ``ids`` (greedy decoding computed exactly
+        those teacher-forced terms); None otherwise (then score with ``Session.answer_logprob``)."""
+        if list(self.token_ids[:len(ids)]) != list(ids) or len(self.step_logprobs) < len(ids):
+            return None
+        return float(sum(self.step_logprobs[:len(ids)]))
 
 
 class Session:
@@ -276,12 +287,13 @@ class Session:
                 start = time.perf_counter()
                 output = self.model.generate(
                     **prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                    temperature=None, top_p=None, top_k=None,
+                    temperature=None, top_p=None, top_k=None, return_dict_in_generate=True, output_logits=True,
                 )
                 end = time.perf_counter()
         finally:
             handle.remove()
-        new_ids = output[0, prepared.length:].tolist()
+        new_ids = output.sequences[0, prepared.length:].tolist()
+        steps = [float(torch.log_softmax(step[0].float(), dim=-1)[token]) for step, token in zip(output.logits, new_ids)]
         kept = record.get("kept")
         dropped = 0 if kept is None else prepared.num_visual - len(kept)
         return Answer(
@@ -294,6 +306,7 @@ class Session:
             layer=layer,
             kept=kept,
             selection_seconds=record.get("seconds", 0.0),
+            step_logprobs=steps,
         )
 
     @torch.no_grad()

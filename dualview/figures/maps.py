@@ -17,12 +17,32 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-__all__ = ["Panel", "panels", "token_map", "kept_map", "selection_step", "compare_kept", "round_colors"]
+__all__ = ["Panel", "panels", "token_map", "kept_map", "selection_step", "compare_kept", "round_colors",
+           "display_image", "outlined_tokens"]
 
 DROPPED_COLOR = "rgba(20,20,30,0.72)"
 CHUNK_OUTLINE = "#00e5ff"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
+DISPLAY_SIDE = 768
+"""Longer side of the picture drawn under the maps, in pixels: what a map panel can show."""
+
+
+def display_image(image: Image.Image, max_side: int = DISPLAY_SIDE, quality: int = 85) -> str:
+    """The image as a JPEG data URL of at most ``max_side`` pixels on its longer side: what the
+    maps draw underneath (the figures keep the original pixel coordinates; only the picture is
+    smaller). Make it once per image and hand the string to every figure."""
+    import base64
+    import io
+
+    scale = min(1.0, max_side / max(image.size))
+    small = image.convert("RGB")
+    if scale < 1.0:
+        small = small.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 @dataclass
@@ -64,9 +84,12 @@ def panels(layout: dict) -> list[Panel]:
     return result
 
 
-def _axes(fig: go.Figure, count: int, image: Image.Image | None, size: tuple[int, int]) -> list[tuple[str, str]]:
-    """Lay out ``count`` side-by-side image panels; returns their (xaxis, yaxis) reference names."""
+def _axes(fig: go.Figure, count: int, image, size: tuple[int, int]) -> list[tuple[str, str]]:
+    """Lay out ``count`` side-by-side image panels; returns their (xaxis, yaxis) reference names.
+    ``image``: None, a PIL image (drawn as :func:`display_image`) or a data URL made by it."""
     width, height = size
+    if isinstance(image, Image.Image):
+        image = display_image(image)
     gap = 0.04
     span = (1.0 - gap * (count - 1)) / count
     refs = []
@@ -93,15 +116,33 @@ def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str
     return np.stack(columns, axis=1), template + "<extra></extra>"
 
 
-def _outline(boxes: np.ndarray, tokens, color: str, panel_of: np.ndarray, refs, width=2.5):
-    """Rectangle shapes around ``tokens`` (each drawn in the panel its view belongs to)."""
-    shapes = []
-    for t in tokens:
-        x0, y0, x1, y1 = boxes[int(t)]
-        xref, yref = refs[panel_of[int(t)]]
-        shapes.append(dict(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, xref=xref, yref=yref,
-                           line=dict(color=color, width=width), fillcolor="rgba(0,0,0,0)"))
-    return shapes
+def outlined_tokens(figure: go.Figure, name: str) -> list[tuple[float, float, float, float]]:
+    """The boxes (x0, y0, x1, y1) that the outline traces called ``name`` draw (for tests and export)."""
+    boxes = []
+    for trace in figure.data:
+        if trace.name == name and trace.type == "scatter":
+            x, y = np.asarray(trace.x, dtype=float), np.asarray(trace.y, dtype=float)
+            for start in range(0, len(x), 6):  # 5 corners, then a gap
+                boxes.append((x[start], y[start], x[start + 2], y[start + 2]))
+    return boxes
+
+
+def _outline(boxes: np.ndarray, tokens, color: str, panel_of: np.ndarray, refs, name: str, width=2.5) -> list:
+    """Outlines of ``tokens`` (each in the panel its view belongs to): one line trace per panel,
+    rectangles separated by gaps, numeric arrays (no per-token shapes)."""
+    tokens = np.asarray(list(tokens), dtype=int).reshape(-1)
+    traces = []
+    for p, (xref, yref) in enumerate(refs):
+        mine = tokens[panel_of[tokens] == p]
+        if not mine.size:
+            continue
+        x0, y0, x1, y1 = boxes[mine].T
+        gap = np.full(mine.size, np.nan)
+        x = np.stack([x0, x1, x1, x0, x0, gap], axis=1).reshape(-1)
+        y = np.stack([y0, y0, y1, y1, y0, gap], axis=1).reshape(-1)
+        traces.append(go.Scatter(x=x, y=y, mode="lines", line=dict(color=color, width=width), name=name,
+                                 xaxis=xref, yaxis=yref, hoverinfo="skip", showlegend=False, connectgaps=False))
+    return traces
 
 
 def _base_figure(layout: dict, image: Image.Image | None, title: str, height: int = 380):
@@ -155,10 +196,9 @@ def token_map(layout: dict, values, *, image: Image.Image | None = None, title: 
         fig.add_trace(_heat(grid, values, custom, template, ref, colorscale=colorscale, zmin=zmin, zmax=zmax,
                             colorbar=dict(title=colorbar_title, thickness=12, len=0.9), showscale=p == 0))
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    shapes = _evidence_shapes(evidence, refs)
+    fig.update_layout(shapes=_evidence_shapes(evidence, refs))
     if selected is not None:
-        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, width=3)
-    fig.update_layout(shapes=shapes)
+        fig.add_traces(_outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, "selected", width=3))
     return fig
 
 
@@ -225,12 +265,11 @@ def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: s
         fig.add_trace(_dropped_layer(grid, rounds < 0, custom, template, ref))
         fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and len(colors) > 1))
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    shapes = _evidence_shapes(evidence, refs)
+    fig.update_layout(shapes=_evidence_shapes(evidence, refs))
     for key, color in (("keep", "#ffffff"), ("drop", "#ff3030")):
-        shapes += _outline(boxes, (forced or {}).get(key, []), color, panel_of, refs, width=2)
+        fig.add_traces(_outline(boxes, (forced or {}).get(key, []), color, panel_of, refs, f"forced {key}", width=2))
     if selected is not None:
-        shapes += _outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, width=3)
-    fig.update_layout(shapes=shapes)
+        fig.add_traces(_outline(boxes, [selected], SELECTED_OUTLINE, panel_of, refs, "selected", width=3))
     return fig
 
 
@@ -278,7 +317,7 @@ def selection_step(layout: dict, chunks: list, scores: list, floored: list, step
                             colorbar=dict(title=dict(text=bar, side="right"), thickness=12, len=0.9, x=1.14)))
         fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and total > 1))
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    fig.update_layout(shapes=_outline(boxes, chunks[step], CHUNK_OUTLINE, panel_of, refs, width=3))
+    fig.add_traces(_outline(boxes, chunks[step], CHUNK_OUTLINE, panel_of, refs, "chunk", width=3))
     return fig
 
 

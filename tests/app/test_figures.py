@@ -68,16 +68,23 @@ def test_token_map_puts_every_value_in_its_token_box(name):
 def test_token_map_outlines_selected_token_and_evidence():
     layout = _layouts()["square"]
     fig = figures.token_map(layout, np.zeros(196), selected=15, evidence=[[10, 20, 30, 40]])
-    rects = [(s.x0, s.y0, s.x1, s.y1) for s in fig.layout.shapes]
-    assert tuple(layout["boxes"][15]) in [tuple(round(v, 2) for v in r) for r in rects]
-    assert (10, 20, 30, 40) in rects
+    assert figures.outlined_tokens(fig, "selected") == [tuple(layout["boxes"][15])]
+    assert [(s.x0, s.y0, s.x1, s.y1) for s in fig.layout.shapes] == [(10, 20, 30, 40)]
 
 
 def test_token_map_draws_the_image_underneath():
     layout = _layouts()["qwen_wide"]
     fig = figures.token_map(layout, np.zeros(50), image=Image.new("RGB", (300, 140), "red"))
     (img,) = fig.layout.images
-    assert (img.sizex, img.sizey) == (300, 140)
+    assert (img.sizex, img.sizey) == (300, 140)  # original pixel coordinates
+    assert img.source.startswith("data:image/jpeg;base64,")
+    import base64
+    import io
+
+    shown = Image.open(io.BytesIO(base64.b64decode(img.source.partition(",")[2])))
+    assert shown.size == (300, 140) and shown.getpixel((150, 70))[0] > 240  # small enough: drawn as is
+    big = figures.token_map(layout, np.zeros(50), image=Image.new("RGB", (3000, 1400), "red")).layout.images[0]
+    assert Image.open(io.BytesIO(base64.b64decode(big.source.partition(",")[2]))).size == (768, 358)
     assert fig.layout.yaxis.range == (140, 0)  # image coordinates: y grows downwards
 
 
@@ -92,7 +99,8 @@ def test_kept_map_colours_kept_tokens_by_round_and_dims_the_rest():
         (dropped if trace.name == "dropped" else kept).update(_cell_values(trace))
     assert {t for t, z in dropped.items() if np.isfinite(z)} == set(range(n)) - {0, 5, 40}
     assert {t: z for t, z in kept.items() if np.isfinite(z)} == {0: 0.0, 5: 1.0, 40: 1.0}
-    assert len(fig.layout.shapes) == 2  # the forced keep and the forced drop
+    assert figures.outlined_tokens(fig, "forced keep") == [tuple(layout["boxes"][40])]
+    assert figures.outlined_tokens(fig, "forced drop") == [tuple(layout["boxes"][3])]
 
 
 def _traced():
@@ -121,8 +129,8 @@ def test_selection_step_shows_kept_so_far_new_chunk_and_remaining_scores():
         expected = np.log10(np.clip(scores[step][alive] / np.nanmax(scores[step][alive]), 1e-4, None))
         assert np.allclose([remaining[t] for t in alive], expected)
         assert all(not np.isfinite(remaining[t]) for t in so_far)
-        outlined = {(s.x0, s.y0) for s in fig.layout.shapes}
-        assert outlined == {tuple(layout["boxes"][t][:2]) for t in chunks[step]}
+        outlined = set(figures.outlined_tokens(fig, "chunk"))
+        assert outlined == {tuple(layout["boxes"][t]) for t in chunks[step]}
         title = fig.layout.title.text
         assert f"round {step + 1}/{len(chunks)}" in title and f"chunk of {len(chunks[step])}" in title
         assert f"{selection.floored[step]} floored" in title

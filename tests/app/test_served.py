@@ -270,3 +270,31 @@ def test_launch_defaults_are_local_without_share_with_an_upload_limit(monkeypatc
     launch.serve(model="m", host=args.host, share=args.share)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "1mb"
     assert not seen.get("allowed_paths") and not seen.get("auth_dependency")
+
+
+def test_examples_are_served_whatever_the_working_directory(app, tmp_path):
+    """Started outside the repository (issue 17, kind 5), the app still hands its example pictures
+    to gradio, and serves nothing else of the repository."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    probe = (
+        "import socket, sys\n"
+        "import httpx\n"
+        "from gradio_client import Client\n"
+        "from dualview.app.launch import create\n"
+        "demo, kwargs = create(sys.argv[1], device='cpu')\n"
+        "with socket.socket() as s:\n"
+        "    s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]\n"
+        "demo.launch(server_name='127.0.0.1', server_port=port, prevent_thread_lock=True, quiet=True, **kwargs)\n"
+        "url = f'http://127.0.0.1:{port}/'\n"
+        "image, prompt = Client(url, verbose=False).predict('01_color_of_small_shape', api_name='/example')[:2]\n"
+        "readme = httpx.get(url + 'gradio_api/file=' + sys.argv[2]).status_code\n"
+        "print('EXAMPLE', bool(image), prompt, 'README', readme)\n"
+        "demo.close()\n")
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", probe, app["model"], str(root / "README.md")], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "EXAMPLE True what color is the circle?" in done.stdout, done.stderr[-2000:]
+    assert "README 403" in done.stdout or "README 404" in done.stdout

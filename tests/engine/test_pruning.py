@@ -239,6 +239,8 @@ def test_answer_logprob_is_teacher_forced_log_likelihood_of_the_generated_ids():
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(prepared, answer) == pytest.approx(expected, abs=1e-4)
     assert session.answer_logprob(prepared, ids) == pytest.approx(expected, abs=1e-4)
+    assert answer.logprob_of(ids) == pytest.approx(expected, abs=1e-4)  # the generation's own terms
+    assert answer.logprob_of([ids[0] + 1]) is None  # another answer is not read off this generation
     kept = kept_subset(session)
     dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
     dropped[kept] = False

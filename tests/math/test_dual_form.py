@@ -212,3 +212,46 @@ def test_oracle_is_optimal_when_updates_are_orthogonal():
     chosen = df.greedy_oracle(k, v, 3)
     best = min(itertools.combinations(range(n), 3), key=lambda s: df.weight_error(k, v, torch.tensor(s)))
     assert sorted(chosen.tolist()) == sorted(best)
+
+
+def _brute_force(k, v, candidates, kept):
+    """Every measure of ImplicitWeight from the full N × N Gram and kernel matrices (float64)."""
+    k, v = k.double(), v.double()
+    kernel = torch.exp(k @ k.transpose(1, 2) / math.sqrt(k.shape[-1]))  # unshifted: small keys here
+    gram = (v @ v.transpose(1, 2)) * kernel
+    n = k.shape[1]
+    dropped = torch.zeros(n, dtype=torch.bool)
+    dropped[candidates[~kept]] = True
+    visual = torch.zeros(n, dtype=torch.bool)
+    visual[candidates] = True
+    energy = gram[:, dropped][:, :, dropped].sum(dim=(1, 2))
+    error = (energy / gram.sum(dim=(1, 2))).sqrt()
+    visual_error = (energy / gram[:, visual][:, :, visual].sum(dim=(1, 2))).sqrt()
+
+    def ranks(members):
+        m = v[:, members].transpose(1, 2) @ kernel[:, members][:, :, members] @ v[:, members]
+        sigma_sq = torch.linalg.eigvalsh(0.5 * (m + m.transpose(1, 2))).clamp_min(0)
+        p = sigma_sq / sigma_sq.sum(-1, keepdim=True)
+        return torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum(-1)), sigma_sq.sum(-1) / sigma_sq.amax(-1)
+
+    effective, stable = ranks(~dropped)
+    visual_effective, _ = ranks(visual & ~dropped)
+    return error, visual_error, effective, stable, visual_effective
+
+
+@pytest.mark.parametrize("kept_share", [0.1, 0.5, 0.9])
+def test_implicit_weight_measures_equal_the_full_gram(kept_share):
+    """Both ways ImplicitWeight takes (the kept side or the dropped side is the smaller) against
+    the brute-force Gram, with always-kept tokens spread between the candidates."""
+    g = torch.Generator().manual_seed(int(kept_share * 10))
+    k, v = 0.3 * torch.randn(2, 70, 6, generator=g), torch.randn(2, 70, 5, generator=g)
+    candidates = torch.nonzero(torch.arange(70) % 7 != 3).reshape(-1)
+    kept = torch.rand(candidates.numel(), generator=g) < kept_share
+    got = df.ImplicitWeight(k, v, candidates, block=16).measure(kept)
+    error, visual_error, effective, stable, visual_effective = _brute_force(k, v, candidates, kept)
+    for name, expected in [("weight_error", error), ("visual_weight_error", visual_error),
+                           ("effective_rank", effective), ("stable_rank", stable),
+                           ("visual_effective_rank", visual_effective)]:
+        torch.testing.assert_close(getattr(got, name), expected, rtol=1e-9, atol=1e-12, msg=name)
+    everything = df.ImplicitWeight(k, v, candidates).measure(torch.ones(candidates.numel(), dtype=torch.bool))
+    assert torch.equal(everything.weight_error, torch.zeros(2)) and torch.equal(everything.visual_weight_error, torch.zeros(2))

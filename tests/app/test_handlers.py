@@ -1,0 +1,62 @@
+"""The app's handlers called directly, as the page calls them (no browser, no server)."""
+
+import json
+
+import pytest
+
+from dualview.app import handlers
+from dualview.app.models import ModelHolder
+from dualview.errors import DualviewError
+
+
+@pytest.fixture(scope="module")
+def holder():
+    return ModelHolder(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    from dualview.app.examples import load_examples
+    from dualview.shapes.world import write_examples
+
+    folder = tmp_path_factory.mktemp("examples")
+    write_examples(folder)
+    return load_examples(folder)[0]
+
+
+def test_an_example_describes_only_its_own_image_and_question(holder, example):
+    """Ground truth and evidence belong to (that picture, that question): a new question or a new
+    picture drops them (issue 17, kind 6)."""
+    same = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], example)["state"]
+    assert same.example is example and same.evidence_tokens()
+    asked = handlers.run(holder, example["path"], "how many objects are there?", "builtin", "iwp", 20, "", [], example)
+    assert asked["state"].example is None and asked["state"].evidence_tokens() == []
+    assert "Ground truth" not in asked["answers"]
+    assert "Ground truth" in handlers.answer(holder, same)["answers"]
+
+
+def test_every_methods_parameters_reach_its_selection(holder, example):
+    """The page's parameter controls come from the registry; each one changes what its method does."""
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 30, "", [], None)["state"]
+    names = [f"{m}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
+    assert names == ["iwp.b0", "iwp.growth", "iwp.lam", "mmr.trade", "random.seed"]
+    values = [None] * len(names)
+    first = handlers.update(state, "random", 30, values)["summary"]["kept"]
+    values[names.index("random.seed")] = 7
+    reseeded = handlers.update(state, "random", 30, values)["summary"]
+    assert reseeded["kept"] != first and reseeded["settings"]["params"] == {"seed": 7}
+    values[names.index("mmr.trade")] = 0.9
+    assert handlers.update(state, "mmr", 30, values)["summary"]["settings"]["params"] == {"trade": 0.9}
+    values[names.index("iwp.lam")] = 500
+    with pytest.raises(DualviewError, match="iwp's lam"):
+        handlers.update(state, "iwp", 30, values)
+
+
+def test_steps_outside_the_selection_are_refused_with_a_sentence(holder, example):
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 30, "", [], None)["state"]
+    rounds = len(state.trace("pcmmr").chunks)
+    assert handlers.step(state, "pcmmr", rounds - 1)["pcmmr_plot"] is not None
+    for bad in (rounds, -1, 1.5, "2"):
+        with pytest.raises(DualviewError, match="does not exist"):
+            handlers.step(state, "pcmmr", bad)
+    assert json.loads(handlers.classic_view(state)["classic_plot"].to_json())["layout"]["title"]["text"]
