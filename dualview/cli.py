@@ -287,6 +287,8 @@ def _print_text(command: str, result: dict) -> None:
     else:
         print(f"model: {result['model']['name']}, layer {result['settings']['analysis_layer']}, "
               f"{len(result['magnitude'])} visual tokens")
+        if not result["geometry"]["spatial"]:
+            print(f"note: {result['geometry']['note']}")
         top = sorted(range(len(result["magnitude"])), key=lambda i: -result["magnitude"][i])[:10]
         print("largest magnitude:", ", ".join(f"{i} ({result['magnitude'][i]:.3f})" for i in top))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -15,9 +16,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "shapes")
-"""Every adapter family, plus ``shapes``: the built-in model's layout (dualview.shapes.model) at its
-TINY size (SigLIP tower, no chat template, word-level tokenizer, 2 decoder layers)."""
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
+            "gemma3", "gemma3_pan_and_scan", "internvl", "paligemma", "shapes")
+"""Every adapter family; ``gemma3_pan_and_scan``: the tiny Gemma 3 with its processor's pan-and-scan
+turned on (the original image, then 2 crops for the wide and tall test images); ``paligemma``: a
+class without an adapter, loaded through the generic path; ``shapes``: the
+built-in model's layout (dualview.shapes.model) at its TINY size (SigLIP tower, no chat template,
+word-level tokenizer, 2 decoder layers)."""
 
 _ROOT = tempfile.mkdtemp(prefix="dualview-tiny-")
 atexit.register(shutil.rmtree, _ROOT, True)
@@ -31,6 +36,16 @@ def tiny_dir(family: str) -> str:
 
         shapes.build_model(shapes.TINY, seed=0).save_pretrained(path)
         shapes.build_processor(shapes.TINY).save_pretrained(path)
+    elif family == "gemma3_pan_and_scan":
+        from dualview.engine.tiny import build_tiny
+
+        build_tiny("gemma3", path)
+        config_path = os.path.join(path, "processor_config.json")
+        with open(config_path) as handle:
+            config = json.load(handle)
+        config["image_processor"]["do_pan_and_scan"] = True
+        with open(config_path, "w") as handle:
+            json.dump(config, handle)
     else:
         from dualview.engine.tiny import build_tiny
 

@@ -11,7 +11,13 @@ dualview hands out (kept sets, scores) refers to that numbering.
 Boxes of one group tile the part of the image the model sees (the whole image, or the centre
 crop of a centre-cropping processor): each AnyRes crop grid, after unpadding, is spread evenly
 over the whole image, which is what the unpadding intends (the padded border is removed up to
-less than one cell).
+less than one cell). Tiled layouts (Idefics3 / SmolVLM tiles, InternVL tiles, Gemma 3
+pan-and-scan crops) put all tiles in one joint view whose cells are numbered across tiles, plus
+the overview image (global image, thumbnail, original) as its own view.
+
+A layout dualview cannot place (the generic path, for a class without an adapter whose processor
+states no grid) is a *strip*: tokens in sequence order over vertical slices of the image, with
+``spatial = False`` and a one-sentence ``note`` for the app and CLI to show.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class Geometry:
         view: ``[Nv]`` LongTensor index into ``views``: the raster grid the token belongs to
             (AnyRes: the base view, and the joint grid of all crops after unpadding).
         views: (name, (rows, cols)) of each grid; ``rows``/``cols`` are cells of that grid.
+        spatial: False when the boxes are not image regions (a strip in token order).
+        note: one sentence saying why, when ``spatial`` is False; empty otherwise.
     """
 
     image_size: tuple[int, int]
@@ -49,14 +57,19 @@ class Geometry:
     group_names: list[str]
     view: Tensor
     views: list[tuple[str, tuple[int, int]]]
+    spatial: bool = True
+    note: str = ""
 
     @property
     def num_visual(self) -> int:
         return int(self.boxes.shape[0])
 
     def view_indices(self, view: int) -> Tensor:
-        """Visual-token indices of grid ``view`` (index into ``views``), in raster order."""
-        return torch.nonzero(self.view == view).reshape(-1)
+        """Visual-token indices of grid ``view`` (index into ``views``), in raster order of that grid
+        (sequence order too, except in a joint grid of tiles, whose tokens come tile by tile)."""
+        members = torch.nonzero(self.view == view).reshape(-1)
+        cols = self.views[view][1][1]
+        return members[torch.argsort(self.rows[members] * cols + self.cols[members])]
 
     def to_dict(self) -> dict:
         """Plain JSON-able description (lists of numbers)."""
@@ -68,6 +81,8 @@ class Geometry:
             "group": [self.group_names[g] for g in self.group.tolist()],
             "view": self.view.tolist(),
             "views": [{"name": name, "rows": shape[0], "cols": shape[1]} for name, shape in self.views],
+            "spatial": self.spatial,
+            "note": self.note,
         }
 
 
@@ -104,19 +119,36 @@ class _Builder:
             self.views.append((name, (n_rows, n_cols)))
         for r in range(n_rows):
             for c in range(n_cols):
-                label = names[r * n_cols + c]
-                if label not in self.group_names:
-                    self.group_names.append(label)
-                self.view.append(len(self.views) - 1)
-                self.is_visual.append(True)
-                self.boxes.append([x0 + c * cell_w, y0 + r * cell_h, x0 + (c + 1) * cell_w, y0 + (r + 1) * cell_h])
-                self.rows.append(r)
-                self.cols.append(c)
-                self.group.append(self.group_names.index(label))
+                self._cell([x0 + c * cell_w, y0 + r * cell_h, x0 + (c + 1) * cell_w, y0 + (r + 1) * cell_h],
+                           r, c, names[r * n_cols + c])
             if newline:
                 self.structural()
 
-    def build(self) -> Geometry:
+    def tiles(self, name: str, tile_grid: tuple[int, int], side: tuple[int, int],
+              regions: list[tuple[float, float, float, float]]) -> None:
+        """Tiles in raster order, each a raster ``side`` (rows, cols) grid of cells over its region,
+        all in one joint view ``name + "s"`` of ``tile_grid * side`` cells; tile t is group
+        ``f"{name} {t + 1}"``."""
+        self.views.append((name + "s", (tile_grid[0] * side[0], tile_grid[1] * side[1])))
+        for t, (x0, y0, x1, y1) in enumerate(regions):
+            tile_r, tile_c = divmod(t, tile_grid[1])
+            cell_w, cell_h = (x1 - x0) / side[1], (y1 - y0) / side[0]
+            for r in range(side[0]):
+                for c in range(side[1]):
+                    self._cell([x0 + c * cell_w, y0 + r * cell_h, x0 + (c + 1) * cell_w, y0 + (r + 1) * cell_h],
+                               tile_r * side[0] + r, tile_c * side[1] + c, f"{name} {t + 1}")
+
+    def _cell(self, box: list[float], row: int, col: int, label: str) -> None:
+        if label not in self.group_names:
+            self.group_names.append(label)
+        self.view.append(len(self.views) - 1)
+        self.is_visual.append(True)
+        self.boxes.append(box)
+        self.rows.append(row)
+        self.cols.append(col)
+        self.group.append(self.group_names.index(label))
+
+    def build(self, note: str = "") -> Geometry:
         return Geometry(
             image_size=self.image_size,
             is_visual=torch.tensor(self.is_visual, dtype=torch.bool),
@@ -127,6 +159,8 @@ class _Builder:
             group_names=self.group_names,
             view=torch.tensor(self.view, dtype=torch.long),
             views=self.views,
+            spatial=not note,
+            note=note,
         )
 
 
@@ -202,3 +236,47 @@ def merged_patch_grid(image_size: tuple[int, int], grid_hw: tuple[int, int], mer
     rows, cols = math.ceil(grid_hw[0] / merge), math.ceil(grid_hw[1] / merge)
     builder.grid("image", rows, cols, (0.0, 0.0, float(width), float(height)))
     return builder.build()
+
+
+def even_tiles(image_size: tuple[int, int], tile_grid: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """Regions of a ``tile_grid`` (rows, cols) of equal tiles over the whole image, raster order
+    (processors that resize the whole image to the tile grid and cut it evenly)."""
+    width, height = image_size
+    rows, cols = tile_grid
+    return [(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows)
+            for r in range(rows) for c in range(cols)]
+
+
+def tiled(image_size: tuple[int, int], side: tuple[int, int], tile_grid: tuple[int, int] | None,
+          regions: list[tuple[float, float, float, float]] | None, overview: str | None,
+          overview_first: bool, tile_name: str = "tile") -> Geometry:
+    """Tiles plus an overview of the whole image (Idefics3 / SmolVLM, InternVL, Gemma 3 pan-and-scan).
+
+    Args:
+        image_size: (width, height) of the original image.
+        side: (rows, cols) of tokens per tile and per overview (after pixel shuffle or pooling).
+        tile_grid: (rows, cols) of tiles, or None when the image was not tiled.
+        regions: each tile's (x0, y0, x1, y1) in original-image pixels, raster order over
+            ``tile_grid`` (e.g. :func:`even_tiles`).
+        overview: view name of the whole-image view ("global image", "thumbnail", "original"), or
+            None when there is none.
+        overview_first: whether the overview's tokens come before the tiles' (Gemma 3) or after.
+        tile_name: what a tile is called ("tile", "crop"): groups "tile 1", ..., view "tiles".
+    """
+    width, height = image_size
+    builder = _Builder(image_size)
+    if overview and overview_first:
+        builder.grid(overview, side[0], side[1], (0.0, 0.0, float(width), float(height)))
+    if tile_grid is not None:
+        builder.tiles(tile_name, tile_grid, side, regions)
+    if overview and not overview_first:
+        builder.grid(overview, side[0], side[1], (0.0, 0.0, float(width), float(height)))
+    return builder.build()
+
+
+def strip(image_size: tuple[int, int], count: int, note: str) -> Geometry:
+    """``count`` tokens in sequence order as one row over vertical slices of the image, not spatial."""
+    width, height = image_size
+    builder = _Builder(image_size)
+    builder.grid("tokens (not spatial)", 1, count, (0.0, 0.0, float(width), float(height)))
+    return builder.build(note=note)

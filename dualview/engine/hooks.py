@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +35,17 @@ class LayerInput:
     hidden: Tensor
     cos: Tensor
     sin: Tensor
+
+
+_ACTIVE: ContextVar[list | None] = ContextVar("dualview_active_keep", default=None)
+
+
+def active_keep() -> Tensor | None:
+    """Inside :func:`prune_from`, once its first layer has run: the ``[S']`` kept positions of the
+    prompt (CPU); else None. For model code outside the decoder layers that must follow the pruning
+    (Qwen3-VL's DeepStack additions)."""
+    chosen = _ACTIVE.get()
+    return chosen[0] if chosen else None
 
 
 class StopForward(Exception):
@@ -86,6 +98,22 @@ def use_supported_attention(model) -> str | None:
     return message
 
 
+def _sliding_decode_mask(keep: Tensor, prefill_length: int, step: int, window: int, dtype) -> Tensor:
+    """``[1, 1, 1, n]`` additive mask for decoding step ``step`` (0 = first new token) of a pruned
+    sliding-window layer.
+
+    Its cache holds the layer's own sequence (kept prompt positions ``keep``, then the generated
+    positions) cut to its last ``window - 1`` entries, plus the new token: the last ``n = min(window,
+    length)`` entries. Of those, the token at position ``prefill_length + step`` may see only the
+    ones less than ``window`` positions back (the sliding window in original positions, as in the
+    model's own mask)."""
+    position = prefill_length + step
+    sequence = torch.cat([keep, torch.arange(prefill_length, position + 1, device=keep.device)])
+    seen = sequence[-min(window, sequence.numel()):]
+    mask = torch.zeros(1, 1, 1, seen.numel(), dtype=dtype, device=keep.device)
+    return mask.masked_fill(seen <= position - window, torch.finfo(dtype).min)
+
+
 def _slice_mask(mask: Tensor, keep: Tensor, prefill_length: int) -> Tensor:
     """Slice a 4-D mask ``[B, 1, Q, K]``: query rows of a prefill call, and the key columns of the
     prompt (columns past the prompt are generated tokens and stay)."""
@@ -102,7 +130,9 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
     Layer ``start`` slices its incoming hidden states; every layer from ``start`` on slices its
     position embeddings, position ids and 4-D mask the same way, so kept tokens keep their
     original positions. Decoding calls (one new token) pass through; those layers' caches hold
-    only the kept prompt tokens.
+    only the kept prompt tokens. A sliding-window layer (``self_attn.sliding_window``, Gemma 3)
+    gets, at each decoding step, the mask of its window in original positions over what its
+    cache holds (:func:`_sliding_decode_mask`).
 
     Args:
         layers: the decoder layers.
@@ -123,6 +153,11 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
         index = on_device.setdefault(cos.device, chosen[0].to(cos.device))
         if cos.shape[-2] != prefill_length:  # a decoding step
             key_length[id(module)] += cos.shape[-2]
+            window = getattr(getattr(module, "self_attn", None), "sliding_window", None)
+            if window:
+                step = key_length[id(module)] - index.numel() - 1  # 0 for the first generated token
+                mask = _sliding_decode_mask(index, prefill_length, step, window, _hidden(args, kwargs).dtype)
+                return args, {**kwargs, "attention_mask": mask}
             mask = kwargs.get("attention_mask")
             # The decoding mask is built from the first layer's cache: full width when that layer
             # is unpruned (slice it), already this layer's width when pruning starts at layer 0.
@@ -142,8 +177,10 @@ def prune_from(layers, start: int, keep: Tensor | Callable[[LayerInput], Tensor]
 
     for layer in list(layers)[start:]:
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    active = _ACTIVE.set(chosen)
     try:
         yield
     finally:
+        _ACTIVE.reset(active)
         for handle in handles:
             handle.remove()

@@ -11,7 +11,9 @@ from dualview.errors import DualviewError
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "assets" / "shapes-vlm"
 
-SUPPORTED = ("LLaVA-1.5 (LlavaForConditionalGeneration), LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL")
+SUPPORTED = ("LLaVA-1.5 (LlavaForConditionalGeneration), LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, "
+             "Qwen3-VL, Idefics3, SmolVLM, Gemma 3, InternVL, and any other image-text-to-text class whose "
+             "image tokens are placeholder ids in the prompt (generic path)")
 
 
 def resolve_device(device: str | None) -> str:
@@ -82,7 +84,12 @@ def _processor(location: str, family: str, model):
     except (ImportError, OSError, ValueError, TypeError):
         pass
     classes = {"llava_onevision": "LlavaOnevisionProcessor", "qwen2_vl": "Qwen2VLProcessor",
-               "qwen2_5_vl": "Qwen2_5_VLProcessor", "llava": "LlavaProcessor", "llava_next": "LlavaNextProcessor"}
+               "qwen2_5_vl": "Qwen2_5_VLProcessor", "llava": "LlavaProcessor", "llava_next": "LlavaNextProcessor",
+               "qwen3_vl": "Qwen3VLProcessor", "smolvlm": "SmolVLMProcessor", "internvl": "InternVLProcessor",
+               "idefics3": "Idefics3Processor", "gemma3": "Gemma3Processor"}
+    if family not in classes:
+        raise DualviewError(f"Cannot build the processor of this {type(model).__name__}: AutoProcessor failed on its "
+                            "files and dualview has no adapter that knows how to assemble it.")
     base = getattr(transformers, classes[family])
 
     class WithoutVideo(base):
@@ -102,9 +109,21 @@ def _processor(location: str, family: str, model):
     if family in ("llava", "llava_next"):
         kwargs.update(patch_size=config.vision_config.patch_size,
                       vision_feature_select_strategy=config.vision_feature_select_strategy)
-    if family in ("llava_onevision", "qwen2_vl", "qwen2_5_vl"):
+    if family == "smolvlm":
+        vision = config.vision_config
+        kwargs.update(image_seq_len=(vision.image_size // vision.patch_size // config.scale_factor) ** 2)
+    if family == "internvl":
+        kwargs.update(image_seq_length=config.image_seq_length)
+    if family in ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "internvl"):
         return WithoutVideo(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs)
     return base(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+
+def _image_text_to_text(architecture: str) -> bool:
+    """Whether transformers maps some config to ``architecture`` for AutoModelForImageTextToText."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return architecture in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
 
 
 def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
@@ -117,8 +136,9 @@ def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
             On cuda the model loads with ``device_map="auto"`` (spread over all visible GPUs).
         dtype: default float32 on CPU, bfloat16 on GPU.
     Raises:
-        DualviewError: unknown model class, missing path, model not on disk while offline, weights
-            not in safetensors form (pickled ``.bin`` checkpoints are never unpickled).
+        DualviewError: a class that is neither supported nor image-text-to-text (or whose decoder
+            layers the generic path cannot find), missing path, model not on disk while offline,
+            weights not in safetensors form (pickled ``.bin`` checkpoints are never unpickled).
     """
     import transformers
 
@@ -130,10 +150,10 @@ def load(name_or_path: str = BUILTIN, device: str | None = None, dtype=None):
     name = str(name_or_path)
     location = _locate(name)
     architecture = _architecture(location, name)
-    if architecture not in ARCHITECTURES:
+    family = ARCHITECTURES.get(architecture) or ("generic" if _image_text_to_text(architecture) else None)
+    if family is None:
         raise DualviewError(f"Model '{name}' is a {architecture}, which dualview does not support; "
                             f"supported: {SUPPORTED}.")
-    family = ARCHITECTURES[architecture]
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     placement = {"device_map": "auto"} if device.startswith("cuda") else {}

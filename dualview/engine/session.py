@@ -156,6 +156,8 @@ class Session:
         q = attention.q_proj(x).view(1, length, -1, dim).transpose(1, 2)
         k = attention.k_proj(x).view(1, length, -1, dim).transpose(1, 2)
         v = attention.v_proj(x).view(1, length, -1, dim).transpose(1, 2)
+        if getattr(attention, "q_norm", None) is not None:  # Gemma 3, Qwen3: per-head RMS norm before RoPE
+            q, k = attention.q_norm(q), attention.k_norm(k)
         q_post, k_post = self.adapter.apply_rope(q, k, captured.cos[None], captured.sin[None])
         return Projections(*(t[0].float() for t in (q, k, q_post, k_post, v)))
 

@@ -81,8 +81,22 @@ def token_contents(session, prepared, width, height):
         patches = inputs["pixel_values"].reshape(-1, 3, t, p, p)[:, :, 0]
         xy = decoded_positions(patches, ip, width, height)
         return xy.reshape(-1, config.vision_config.spatial_merge_size ** 2, 2).mean(dim=1)  # merged 2 x 2
+    if session.family in ("idefics3", "smolvlm"):  # [1, tiles + global, 3, s, s] -> pixel shuffle per image
+        side, scale = config.vision_config.image_size // config.vision_config.patch_size, config.scale_factor
+        xy = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in inputs["pixel_values"][0]])
+        shuffled = model.model.connector.pixel_shuffle(xy, scale)  # [images, tokens, scale² * 2]
+        return shuffled.reshape(-1, scale * scale, 2).mean(dim=1)
+    if session.family == "internvl":  # [tiles (+ thumbnail), 3, s, s] -> pixel shuffle 0.5 per image
+        side = config.vision_config.image_size[0] // config.vision_config.patch_size[0]
+        xy = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in inputs["pixel_values"]])
+        shuffled = model.model.pixel_shuffle(xy.reshape(-1, side, side, 2), scale_factor=config.downsample_ratio)
+        return shuffled.reshape(-1, round(1 / config.downsample_ratio**2), 2).mean(dim=1)
     side = config.vision_config.image_size // config.vision_config.patch_size
-    if session.family == "llava":
+    if session.family == "gemma3":  # [original (+ crops), 3, s, s] -> the projector's own average pooling
+        xy = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in inputs["pixel_values"]])
+        pooled = model.model.multi_modal_projector.avg_pool(xy.transpose(1, 2).reshape(-1, 2, side, side))
+        return pooled.flatten(2).transpose(1, 2).reshape(-1, 2)
+    if session.family in ("llava", "generic"):  # one image, one grid (the generic model here: PaliGemma)
         return decoded_positions(cells(inputs["pixel_values"][0], side), ip, width, height)
     views = inputs["pixel_values"][0]  # [1 + crops, 3, s, s]
     features = torch.stack([decoded_positions(cells(v, side), ip, width, height) for v in views])

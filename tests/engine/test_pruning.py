@@ -9,6 +9,7 @@ original position ids. Captured q/k/v are checked against the model's own projec
 import pytest
 import torch
 
+from dualview.engine.adapters import append_generated
 from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_session
 
 IMAGE = gradient_image(100, 72)
@@ -21,28 +22,27 @@ def kept_subset(session, fraction=0.4, seed=1):
     return torch.randperm(count, generator=generator)[: max(1, int(fraction * count))]
 
 
-def extended(inputs, extra):
-    """Model inputs with token ids ``extra`` appended (text tokens)."""
-    if not extra:
-        return inputs
-    ids = torch.tensor([extra], dtype=inputs["input_ids"].dtype)
-    out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids], dim=1))
-    for key, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
-        if key in inputs:
-            out[key] = torch.cat([inputs[key], torch.full_like(ids, fill).to(inputs[key].dtype)], dim=1)
-    return out
+def extended(session, inputs, extra):
+    """Model inputs with generated token ids ``extra`` appended (per-token inputs extended by the
+    model's own generation step)."""
+    return append_generated(session.model._update_model_kwargs_for_generation, inputs, extra)
 
 
 def masked_logits(session, inputs, dropped, layer):
-    """Full-length forward; layers >= ``layer`` cannot attend to positions ``dropped``."""
+    """Full-length forward; layers >= ``layer`` cannot attend to positions ``dropped``, and otherwise
+    attend as the model's own mask says (causal, or its sliding window, or image tokens both ways)."""
     length = inputs["input_ids"].shape[1]
-    allowed = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed[:, dropped] = False
-    allowed[dropped, dropped] = True  # a dropped row sees itself (its output is never used)
-    mask = torch.zeros(1, 1, length, length, dtype=session.model.dtype)
-    mask[0, 0][~allowed] = torch.finfo(session.model.dtype).min
+    dtype = session.model.dtype
 
     def hook(module, args, kwargs):
+        own = kwargs.get("attention_mask")
+        if isinstance(own, torch.Tensor):
+            allowed = (own if own.dtype == torch.bool else own == 0)[0, 0].clone()
+        else:
+            allowed = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed[:, dropped] = False
+        allowed[dropped, dropped] = True  # a dropped row sees itself (its output is never used)
+        mask = torch.zeros(1, 1, length, length, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         return args, {**kwargs, "attention_mask": mask}
 
     handles = [l.register_forward_pre_hook(hook, with_kwargs=True) for l in list(session.adapter.layers)[layer:]]
@@ -59,7 +59,7 @@ def masked_greedy(session, prepared, dropped, layer, steps):
     eos = set(eos if isinstance(eos, list) else [eos])
     generated = []
     for _ in range(steps):
-        token = int(masked_logits(session, extended(prepared.inputs, generated), dropped, layer)[-1].argmax())
+        token = int(masked_logits(session, extended(session, prepared.inputs, generated), dropped, layer)[-1].argmax())
         generated.append(token)
         if token in eos:
             break
@@ -103,6 +103,30 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoding_step_matches_the_masked_reference(family):
+    """The logits of each generated token (cached, pruned layers hold shorter caches; Gemma 3's
+    sliding-window caches) equal a full forward pass of the masked reference on the same tokens."""
+    from dualview.engine import hooks
+
+    session = tiny_session(family)
+    prepared = session.prepare(IMAGE, PROMPT)
+    kept = kept_subset(session)
+    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
+    dropped_visual[kept] = False
+    dropped = prepared.visual_positions[dropped_visual]
+    layer = session.default_layer
+    with torch.no_grad(), hooks.prune_from(session.adapter.layers, layer, prepared.keep_positions(kept),
+                                           prepared.length):
+        out = session.model.generate(**prepared.inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                     do_sample=False, output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, prepared.length:].tolist()
+    assert len(out.logits) == NEW_TOKENS
+    for step, logits in enumerate(out.logits):
+        reference = masked_logits(session, extended(session, prepared.inputs, tokens[:step]), dropped, layer)[-1]
+        assert (logits[0].float() - reference).abs().max() <= 1e-5, step
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
     session = tiny_session(family)
     prepared = session.prepare(IMAGE, PROMPT)
@@ -127,11 +151,25 @@ def test_layer_zero_equals_the_shortened_input_with_original_positions(family):
     embeds = seen["inputs_embeds"][:, keep]
     positions = seen.get("position_ids")
     positions = torch.arange(prepared.length)[None] if positions is None else positions
+    # An explicit mask: without one (and without a cache) transformers reads position-id gaps as
+    # packed sequences and builds a block-diagonal mask. A model that hands its language model
+    # ready 4-D masks (Gemma 3: image tokens both ways, sliding windows) gets them cut to the kept rows
+    # and columns; otherwise a 2-D mask of ones.
+    own = seen.get("attention_mask")
+    if isinstance(own, dict):
+        mask = {name: m[:, :, keep][..., keep] for name, m in own.items()}
+    else:
+        mask = torch.ones(1, keep.numel(), dtype=torch.long)
+    extra = {}
+    if seen.get("deepstack_visual_embeds") is not None:  # Qwen3-VL: DeepStack features of the kept visual tokens
+        is_visual = seen["visual_pos_masks"][0]
+        kept_rows = torch.nonzero(is_visual).reshape(-1).tolist()
+        rows = [kept_rows.index(p) for p in keep.tolist() if is_visual[p]]
+        extra = {"visual_pos_masks": seen["visual_pos_masks"][:, keep],
+                 "deepstack_visual_embeds": [e[rows] for e in seen["deepstack_visual_embeds"]]}
     with torch.no_grad():
-        # An explicit 2-D mask: without one (and without a cache) transformers reads position-id
-        # gaps as packed sequences and builds a block-diagonal mask.
         hidden = language_model(inputs_embeds=embeds, position_ids=positions[..., keep], use_cache=False,
-                                attention_mask=torch.ones(1, keep.numel(), dtype=torch.long))
+                                attention_mask=mask, **extra)
         reference = session.model.lm_head(hidden.last_hidden_state)[0].float()
     logits, got_positions = session.logits(prepared, keep=kept, layer=0)
     assert torch.equal(got_positions, keep)
@@ -145,8 +183,10 @@ def test_captured_qkv_equal_the_models_own(family):
     analysis = session.analyze(session.prepare(IMAGE, PROMPT), layer=layer)
     attention = session.adapter.layers[layer].self_attn
     outputs = {}
+    # q and k before RoPE: the projections' outputs, or the per-head norms' (Gemma 3, Qwen3) that follow them
+    names = ("q_norm", "k_norm") if getattr(attention, "q_norm", None) is not None else ("q_proj", "k_proj")
     handles = [getattr(attention, name).register_forward_hook(
-        lambda m, a, out, name=name: outputs.__setitem__(name, out[0])) for name in ("q_proj", "k_proj")]
+        lambda m, a, out, name=name[0]: outputs.__setitem__(name, out[0])) for name in names]
     try:
         with torch.no_grad():
             result = session.model(**analysis.prepared.inputs, use_cache=True)
@@ -157,10 +197,18 @@ def test_captured_qkv_equal_the_models_own(family):
     p = analysis.projections
     d = attention.head_dim
     length = analysis.prepared.length
-    assert torch.allclose(p.q_pre, outputs["q_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
-    assert torch.allclose(p.k_pre, outputs["k_proj"].view(length, -1, d).transpose(0, 1), atol=1e-6)
-    assert torch.allclose(p.k_post, cache.layers[layer].keys[0].float(), atol=1e-6)
-    assert torch.allclose(p.v, cache.layers[layer].values[0].float(), atol=1e-6)
+
+    def heads(t):  # [S, H * d] or [S, H, d] (before the head transpose) or [H, S, d] (after) -> [H, S, d]
+        return t if t.dim() == 3 and t.shape[1] == length != t.shape[0] else t.reshape(length, -1, d).transpose(0, 1)
+
+    assert torch.allclose(p.q_pre, heads(outputs["q"]), atol=1e-6)
+    assert torch.allclose(p.k_pre, heads(outputs["k"]), atol=1e-6)
+    keys, values = cache.layers[layer].keys[0].float(), cache.layers[layer].values[0].float()
+    window = getattr(attention, "sliding_window", None)
+    cached = min(length, window - 1) if window else length  # a sliding-window cache keeps the last window - 1
+    assert keys.shape[-2] == values.shape[-2] == cached
+    assert torch.allclose(p.k_post[:, length - cached:], keys, atol=1e-6)
+    assert torch.allclose(p.v[:, length - cached:], values, atol=1e-6)
     assert p.q_post.shape == p.q_pre.shape and not torch.allclose(p.q_post, p.q_pre)
 
 
@@ -186,7 +234,7 @@ def test_answer_logprob_is_teacher_forced_log_likelihood_of_the_generated_ids():
             break
     assert session.answer_ids(answer) == ids
     with torch.no_grad():
-        logits = session.model(**extended(prepared.inputs, ids), use_cache=False).logits[0].float()
+        logits = session.model(**extended(session, prepared.inputs, ids), use_cache=False).logits[0].float()
     steps = torch.log_softmax(logits[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(prepared, answer) == pytest.approx(expected, abs=1e-4)
@@ -196,7 +244,7 @@ def test_answer_logprob_is_teacher_forced_log_likelihood_of_the_generated_ids():
     kept = kept_subset(session)
     dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
     dropped[kept] = False
-    masked = masked_logits(session, extended(prepared.inputs, ids), prepared.visual_positions[dropped], 1)
+    masked = masked_logits(session, extended(session, prepared.inputs, ids), prepared.visual_positions[dropped], 1)
     steps = torch.log_softmax(masked[prepared.length - 1:-1], dim=-1)
     expected = float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum())
     assert session.answer_logprob(prepared, answer, keep=kept, layer=1) == pytest.approx(expected, abs=1e-4)
@@ -217,7 +265,7 @@ def test_answer_text_is_scored_only_when_it_round_trips_through_the_tokenizer():
         session.answer_logprob(prepared, "")
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "shapes"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "shapes"])
 def test_selection_fused_into_the_forward_pass_equals_analyse_then_answer(family):
     from dualview.errors import DualviewError
     from dualview.methods import get_method

@@ -14,11 +14,10 @@ import os
 import tempfile
 
 import pytest
-import torch
-import transformers as tf
 
 import dualview
 from dualview import cli
+from dualview.engine.tiny import build_tiny
 from dualview.errors import DualviewError
 from dualview.figures.maps import panels
 from tests.engine_tiny import FAMILIES, PROMPT, gradient_image, tiny_dir, tiny_session
@@ -95,33 +94,9 @@ def test_thin_images_run_or_are_refused_as_the_processor_would(family):
 
 @functools.cache
 def real_geometry_dir(family: str) -> str:
-    """``family``'s tiny model with the public checkpoints' vision geometry (image size, pinpoints)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="dualview-real-geometry-"), family)
-    config = tf.AutoConfig.from_pretrained(tiny_dir(family))
-    tokenizer = tf.AutoTokenizer.from_pretrained(tiny_dir(family))
-    if family == "llava_next":  # llava-v1.6-mistral-7b-hf
-        side, pinpoints = 336, [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-        image_processor = tf.LlavaNextImageProcessorPil(size={"shortest_edge": side},
-                                                        crop_size={"height": side, "width": side},
-                                                        image_grid_pinpoints=pinpoints)
-    else:  # llava-onevision-qwen2-7b-ov-hf
-        side, pinpoints = 384, [[384 * a, 384 * b] for a in range(1, 7) for b in range(1, 7)]
-        image_processor = tf.LlavaOnevisionImageProcessorPil(size={"height": side, "width": side},
-                                                             image_grid_pinpoints=pinpoints)
-        config.vision_aspect_ratio = "anyres_max_9"
-    config.vision_config.image_size = side
-    config.image_grid_pinpoints = pinpoints
-    config.text_config.max_position_embeddings = 16384
-    torch.manual_seed(0)
-    model = getattr(tf, config.architectures[0])(config)
-    model.save_pretrained(path)
-    image_processor.save_pretrained(path)
-    if family == "llava_next":
-        tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                              vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(path)
-    else:
-        tokenizer.save_pretrained(path)
-    return path
+    """``family``'s model with the public checkpoint's vision geometry (``build_tiny(..., geometry="real")``)."""
+    return str(build_tiny(family, os.path.join(tempfile.mkdtemp(prefix="dualview-real-geometry-"), family),
+                          geometry="real"))
 
 
 @pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
