@@ -233,9 +233,17 @@ class AppState:
         return sorted({resolve_budget(f, self.num_visual) for f in CURVE_FRACTIONS})
 
     def _curve(self, method: str) -> dict:
+        """Every measure of ``method``'s kept set at each curve budget: one selection at the largest
+        budget and its prefixes when the registry declares the method nested, else one per budget."""
+        chosen, budgets = get_method(method), self.curve_budgets()
+        if chosen.nested:
+            order = self.select(chosen, budgets[-1]).kept
+            kept_sets = [order[:budget] for budget in budgets]
+        else:
+            kept_sets = [self.select(chosen, budget).kept for budget in budgets]
         result: dict = {}
-        for budget in self.curve_budgets():
-            for name, value in self.analysis.measures(self.select(method, budget).kept).items():
+        for kept in kept_sets:
+            for name, value in self.analysis.measures(kept).items():
                 result.setdefault(name, []).append(value)
         return result
 

@@ -172,7 +172,10 @@ class Method:
 
     Attributes:
         name: registry name; summary: first line of its docstring; params: its :class:`Param`s;
-        needs: subset of :data:`CAPTURES`; function: ``select(inputs, count, **params)``.
+        needs: subset of :data:`CAPTURES`; function: ``select(inputs, count, **params)``;
+        nested: whether the kept set for a budget is always the first tokens of the kept set for any
+        larger budget (greedy and top-k rules, PC-MMR); then every budget of a curve is a prefix of
+        one selection (a test checks the claim for every method that makes it).
     """
 
     name: str
@@ -181,6 +184,7 @@ class Method:
     summary: str
     params: tuple[Param, ...]
     needs: frozenset = field(default_factory=frozenset)
+    nested: bool = False
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -225,12 +229,13 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, params: tuple[Param, ...] = (), layer: int | Callable[[ScoringInputs], int] = analysis_layer,
-             needs: tuple[str, ...] = ("projections",)):
+             needs: tuple[str, ...] = ("projections",), nested: bool = True):
     """Register ``function(inputs, count, **params) -> Selection`` as method ``name``.
 
     ``params``: its parameters (the function's keywords must be exactly these, without defaults);
     ``layer``: where it prunes (an int, or a function of the inputs; default the analysis layer);
-    ``needs``: what it reads, from :data:`CAPTURES`.
+    ``needs``: what it reads, from :data:`CAPTURES`; ``nested``: see :class:`Method` (False for a
+    rule whose kept sets at two budgets need not be prefixes of one another, e.g. a spatial grid).
     """
     unknown = set(needs) - set(CAPTURES)
     if unknown:
@@ -244,7 +249,7 @@ def register(name: str, *, params: tuple[Param, ...] = (), layer: int | Callable
                              "without defaults (defaults live in the Param declarations)")
         where = layer if callable(layer) else (lambda inputs, fixed=layer: fixed)
         summary = (inspect.getdoc(function) or inspect.getdoc(inspect.getmodule(function)) or "").split("\n")[0]
-        _METHODS[name] = Method(name, function, where, summary, tuple(params), frozenset(needs))
+        _METHODS[name] = Method(name, function, where, summary, tuple(params), frozenset(needs), nested)
         return function
 
     return decorate

@@ -195,3 +195,17 @@ def test_a_new_method_is_one_registration():
         registry._METHODS.pop("first-tokens")
     with pytest.raises(ValueError, match="without defaults"):
         register("with-default")(lambda inputs, count, offset=0: None)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "shapes"])
+def test_nested_methods_keep_prefixes_of_their_larger_selections(family):
+    """What the registry's ``nested`` claims (the curves read one selection's prefixes)."""
+    analysis = analysis_of(tiny_session(family), IMAGE)
+    n = analysis.num_visual
+    budgets = sorted({1, 2, 3, n // 5, n // 3, n // 2, n - 1, n} - {0})
+    for method in [m for m in all_methods() if m.nested]:
+        largest = method.select(analysis, n).kept.tolist()
+        for budget in budgets:
+            assert method.select(analysis, budget).kept.tolist() == largest[:budget], (method.name, budget)
+    assert not get_method("grid").nested
+
