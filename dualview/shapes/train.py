@@ -4,6 +4,8 @@
     python -m dualview.shapes.train --run runs/next --init assets/shapes-vlm --questions 24 \
         --attn-layers 2,3,4,5 --word-layers 0,1 --query-layers 2,3 --lr 5e-4 --minutes 100
         # go on from the shipped model with stage 5's recipe (model card)
+    python -m dualview.shapes.train --run runs/stage6 --init assets/shapes-vlm ... --drop-prob 0.5 \
+        --styles --naming-words --word-layers 0,1,2,3,4      # stage 6's recipe (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
@@ -29,6 +31,19 @@ Recipe (built for a 2-core CPU, where compute is everything):
   at ``<sep>``, the question's last key word, where that lookup ended
   (:func:`question_attention_loss`); without these two the stage-3 model never carries a shape
   word to ``<sep>`` (model card, Known limits).
+- **Robust to removal** (``--drop-prob``, ``--drop-min-share``; stage 6): in that share of the
+  joint steps, visual tokens are removed at random (:func:`draw_removal`: a decoder layer uniform
+  over all of them, 0 included; per scene a random subset keeping a share uniform in
+  [``--drop-min-share``, 1]) by masking them out of attention from that layer on
+  (:func:`keys_removed`, equal to removing them physically), in the answer loss and every
+  attention loss; the other steps are unpruned. The removal draws from its own stream
+  ``default_rng([seed, DROP_STREAM, step])``, so the batches are those of a run without it.
+- **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
+  (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
+  outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
+  ``world.HELDOUT_STYLES`` are never drawn.
+- **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
+  ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
 - ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
   training can go on across sessions from the shipped weights.
