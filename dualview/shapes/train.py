@@ -418,8 +418,9 @@ def kept_keys(removed, index: int):
 
 
 def masked_mean(values, where):
-    """Mean of ``values`` where ``where`` (same shape) holds; 0 where it holds nowhere."""
-    return values[where].sum() / where.sum().clamp(min=1)
+    """Mean of ``values`` where ``where`` (same shape) holds (``values[where].mean()``, as stages 1-5
+    computed it); a zero without gradient where it holds nowhere (every target removed)."""
+    return values[where].mean() if bool(where.any()) else values.new_zeros(())
 
 
 def on_kept_keys(logits, target, supervised, kept):
