@@ -37,7 +37,8 @@ def duplication_figure(state: AppState):
 
 def kept_figure(state: AppState):
     kept = state.kept()
-    return figures.kept_map(state.layout, state.rounds(), image=state.display_image, hover=_hover_numbers(state),
+    return figures.kept_map(state.layout, state.rounds(), image=state.display_image,
+                            hover={"magnitude": state.analysis.magnitude_for(state.query).numpy()},
                             title=f"Kept: {len(kept)} / {state.num_visual} ({state.request.method})",
                             num_rounds=len(state.selection.chunks) + (1 if state.forced_keep else 0),
                             selected=state.selected, evidence=state.evidence_boxes(),
