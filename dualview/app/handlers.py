@@ -67,9 +67,12 @@ def require(state: AppState | None) -> AppState:
 
 def selection_views(state: AppState) -> dict:
     """The views that change with the kept set (maps of the kept set, status, summary, tables)."""
+    query_maps = {}
+    if state.derived.drawn_query != state.query:  # the maps that follow the query, only when it changed
+        query_maps = {"magnitude": views.magnitude_figure(state), "attention_map": views.attention_figure(state)}
+        state.derived.drawn_query = state.query
     return {"state": state, "status": views.status_text(state), "kept": views.kept_figure(state),
-            "debug": views.debug_text(state), "magnitude": views.magnitude_figure(state),
-            "attention_map": views.attention_figure(state),
+            "debug": views.debug_text(state), **query_maps,
             "teaching": views.teaching_text(state), "summary": views.summary(state),
             "command": views.cli_command(state), "space": views.space_figure(state),
             "per_head": views.per_head_text(state),

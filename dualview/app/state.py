@@ -76,7 +76,9 @@ class Derived:
             projections: kind -> ``[Nv, 2]`` PCA; full_answer: (Answer, log p) with every token;
             answers: the last full vs pruned comparison; method_answers: the every-method table;
             restoration: (kept set, layer, :class:`~dualview.engine.attribution.Restoration`) of the
-            last "what brings the answer back" search.
+            last "what brings the answer back" search; debugged: (kept set, query, debug measures)
+            of the last kept set; figures: maps that depend only on the analysis and the query
+            (and the inspected token), by key; drawn_query: the query the page's query maps show.
     """
 
     layout: dict | None = None
@@ -91,6 +93,9 @@ class Derived:
     answers: Answers | None = None
     method_answers: list = field(default_factory=list)
     restoration: tuple | None = None
+    debugged: tuple | None = None
+    figures: dict = field(default_factory=dict)
+    drawn_query: str | None = None
 
 
 @dataclass
@@ -227,6 +232,19 @@ class AppState:
         if self.derived.measured is None or self.derived.measured[0] != key:
             self.derived.measured = (key, self.analysis.measures(self.kept()))
         return self.derived.measured[1]
+
+    def debug_measures(self) -> dict:
+        """``Analysis.debug_measures`` of the current kept set and query, computed once per pair."""
+        key = (tuple(sorted(self.kept())), self.query)
+        if self.derived.debugged is None or self.derived.debugged[:2] != key:
+            self.derived.debugged = (*key, self.analysis.debug_measures(self.kept(), self.query))
+        return self.derived.debugged[2]
+
+    def figure(self, key: tuple, make):
+        """A figure that depends only on ``key`` (and this analysis), drawn once."""
+        if key not in self.derived.figures:
+            self.derived.figures[key] = make()
+        return self.derived.figures[key]
 
     # -- curves ---------------------------------------------------------------------------
     def curve_budgets(self) -> list[int]:

@@ -19,14 +19,17 @@ from dualview.methods import get_method
 def _hover_numbers(state: AppState) -> dict:
     a = state.analysis
     return {"κ(q_T,k) logit": a.kernel_logit.numpy(), "‖v‖": a.value_norm.numpy(),
-            "magnitude": a.magnitude.numpy(), "duplication": a.token_duplication.numpy()}
+            "magnitude": a.magnitude_for(state.query).numpy(), "duplication": a.token_duplication.numpy()}
 
 
 def magnitude_figure(state: AppState):
-    return figures.token_map(state.layout, state.analysis.magnitude_for(state.query).numpy(), image=state.display_image,
-                             title=f"Magnitude P = κ(q_T,k)·‖v‖ (q_T: {state.query})", hover=_hover_numbers(state),
-                             colorscale="Inferno", colorbar_title="P", selected=state.selected,
-                             evidence=state.evidence_boxes())
+    def make():
+        return figures.token_map(state.layout, state.analysis.magnitude_for(state.query).numpy(),
+                                 image=state.display_image, title=f"Magnitude P = κ(q_T,k)·‖v‖ (q_T: {state.query})",
+                                 hover=_hover_numbers(state), colorscale="Inferno", colorbar_title="P",
+                                 selected=state.selected, evidence=state.evidence_boxes())
+
+    return state.figure(("magnitude", state.query, state.selected), make)
 
 
 def duplication_figure(state: AppState):
@@ -93,7 +96,7 @@ def teaching_text(state: AppState) -> str:
     r = state.request
     pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]}" if p.is_choice else
                              f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
-    debug = state.analysis.debug_measures(state.kept(), state.query)
+    debug = state.debug_measures()
     kept_text = (f"kept in round {n['round'] + 1}" if n["round"] >= 0 else "dropped")
     score = "—" if n["penalised_score"] is None else f"{n['penalised_score']:.3g}"
     return "\n".join([
@@ -242,11 +245,14 @@ def per_head_text(state: AppState) -> str:
 
 def attention_figure(state: AppState):
     """Attention each visual token receives from the chosen query rows at the pruning layer."""
-    received = state.analysis.attention_received_by(state.query)  # [H, Nv]
-    heads = {f"head {h}": received[h].numpy() for h in range(received.shape[0])}
-    return figures.token_map(state.layout, received.mean(0).numpy(), image=state.display_image,
-                             title=f"Attention received from q ({state.query}), layer {state.analysis.layer}, "
-                                   "mean over heads", hover=heads, colorscale="Cividis", colorbar_title="a")
+    def make():
+        received = state.analysis.attention_received_by(state.query)  # [H, Nv]
+        heads = {f"head {h}": received[h].numpy() for h in range(received.shape[0])}
+        return figures.token_map(state.layout, received.mean(0).numpy(), image=state.display_image,
+                                 title=f"Attention received from q ({state.query}), layer {state.analysis.layer}, "
+                                       "mean over heads", hover=heads, colorscale="Cividis", colorbar_title="a")
+
+    return state.figure(("attention", state.query), make)
 
 
 def update_share_figure(state: AppState):
@@ -260,7 +266,7 @@ def update_share_figure(state: AppState):
 
 def debug_text(state: AppState) -> str:
     """Kept attention mass and the exact split of the output change, per head (method.md §8.2-8.3)."""
-    d = state.analysis.debug_measures(state.kept(), state.query)
+    d = state.debug_measures()
     heads = len(d["per_head"]["kept_mass"])
     header = "| | " + " | ".join(f"head {h}" for h in range(heads)) + " | mean |"
     rows = [header, "|---|" + "---:|" * (heads + 1)]

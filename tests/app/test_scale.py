@@ -73,7 +73,7 @@ def test_the_compact_views_carry_the_engines_own_numbers(large):
             drawn.update({t: z for t, z in cell_values(trace).items() if np.isfinite(z)})
     assert sorted(drawn) == sorted(kept.tolist())
     magnitude = {}
-    for trace in plot_json(view(out, "magnitude"))["data"]:
+    for trace in plot_json(view(large["out"], "magnitude"))["data"]:  # drawn by the Run (an update leaves it)
         if trace.get("type") == "heatmap":
             magnitude.update(cell_values(trace))
     assert torch.allclose(torch.tensor([magnitude[t] for t in range(analysis.num_visual)], dtype=torch.float32),
