@@ -1,4 +1,4 @@
-"""Command line: ``python -m dualview answer|analyze ...`` (JSON with ``--json``).
+"""Command line: ``python -m dualview answer|analyze|restore ...`` (JSON with ``--json``).
 
 ``--help`` stays fast: torch and transformers are imported only when a command runs.
 Errors print one line on stderr and exit with status 2.
@@ -32,7 +32,8 @@ def _params_help() -> str:
     lines = []
     for method in all_methods():
         if method.params:
-            described = "; ".join(f"{p.name}={p.default:g} ({p.help}, {p.bounds})" for p in method.params)
+            described = "; ".join(f"{p.name}={p.default if p.is_choice else format(p.default, 'g')} ({p.help}, {p.bounds})"
+                                  for p in method.params)
             lines.append(f"{method.name}: {described}")
     return "method parameter NAME=VALUE (repeatable). " + " | ".join(lines)
 
@@ -48,6 +49,30 @@ def _new_tokens(text: str) -> int:
     if not 1 <= count <= MAX_NEW_TOKENS:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_NEW_TOKENS}")
     return count
+
+
+def _calls(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return count
+
+
+QUERY_HELP = ("query rows the analysis reads: text (the instruction tokens, default), last (the last prompt "
+              "position), all (every non-image position) or token:i (instruction token i); method.md §8.1")
+
+
+def _add_selection(parser) -> None:
+    from dualview.methods import method_names
+
+    parser.add_argument("--method", default="iwp", help=f"one of: {', '.join(method_names())} (default iwp)")
+    parser.add_argument("--budget", default="0.111",
+                        help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
+    parser.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE", help=_params_help())
+    parser.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,18 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     answer = commands.add_parser("answer", parents=[common],
                                  help="answer with all visual tokens and with a pruned set",
-                                 description="Answer with all visual tokens and with the kept set of a method.")
-    from dualview.methods import method_names
+                                 description="Answer with all visual tokens and with the kept set of a method; "
+                                             "the kept set's measures, its kept attention mass and the split of "
+                                             "the attention-output change (method.md §6, §8.2-8.3).")
+    _add_selection(answer)
+    answer.add_argument("--query", default=None, help=QUERY_HELP + " for the kept mass and the split "
+                                                                   "(default: the method's query parameter, else text)")
 
-    answer.add_argument("--method", default="iwp", help=f"one of: {', '.join(method_names())} (default iwp)")
-    answer.add_argument("--budget", default="0.111",
-                        help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
-    answer.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE", help=_params_help())
-    answer.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
+    analyze = commands.add_parser("analyze", parents=[common], help="scores of every visual token at the analysis layer",
+                                  description="Scores of every visual token at the analysis layer (magnitude, "
+                                              "duplication, FastV attention, attention received from the chosen "
+                                              "queries, update share of W) and their image boxes.")
+    analyze.add_argument("--query", default="text", help=QUERY_HELP)
 
-    commands.add_parser("analyze", parents=[common], help="scores of every visual token at the analysis layer",
-                        description="Scores of every visual token at the analysis layer (magnitude, "
-                                    "duplication, FastV attention) and their image boxes.")
+    restore = commands.add_parser(
+        "restore", parents=[common], help="which dropped visual tokens bring a changed answer back",
+        description="When a method's kept set changes the answer, add dropped visual tokens back one at a time, "
+                    "the one that raises log p(full answer) most first (shortlists ordered by the first-order "
+                    "effect), until the answer returns or --max-calls forward passes are spent (method.md §8.4).")
+    _add_selection(restore)
+    restore.add_argument("--max-calls", type=_calls, default=64, help="forward passes the search may spend (default 64)")
+    restore.add_argument("--width", type=_calls, default=8,
+                         help="dropped tokens scored exactly per step, best first by the first-order effect (default 8)")
     return parser
 
 
@@ -100,10 +135,14 @@ def _model_dict(session) -> dict:
 def load_checked(args):
     """The session and the request of ``args``, checked by the app's own validator
     (:func:`dualview.validation.validate_request`): every cheap check (image, prompt, budget,
-    method, parameters) before the model loads, the layer against the model's depth after."""
+    method, parameters, query choice) before the model loads, the layer against the model's depth
+    after. ``args.query``, when given, becomes its canonical form."""
     import dualview
+    from dualview.queries import canonical_query
     from dualview.validation import validate_request
 
+    if getattr(args, "query", None) is not None:
+        args.query = canonical_query(args.query)
     request = validate_request(args.image, args.prompt, getattr(args, "budget", 1), method=getattr(args, "method", "iwp"),
                                layer=args.layer, params=dict(getattr(args, "param", [])))
     session = dualview.load(args.model, device=args.device, dtype=args.dtype)
@@ -115,6 +154,7 @@ def load_checked(args):
 def run_answer(args) -> dict:
     import dualview
     from dualview.methods import get_method
+    from dualview.queries import DEFAULT_QUERY
 
     session, request = load_checked(args)
     prepared = session.prepare(request.image, request.prompt)
@@ -125,6 +165,7 @@ def run_answer(args) -> dict:
     full = session.answer(prepared, layer=layer, max_new_tokens=args.max_new_tokens)
     pruned = session.answer(prepared, keep=selection.kept, layer=layer, max_new_tokens=args.max_new_tokens)
     measures = analysis.measures(selection.kept)
+    query = args.query if args.query is not None else request.params.get("query", DEFAULT_QUERY)
     result = {
         "version": dualview.__version__,
         "model": _model_dict(session),
@@ -138,6 +179,7 @@ def run_answer(args) -> dict:
         "rounds": [chunk.tolist() for chunk in selection.chunks],
         **measures,
         "effective_rank_full": analysis.effective_rank(range(analysis.num_visual)),
+        "attention_split": analysis.debug_measures(selection.kept, query),
     }
     if full.text:
         result["full_answer_logprob"] = {
@@ -153,20 +195,63 @@ def run_analyze(args) -> dict:
     session, request = load_checked(args)
     analysis = session.analyze(session.prepare(request.image, request.prompt), layer=request.layer)
     prepared = analysis.prepared
+    received, share = analysis.attention_received_by(args.query), analysis.update_share()
     return {
         "version": dualview.__version__,
         "model": _model_dict(session),
         "settings": {"analysis_layer": analysis.layer, "fastv_layer": analysis.fastv_layer,
-                     "image": str(args.image), "prompt": request.prompt},
+                     "query": args.query, "image": str(args.image), "prompt": request.prompt},
         "sequence_length": prepared.length,
         "visual_positions": prepared.visual_positions.tolist(),
         "text_positions": prepared.text_positions.tolist(),
         "geometry": analysis.geometry.to_dict(),
-        "magnitude": _rounded(analysis.magnitude),
+        "query_positions": analysis.query_rows(args.query).tolist(),
+        "magnitude": _rounded(analysis.magnitude_for(args.query)),
         "kernel_logit": _rounded(analysis.kernel_logit),
         "value_norm": _rounded(analysis.value_norm),
         "token_duplication": _rounded(analysis.token_duplication),
         "attention_received": _rounded(analysis.attention_received, 8),
+        "attention_received_by_query": _rounded(received.mean(dim=0), 8),
+        "attention_received_by_query_per_head": [_rounded(row, 8) for row in received],
+        "update_share": _rounded(share.mean(dim=0)),
+        "update_share_per_head": [_rounded(row) for row in share],
+    }
+
+
+def run_restore(args) -> dict:
+    import dualview
+    from dualview.engine.attribution import FirstOrderEffect, restore_answer
+    from dualview.methods import get_method
+
+    session, request = load_checked(args)
+    prepared = session.prepare(request.image, request.prompt)
+    method = get_method(request.method)
+    analysis = session.analyze(prepared, layer=request.layer)
+    kept = method.select(analysis, request.budget, **request.params).kept
+    layer = method.prune_layer(analysis)
+    full = session.answer(prepared, layer=layer, max_new_tokens=args.max_new_tokens)
+    pruned = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=args.max_new_tokens)
+    found = restore_answer(session, prepared, kept, full, layer, max_calls=args.max_calls, width=args.width)
+    return {
+        "version": dualview.__version__,
+        "model": _model_dict(session),
+        "settings": {"method": method.name, "budget": request.budget, "kept_count": int(kept.numel()),
+                     "visual_tokens": analysis.num_visual, "prune_layer": layer, "params": request.params,
+                     "max_calls": args.max_calls, "width": args.width, "max_new_tokens": args.max_new_tokens,
+                     "image": str(args.image), "prompt": request.prompt},
+        "full_answer": _answer_dict(full),
+        "pruned_answer": _answer_dict(pruned),
+        "kept": kept.tolist(),
+        "answer_token_ids": found.answer_ids,
+        "full_logprob": found.full_logprob,
+        "pruned_logprob": found.pruned_logprob,
+        "changed": found.changed,
+        "order": found.order,
+        "curve": found.curve,
+        "calls": found.calls,
+        "restored": found.restored,
+        "first_order": {"label": FirstOrderEffect.LABEL, "layer": found.first_order.layer,
+                        "effect": _rounded(found.first_order.effect, 8)},
     }
 
 
@@ -182,6 +267,23 @@ def _print_text(command: str, result: dict) -> None:
               f"(all tokens {result['effective_rank_full']:.2f}); visual tokens only: weight error "
               f"{result['visual_weight_error']:.4f}, effective rank {result['visual_effective_rank']:.2f}; "
               f"attention error {result['attention_error']:.4f}")
+        a = result["attention_split"]
+        print(f"query {a['query']}: kept attention mass {a['kept_mass']:.4f}; output change {a['output_error']:.4f} "
+              f"= dropped updates {a['dropped_part']:.4f} + normaliser {a['normaliser_part']:.4f} (norms relative "
+              "to the full output, mean over heads)")
+    elif command == "restore":
+        s = result["settings"]
+        print(f"method: {s['method']}, kept {s['kept_count']} of {s['visual_tokens']} visual tokens, "
+              f"pruning at layer {s['prune_layer']}")
+        print(f"full answer:   {result['full_answer']['text']!r} (log p {result['full_logprob']:.3f} with every token)")
+        print(f"pruned answer: {result['pruned_answer']['text']!r} (log p {result['pruned_logprob']:.3f})")
+        if not result["changed"]:
+            print("the kept set does not change the answer: nothing to bring back")
+        else:
+            print(f"{'answer back' if result['restored'] else 'answer not back'} after adding {len(result['order'])} "
+                  f"tokens ({result['calls']} forward passes)")
+            for token, logprob in zip(result["order"], result["curve"][1:]):
+                print(f"  + token {token}: log p {logprob:.3f}")
     else:
         print(f"model: {result['model']['name']}, layer {result['settings']['analysis_layer']}, "
               f"{len(result['magnitude'])} visual tokens")
@@ -200,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # stderr carries errors only
 
     try:
-        result = run_answer(args) if args.command == "answer" else run_analyze(args)
+        result = {"answer": run_answer, "analyze": run_analyze, "restore": run_restore}[args.command](args)
     except DualviewError as error:
         print(f"dualview: error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ __all__ = [
     "kernel_logits",
     "value_norms",
     "update_log_norms",
+    "update_share",
     "magnitude",
     "DuplicationBlocks",
     "duplication",
@@ -37,6 +38,7 @@ __all__ = [
     "effective_rank",
     "stable_rank",
     "attention_output_error",
+    "attention_weights",
     "kept_attention_mass",
     "AttentionSplit",
     "attention_split",
@@ -359,6 +361,13 @@ class ImplicitWeight:
             effective_rank=effective, stable_rank=stable,
             visual_effective_rank=visual_effective, visual_stable_rank=visual_stable)
 
+    def update_share(self) -> Tensor:
+        """``[Hkv, Nc]`` each candidate's share ``‖ΔW_i‖_F / ‖W‖_F`` of the whole implicit weight
+        (method.md §1: ``‖ΔW_i‖²_F = κ(k_i, k_i) ‖v_i‖²``; O(Nc)). A share near 1 means one update
+        dominates W (an attention sink); shares need not sum to 1 (updates are not orthogonal)."""
+        own = torch.exp((self.kc * self.kc).sum(-1) * self.scale - self.shift[:, None]) * (self.vc * self.vc).sum(-1)
+        return (own.clamp_min(0.0) / self.total.clamp_min(torch.finfo(torch.float64).tiny)[:, None]).sqrt()
+
 
 def _symmetric(m: Tensor) -> Tensor:
     return 0.5 * (m + m.transpose(-1, -2))
@@ -371,6 +380,15 @@ def _trace(m: Tensor) -> Tensor:
 def _whole(k: Tensor, v: Tensor, keep: Tensor) -> WeightMeasures:
     """Measures of a kept set when every token is a candidate (nothing always kept)."""
     return ImplicitWeight(k, v, torch.ones(k.shape[1], dtype=torch.bool)).measure(keep_mask(keep, k.shape[1]))
+
+
+def update_share(k: Tensor, v: Tensor) -> Tensor:
+    """Each token's share ``‖ΔW_i‖_F / ‖W‖_F`` of the implicit weight, per KV head (method.md §1, §6).
+
+    Args: k ``[Hkv, N, d]`` post-RoPE keys, v ``[Hkv, N, dv]`` values, of every token W sums.
+    Returns: ``[Hkv, N]`` float64 ≥ 0 (see :meth:`ImplicitWeight.update_share`).
+    """
+    return ImplicitWeight(k, v, torch.ones(k.shape[1], dtype=torch.bool)).update_share()
 
 
 def weight_error_per_head(k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
@@ -438,6 +456,19 @@ def _visible_logits(q: Tensor, k: Tensor, query_positions: Tensor | None) -> tup
 def _masked_logsumexp(logits: Tensor, mask: Tensor) -> Tensor:
     """``log Σ_{j: mask} exp(logits_j)`` over the last axis; −inf where the mask is empty."""
     return torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def attention_weights(q: Tensor, k: Tensor, query_positions: Tensor | None = None) -> Tensor:
+    """Softmax attention weights ``a_rj = κ(q_r, k_j) / Σ_{i visible} κ(q_r, k_i)`` of the rows ``q``.
+
+    Args: q ``[H, R, d]`` post-RoPE query rows, k ``[Hkv, N, d]`` post-RoPE keys (GQA: head h reads
+        KV head ``h // (H / Hkv)``), query_positions ``[R]`` or None as in :func:`kept_attention_mass`
+        (causal: row r sees keys ``j ≤ query_positions[r]``).
+    Returns: ``[H, R, N]`` float64; each row sums to 1 over the keys it sees, 0 elsewhere.
+    """
+    logits, visible = _visible_logits(q, k, query_positions)
+    log_norm = _masked_logsumexp(logits, visible)
+    return torch.where(visible, torch.exp(logits - log_norm[..., None]), 0.0)
 
 
 def attention_output_error(

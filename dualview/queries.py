@@ -17,13 +17,14 @@ Nothing here knows about models: positions in, positions out.
 from __future__ import annotations
 
 import re
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from dualview.errors import DualviewError
 
-__all__ = ["QUERY_CHOICES", "DEFAULT_QUERY", "parse_query", "query_positions"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["QUERY_CHOICES", "DEFAULT_QUERY", "parse_query", "canonical_query", "query_positions"]
 
 QUERY_CHOICES = ("text", "last", "all", "token:i")
 """The accepted forms of a query choice (``i`` a non-negative integer)."""
@@ -56,6 +57,13 @@ def parse_query(choice: str) -> tuple[str, int | None]:
                         "with i the 0-based index of a prompt token.")
 
 
+def canonical_query(choice: str) -> str:
+    """A query choice in its canonical form (``text``, ``last``, ``all`` or ``token:i``), e.g.
+    ``" Token:03 "`` -> ``"token:3"``; a one-sentence DualviewError as :func:`parse_query`."""
+    kind, index = parse_query(choice)
+    return kind if index is None else f"token:{index}"
+
+
 def query_positions(choice: str, visual_positions: Tensor, text_positions: Tensor, length: int) -> Tensor:
     """Sequence positions of the query rows a choice stands for.
 
@@ -74,6 +82,8 @@ def query_positions(choice: str, visual_positions: Tensor, text_positions: Tenso
         DualviewError: (one sentence) for an unknown choice, or ``token:i`` with i ≥ T.
         ValueError: when the positions do not fit in a sequence of ``length`` (a programming error).
     """
+    import torch
+
     kind, index = parse_query(choice)
     if length < 1:
         raise ValueError(f"a sequence needs at least one position, got length {length}")

@@ -54,6 +54,24 @@ def tiny_dir(family: str) -> str:
 
 
 @functools.cache
+def scaled_shapes_dir(scale: float) -> str:
+    """The TINY shapes-world model with every matrix multiplied by ``scale`` (seed 0), saved as the
+    trainer exports it: at scale 8-12 its greedy answers depend on the image (at the default init
+    they do not), so pruning can change them."""
+    import torch
+
+    from dualview.shapes.model import TINY, build_model
+    from dualview.shapes.train import export
+
+    model = build_model(TINY, seed=0).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(scale)
+    return str(export(model, os.path.join(_ROOT, f"shapes-x{scale:g}"), TINY, dtype="float32"))
+
+
+@functools.cache
 def tiny_session(family: str):
     import dualview
 

@@ -22,12 +22,25 @@ from dualview import figures
 from dualview.app import views
 from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
+
+MAX_RESTORE_CALLS = 512
+"""The most forward passes one "what brings the answer back" search may spend."""
 from dualview.budget import resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
 from dualview.validation import parse_layer, validate_choice, validate_request
 
-PARAM_CONTROLS = tuple((m.name, p) for m in all_methods() for p in m.params)
+def _controls() -> tuple:
+    """One control per distinct declared parameter: a ``Param`` that several methods share (the
+    query rows) is one control feeding all of them. Entries: (method names, Param)."""
+    found: dict[int, tuple[list, object]] = {}
+    for method in all_methods():
+        for param in method.params:
+            found.setdefault(id(param), ([], param))[0].append(method.name)
+    return tuple((tuple(names), param) for names, param in found.values())
+
+
+PARAM_CONTROLS = _controls()
 """Every method's parameters, in the order of the page's parameter controls."""
 
 
@@ -36,9 +49,10 @@ def params_from_controls(values) -> dict[str, dict]:
     every method's checked parameters, by method name."""
     values = list(values) + [None] * (len(PARAM_CONTROLS) - len(values))
     given: dict[str, dict] = {m.name: {} for m in all_methods()}
-    for (method, param), value in zip(PARAM_CONTROLS, values):
+    for (methods, param), value in zip(PARAM_CONTROLS, values):
         if value is not None:
-            given[method][param.name] = value
+            for method in methods:
+                given[method][param.name] = value
     return {name: get_method(name).check_params(chosen) for name, chosen in given.items()}
 
 
@@ -54,6 +68,8 @@ def require(state: AppState | None) -> AppState:
 def selection_views(state: AppState) -> dict:
     """The views that change with the kept set (maps of the kept set, status, summary, tables)."""
     return {"state": state, "status": views.status_text(state), "kept": views.kept_figure(state),
+            "debug": views.debug_text(state), "magnitude": views.magnitude_figure(state),
+            "attention_map": views.attention_figure(state),
             "teaching": views.teaching_text(state), "summary": views.summary(state),
             "command": views.cli_command(state), "space": views.space_figure(state),
             "per_head": views.per_head_text(state),
@@ -73,7 +89,7 @@ def classic_view(state: AppState | None) -> dict:
 
 def analysis_views(state: AppState) -> dict:
     """Every view of a new analysis (the curves follow in :func:`curves_if_stale`)."""
-    return {**selection_views(state), "magnitude": views.magnitude_figure(state),
+    return {**selection_views(state), "share_map": views.update_share_figure(state),
             "duplication": views.duplication_figure(state), "row": views.row_figure(state),
             "picker": state.picker_image, "token": state.selected,
             "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
@@ -100,7 +116,10 @@ def run(holder: ModelHolder, image, prompt, model_name, method, budget, layer, p
     request = dataclasses.replace(request, layer=analysis.layer, budget=resolve_budget(request.budget, analysis.num_visual))
     if example is not None and (request.prompt != example["question"].strip() or not same_image(request.image, example)):
         example = None
-    state = AppState(model_name=name, request=request, analysis=analysis, params=params, example=example)
+    tokenizer = session.adapter.tokenizer
+    prompt_tokens = [tokenizer.decode([int(i)]) for i in prepared.input_ids[prepared.text_positions]]
+    state = AppState(model_name=name, request=request, analysis=analysis, params=params, example=example,
+                     prompt_tokens=prompt_tokens)
     state.reselect()
     answer(holder, state)
     return analysis_views(state)
@@ -146,6 +165,25 @@ def answer(holder: ModelHolder, state: AppState | None) -> dict:
     state.derived.answers = Answers(full.text, pruned.text, full.prefill_seconds, pruned.prefill_seconds,
                                     full_logprob, pruned_logprob, pruned.prompt_tokens, pruned.kept_tokens)
     return {"state": state, "answers": views.answers_text(state), "summary": views.summary(state)}
+
+
+def restore(holder: ModelHolder, state: AppState | None, max_calls) -> dict:
+    """What brings the full answer back: add-back search from the current kept set (method.md §8.4)."""
+    from dualview.engine.attribution import restore_answer
+
+    state = require(state)
+    if isinstance(max_calls, bool) or not isinstance(max_calls, (int, float)) or max_calls != int(max_calls) \
+            or not 1 <= max_calls <= MAX_RESTORE_CALLS:
+        raise DualviewError(f"The search may spend 1 to {MAX_RESTORE_CALLS} forward passes, not {max_calls!r}.")
+    if state.derived.full_answer is None:
+        answer(holder, state)
+    session = holder.get(state.model_name)
+    with holder.lock:
+        found = restore_answer(session, state.analysis.prepared, state.kept_tensor(), state.derived.full_answer[0],
+                               state.prune_layer, max_calls=int(max_calls))
+    state.derived.restoration = (tuple(state.kept()), state.prune_layer, found)
+    return {"state": state, "restore_text": views.restore_text(state), "restore_map": views.restore_figure(state),
+            "first_order_map": views.first_order_figure(state), "restore_curve": views.restore_curve_figure(state)}
 
 
 def answer_every_method(holder: ModelHolder, state: AppState | None) -> dict:

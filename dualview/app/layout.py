@@ -21,7 +21,7 @@ CSS = """
 PLAY_INTERVAL_S = 0.9
 VIEWS = ("state", "status", "magnitude", "duplication", "kept", "row", "teaching", "picker", "token",
          "pcmmr_plot", "pcmmr_step", "classic_plot", "classic_step", "budget", "command", "summary", "space_kind",
-         "answers", "curves", "space", "method_table", "per_head")
+         "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map")
 """The views a Run fills, in the order of ``/run``'s outputs (``state`` is not sent to API clients)."""
 
 
@@ -51,8 +51,10 @@ class RangeSlider(gr.Slider):
         return payload
 
 
-def _param_control(method: str, param):
-    label = f"{method}: {param.title} ({param.help})"
+def _param_control(methods: tuple, param):
+    label = f"{', '.join(methods)}: {param.title} ({param.help})"
+    if param.is_choice:
+        return gr.Textbox(value=param.default, label=f"{label}: {param.bounds}")
     if param.integer and param.high - param.low > 256:
         return gr.Number(value=param.default, precision=0, minimum=param.low, maximum=param.high, label=label)
     step = 1 if param.integer else (param.high - param.low) / 200
@@ -85,7 +87,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
             c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
             c["layer"] = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
             with gr.Accordion("Method parameters", open=False):
-                c["params"] = [_param_control(method, param) for method, param in PARAM_CONTROLS]
+                c["params"] = [_param_control(methods, param) for methods, param in PARAM_CONTROLS]
             c["run"] = gr.Button("Run", variant="primary", elem_id="run")
             c["status"] = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
         with gr.Column(scale=3):
@@ -127,6 +129,20 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
                             c[f"{which}_pause"] = gr.Button("Pause", elem_id=f"{prefix}-pause", scale=0)
                             c[f"{which}_step"] = RangeSlider(0, 1, value=0, step=1, label=label, elem_id=f"{prefix}-step")
                         c[f"{which}_timer"] = gr.Timer(interval, active=False)
+                with gr.Tab("Debug the answer", elem_id="tab-debug"):
+                    c["debug"] = gr.Markdown(latex_delimiters=LATEX, elem_id="debug")
+                    with gr.Row():
+                        c["attention_map"] = gr.Plot(label="attention received", elem_id="map-attention")
+                        c["share_map"] = gr.Plot(label="update share", elem_id="map-share")
+                    with gr.Row():
+                        c["restore_calls"] = gr.Number(value=64, precision=0, minimum=1, maximum=512,
+                                                       label="forward passes the search may spend")
+                        c["restore_button"] = gr.Button("What brings the answer back?", elem_id="restore")
+                    c["restore_text"] = gr.Markdown(elem_id="restore-text")
+                    with gr.Row():
+                        c["restore_map"] = gr.Plot(label="order of return", elem_id="map-restore")
+                        c["first_order_map"] = gr.Plot(label="first-order effect", elem_id="map-first-order")
+                    c["restore_curve"] = gr.Plot(elem_id="restore-curve")
                 with gr.Tab("Low-rank error"):
                     c["with_oracle"] = gr.Checkbox(False, label="add the greedy oracle (slower)", elem_id="oracle")
                     c["curves"] = gr.Plot(elem_id="curves")

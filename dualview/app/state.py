@@ -74,7 +74,9 @@ class Derived:
             kept set measured; curves: (method, params) -> measure -> values over
             :meth:`AppState.curve_budgets`;
             projections: kind -> ``[Nv, 2]`` PCA; full_answer: (Answer, log p) with every token;
-            answers: the last full vs pruned comparison; method_answers: the every-method table.
+            answers: the last full vs pruned comparison; method_answers: the every-method table;
+            restoration: (kept set, layer, :class:`~dualview.engine.attribution.Restoration`) of the
+            last "what brings the answer back" search.
     """
 
     layout: dict | None = None
@@ -88,6 +90,7 @@ class Derived:
     full_answer: tuple | None = None
     answers: Answers | None = None
     method_answers: list = field(default_factory=list)
+    restoration: tuple | None = None
 
 
 @dataclass
@@ -99,7 +102,8 @@ class AppState:
             the chosen method's); analysis: the engine's Analysis of (image, prompt, layer);
         params: every method's parameters, by method name; example: sidecar of a shipped example
             the image is, or None; forced_keep / forced_drop: the user's overrides (visual-token
-            indices); selected: the inspected token; space_kind: what the PCA projects.
+            indices); selected: the inspected token; space_kind: what the PCA projects;
+        prompt_tokens: the instruction tokens as text (what ``token:i`` of the query choice indexes).
     """
 
     model_name: str
@@ -111,6 +115,7 @@ class AppState:
     forced_drop: list = field(default_factory=list)
     selected: int = 0
     space_kind: str = "keys"
+    prompt_tokens: list = field(default_factory=list)
     derived: Derived = field(default_factory=Derived)
 
     # -- what was asked -------------------------------------------------------------------
@@ -161,6 +166,12 @@ class AppState:
         """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""
         scale = self._display()[2]
         return self.token_at(x / scale, y / scale)
+
+    @property
+    def query(self) -> str:
+        """The query rows the magnitude and the debug measures use (``text | last | all | token:i``):
+        the chosen method's ``query`` parameter, else the one the query control gives every method."""
+        return self.params[self.request.method].get("query", self.params["iwp"]["query"])
 
     @property
     def prune_layer(self) -> int:
@@ -222,9 +233,17 @@ class AppState:
         return sorted({resolve_budget(f, self.num_visual) for f in CURVE_FRACTIONS})
 
     def _curve(self, method: str) -> dict:
+        """Every measure of ``method``'s kept set at each curve budget: one selection at the largest
+        budget and its prefixes when the registry declares the method nested, else one per budget."""
+        chosen, budgets = get_method(method), self.curve_budgets()
+        if chosen.nested:
+            order = self.select(chosen, budgets[-1]).kept
+            kept_sets = [order[:budget] for budget in budgets]
+        else:
+            kept_sets = [self.select(chosen, budget).kept for budget in budgets]
         result: dict = {}
-        for budget in self.curve_budgets():
-            for name, value in self.analysis.measures(self.select(method, budget).kept).items():
+        for kept in kept_sets:
+            for name, value in self.analysis.measures(kept).items():
                 result.setdefault(name, []).append(value)
         return result
 
@@ -271,14 +290,15 @@ class AppState:
 
     def evidence_tokens(self) -> list[int]:
         """Visual tokens whose box overlaps an evidence box of the example (empty without one)."""
-        evidence = self.evidence_boxes()
-        if not evidence:
-            return []
-        boxes = np.asarray(self.layout["boxes"], dtype=float)
-        hits = np.zeros(len(boxes), dtype=bool)
-        for x0, y0, x1, y1 in evidence:
-            hits |= (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
-        return np.nonzero(hits)[0].tolist()
+        from dualview.engine.attribution import evidence_tokens
+
+        return evidence_tokens(self.analysis.geometry, self.evidence_boxes()).tolist()
+
+    def evidence_recall(self) -> float | None:
+        """Share of the evidence tokens the kept set holds (None without evidence; method.md §8.5)."""
+        from dualview.attribution import evidence_recall
+
+        return evidence_recall(self.kept(), self.evidence_tokens())
 
     def token_at(self, x: float, y: float) -> int | None:
         """The visual token whose box holds pixel (x, y) of the original image (first view first)."""

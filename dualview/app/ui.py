@@ -145,6 +145,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
               api_name="curve_data")
         event(c["space_kind"].change, handlers.token_space, [c["state"], c["space_kind"]], ("space",),
               api_name="token_space")
+        event(c["restore_button"].click, lambda calls, state: handlers.restore(holder, state, calls),
+              [c["restore_calls"], c["state"]], ("state", "restore_text", "restore_map", "first_order_map", "restore_curve"),
+              api_name="restore")
         event(c["answer_all"].click, lambda state: handlers.answer_every_method(holder, state), [c["state"]],
               ("state", "method_table"), api_name="answer_all")
         event(c["compare_button"].click, lambda chosen, state: handlers.compare(state, chosen),

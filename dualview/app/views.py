@@ -23,8 +23,8 @@ def _hover_numbers(state: AppState) -> dict:
 
 
 def magnitude_figure(state: AppState):
-    return figures.token_map(state.layout, state.analysis.magnitude.numpy(), image=state.display_image,
-                             title="Magnitude P = κ(q_T,k)·‖v‖", hover=_hover_numbers(state),
+    return figures.token_map(state.layout, state.analysis.magnitude_for(state.query).numpy(), image=state.display_image,
+                             title=f"Magnitude P = κ(q_T,k)·‖v‖ (q_T: {state.query})", hover=_hover_numbers(state),
                              colorscale="Inferno", colorbar_title="P", selected=state.selected,
                              evidence=state.evidence_boxes())
 
@@ -37,7 +37,8 @@ def duplication_figure(state: AppState):
 
 def kept_figure(state: AppState):
     kept = state.kept()
-    return figures.kept_map(state.layout, state.rounds(), image=state.display_image, hover=_hover_numbers(state),
+    return figures.kept_map(state.layout, state.rounds(), image=state.display_image,
+                            hover={"magnitude": state.analysis.magnitude_for(state.query).numpy()},
                             title=f"Kept: {len(kept)} / {state.num_visual} ({state.request.method})",
                             num_rounds=len(state.selection.chunks) + (1 if state.forced_keep else 0),
                             selected=state.selected, evidence=state.evidence_boxes(),
@@ -90,7 +91,9 @@ def token_numbers(state: AppState, token: int) -> dict:
 def teaching_text(state: AppState) -> str:
     n = token_numbers(state, state.selected)
     r = state.request
-    pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
+    pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]}" if p.is_choice else
+                             f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
+    debug = state.analysis.debug_measures(state.kept(), state.query)
     kept_text = (f"kept in round {n['round'] + 1}" if n["round"] >= 0 else "dropped")
     score = "—" if n["penalised_score"] is None else f"{n['penalised_score']:.3g}"
     return "\n".join([
@@ -112,6 +115,11 @@ def teaching_text(state: AppState) -> str:
         "$P_i\\leftarrow P_i\\cdot\\max(0.01,\\,1-\\lambda\\max_{j\\in L}\\bar S^2_{ij})$; "
         f"this token's score in the last round: {score}. Error of the kept set: "
         f"$\\lVert W-W_S\\rVert/\\lVert W\\rVert = {state.measures()['weight_error']:.4f}$.",
+        "5. (ours, method.md §8) The weight is not all: softmax renormalises what is kept, "
+        "$A-A_S=\\eta\\,\\varphi(q)(W-W_S)-(1-m)A_S$ with kept attention mass "
+        f"$m={debug['kept_mass']:.3f}$ for the {debug['query']} queries: dropped updates "
+        f"{debug['dropped_part']:.4f}, normaliser {debug['normaliser_part']:.4f} (of $\\lVert A\\rVert$); "
+        "see *Debug the answer*.",
     ])
 
 
@@ -142,7 +150,8 @@ def answers_text(state: AppState) -> str:
                 lines.append(f"\n⚠️ **The kept set dropped every patch of the evidence** "
                              f"({len(evidence)} patches cover the objects the question is about).")
             else:
-                lines.append(f"\nEvidence: {len(kept_evidence)} of its {len(evidence)} patches are kept.")
+                lines.append(f"\nEvidence recall: {len(kept_evidence)} of its {len(evidence)} patches are kept "
+                             f"(**{state.evidence_recall():.2f}**).")
     return "\n".join(lines)
 
 
@@ -226,3 +235,92 @@ def per_head_text(state: AppState) -> str:
     return (f"Per KV head, ‖W − W_S‖/‖W‖ of the current kept set "
             f"(methods in the curves: {state.request.method}, {', '.join(CURVE_METHODS)}):\n\n"
             f"| {heads} |\n|{'---|' * len(errors)}\n| {cells} |")
+
+
+# --- debugging a pruned answer (issue 18; method.md §8) -------------------------------------------
+
+
+def attention_figure(state: AppState):
+    """Attention each visual token receives from the chosen query rows at the pruning layer."""
+    received = state.analysis.attention_received_by(state.query)  # [H, Nv]
+    heads = {f"head {h}": received[h].numpy() for h in range(received.shape[0])}
+    return figures.token_map(state.layout, received.mean(0).numpy(), image=state.display_image,
+                             title=f"Attention received from q ({state.query}), layer {state.analysis.layer}, "
+                                   "mean over heads", hover=heads, colorscale="Cividis", colorbar_title="a")
+
+
+def update_share_figure(state: AppState):
+    """Each token's ‖ΔW_i‖ share of ‖W‖: where one update dominates the implicit weight."""
+    share = state.analysis.update_share()  # [Hkv, Nv]
+    return figures.token_map(state.layout, share.mean(0).numpy(), image=state.display_image,
+                             title="Update share ‖ΔW_i‖ / ‖W‖, mean over KV heads",
+                             hover={f"KV head {h}": share[h].numpy() for h in range(share.shape[0])},
+                             colorscale="Magma", colorbar_title="share")
+
+
+def debug_text(state: AppState) -> str:
+    """Kept attention mass and the exact split of the output change, per head (method.md §8.2-8.3)."""
+    d = state.analysis.debug_measures(state.kept(), state.query)
+    heads = len(d["per_head"]["kept_mass"])
+    header = "| | " + " | ".join(f"head {h}" for h in range(heads)) + " | mean |"
+    rows = [header, "|---|" + "---:|" * (heads + 1)]
+    for key, label in (("kept_mass", "kept mass m"), ("dropped_part", "dropped updates ‖η φ(q)(W−W_S)‖/‖A‖"),
+                       ("normaliser_part", "normaliser ‖(1−m)A_S‖/‖A‖"), ("output_error", "output change ‖A−A_S‖/‖A‖")):
+        rows.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in d["per_head"][key]) + f" | **{d[key]:.4f}** |")
+    tokens = " ".join(f"`{i}:{t.strip() or '␠'}`" for i, t in enumerate(state.prompt_tokens))
+    return "\n".join([
+        f"**Query rows** `{d['query']}` (sequence positions {d['query_positions'][:12]}"
+        f"{' …' if len(d['query_positions']) > 12 else ''}). Choose `text` (the paper's mean of the instruction "
+        "tokens), `last` (the token that predicts the answer), `all` or `token:i` in *Method parameters*; "
+        f"the prompt's tokens: {tokens}.", "",
+        "Dropping tokens changes the attention output in two ways that add up exactly: the dropped updates "
+        "under the full normaliser, and the renormalisation of the kept ones "
+        "($A-A_S=\\eta\\sum_{j\\notin S}\\kappa(q,k_j)v_j-(1-m)A_S$, $m=\\sum_{j\\in S}\\kappa/\\sum_j\\kappa$; "
+        "method.md §8).", "", *rows])
+
+
+def restore_text(state: AppState) -> str:
+    if state.derived.restoration is None:
+        return "*Press the button to search which dropped tokens bring the full answer back.*"
+    kept, layer, r = state.derived.restoration
+    if not r.changed:
+        return (f"The kept set ({len(kept)} tokens, layer {layer}) does not change the full answer: nothing to bring "
+                f"back (log p {r.pruned_logprob:.3f} vs {r.full_logprob:.3f} with every token).")
+    verdict = "the full answer is back" if r.restored else "the full answer is **not** back yet"
+    return (f"Added back {len(r.order)} dropped token(s) in {r.calls} forward passes: {verdict}; log p of the full "
+            f"answer {r.curve[0]:.3f} → {r.curve[-1]:.3f} (every token: {r.full_logprob:.3f}). Order of return: "
+            f"{r.order[:20]}{' …' if len(r.order) > 20 else ''}. The map beside it is the {r.first_order.LABEL}.")
+
+
+def restore_figure(state: AppState):
+    """The dropped tokens the search added back, coloured by their order of return."""
+    if state.derived.restoration is None:
+        return None
+    _, _, r = state.derived.restoration
+    order = [float("nan")] * state.num_visual
+    for rank, token in enumerate(r.order):
+        order[token] = rank + 1
+    return figures.token_map(state.layout, order, image=state.display_image, title="Order of return (1 = first)",
+                             colorscale="Plasma", colorbar_title="order")
+
+
+def first_order_figure(state: AppState):
+    if state.derived.restoration is None:
+        return None
+    _, _, r = state.derived.restoration
+    return figures.token_map(state.layout, r.first_order.effect.numpy(), image=state.display_image,
+                             title="First-order effect on log p (zeroing the hidden state, gradient × input)",
+                             colorscale="RdBu", colorbar_title="nats")
+
+
+def restore_curve_figure(state: AppState):
+    if state.derived.restoration is None:
+        return None
+    import plotly.graph_objects as go
+
+    _, _, r = state.derived.restoration
+    fig = go.Figure(go.Scatter(x=list(range(len(r.curve))), y=r.curve, mode="lines+markers", name="log p"))
+    fig.add_hline(y=r.full_logprob, line_dash="dot", annotation_text="every token")
+    fig.update_layout(title="log p(full answer) vs tokens added back", xaxis_title="tokens added back",
+                      yaxis_title="log p (nats)", height=300, margin=dict(l=40, r=10, t=40, b=40))
+    return fig

@@ -16,7 +16,11 @@ accuracy × 100, as the paper reports it) and the agreement with the full-token 
   instead of before) or not in the duplication (keys before RoPE instead of after). The engine has
   no RoPE switch; these two variants are built here from the analysis's own pre/post-RoPE
   projections with ``dual_form.magnitude`` / ``dual_form.DuplicationBlocks`` and
-  ``selection.pc_mmr`` (defaults b₀ 2, g 2, λ 5), everything else unchanged.
+  ``selection.pc_mmr`` (defaults b₀ 2, g 2, λ 5), everything else unchanged;
+- the query rows of iwp's magnitude (method.md §8.1, ours): text / last / all, at the paper's budgets;
+- evidence recall (method.md §8.5) of every kept set: the share of the question's evidence tokens
+  (visual tokens overlapping its ground-truth boxes, :func:`dualview.engine.attribution.evidence_tokens`)
+  it holds, averaged over the questions that have evidence.
 
 No hyper-parameter is tuned here: every method runs with its registry defaults (the paper's).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import time
 
 from dualview.bench import common
+from dualview.queries import DEFAULT_QUERY
 
 CURVE_BUDGETS = (0.05, 0.111, 0.222, 0.353, 0.5, 0.75, 1.0)
 ABLATION_BUDGETS = (0.353, 0.111)
@@ -36,10 +41,10 @@ ROPE = ("magnitude with RoPE", "duplication without RoPE")
 
 
 def iwp_defaults() -> dict:
-    """The registry's iwp defaults (b0, growth, lam): the paper's."""
+    """The registry's numeric iwp defaults (b0, growth, lam): the paper's."""
     from dualview.methods import get_method
 
-    return get_method("iwp").defaults
+    return get_method("iwp").numeric_defaults
 
 
 def rope_variant(analysis, variant: str, budget: float):
@@ -55,6 +60,11 @@ def rope_variant(analysis, variant: str, budget: float):
     return selection.pc_mmr(magnitude, duplication, budget, **iwp_defaults()).kept
 
 
+QUERIES = ("text", "last", "all")
+"""The query-choice ablation of iwp (method.md §8.1): the paper's instruction rows, the last prompt
+position, every non-image position."""
+
+
 def ablation_settings(num_layers: int, default_layer: int):
     """(setting, value, is_default) for every ablation point."""
     defaults = iwp_defaults()
@@ -64,47 +74,58 @@ def ablation_settings(num_layers: int, default_layer: int):
     yield from (("b0", b0, b0 == defaults["b0"]) for b0 in FIRST_CHUNKS)
     yield ("rope", "paper: magnitude without, duplication with", True)
     yield from (("rope", variant, False) for variant in ROPE)
+    yield from (("query", query, query == DEFAULT_QUERY) for query in QUERIES)
 
 
-def predict(session, sample, methods, curve_budgets, ablation_budgets) -> dict:
-    """Every prediction for one question: key -> normalised answer.
+def predict(session, sample, methods, curve_budgets, ablation_budgets, query_budgets=()) -> tuple[dict, dict]:
+    """Every prediction for one question, and the evidence recall of every kept set.
 
-    Keys: ``("full",)``, ``("main", method, budget)`` and ``("ablation", setting, value, budget)``
-    (ablations need ``iwp`` among ``methods``).
+    Returns ``(answers, recalls)``, both keyed by ``("full",)``, ``("main", method, budget)`` and
+    ``("ablation", setting, value, budget)`` (ablations need ``iwp`` among ``methods``; the query
+    ablation runs at ``query_budgets``, the others at ``ablation_budgets``): the normalised answer,
+    and the share of the sample's evidence tokens the kept set holds (method.md §8.5; None when
+    the sample has no evidence box).
     """
+    from dualview.attribution import evidence_recall
+    from dualview.engine.attribution import evidence_tokens
     from dualview.methods import get_method
 
     answer = common.Answers(session, sample)
     analysis = session.analyze(answer.prepared)
+    evidence = evidence_tokens(analysis.geometry, sample.evidence)
     iwp = get_method("iwp")
-    full = answer()
-    found = {("full",): full}
+    found = {("full",): answer()}
+    recalls = {("full",): evidence_recall(range(analysis.num_visual), evidence)}
+
+    def run(key, kept, layer):
+        found[key] = answer(kept, layer)
+        recalls[key] = evidence_recall(kept, evidence)
+
     for method in methods:
         for budget in curve_budgets:
             if budget == 1.0:
-                found[("main", method, budget)] = full
+                found[("main", method, budget)], recalls[("main", method, budget)] = found[("full",)], recalls[("full",)]
                 continue
             chosen = get_method(method)
-            found[("main", method, budget)] = answer(chosen.select(analysis, budget).kept, chosen.prune_layer(analysis))
-    for budget in ablation_budgets:
-        for setting, value, is_default in ablation_settings(session.num_layers, session.default_layer):
+            run(("main", method, budget), chosen.select(analysis, budget).kept, chosen.prune_layer(analysis))
+    for setting, value, is_default in ablation_settings(session.num_layers, session.default_layer) if ablation_budgets else ():
+        for budget in query_budgets if setting == "query" else ablation_budgets:
             key = ("ablation", setting, value, budget)
             if is_default:
-                found[key] = found[("main", "iwp", budget)]
+                found[key], recalls[key] = found[("main", "iwp", budget)], recalls[("main", "iwp", budget)]
             elif setting == "layer":
-                at_layer = session.analyze(answer.prepared, layer=value)
-                found[key] = answer(iwp.select(at_layer, budget).kept, value)
+                run(key, iwp.select(session.analyze(answer.prepared, layer=value), budget).kept, value)
             elif setting == "rope":
-                found[key] = answer(rope_variant(analysis, value, budget), analysis.layer)
+                run(key, rope_variant(analysis, value, budget), analysis.layer)
             else:
-                param = {"lambda": "lam", "g": "growth", "b0": "b0"}[setting]
-                kept = iwp.select(analysis, budget, **{param: value}).kept
-                found[key] = answer(kept, analysis.layer)
-    return found
+                param = {"lambda": "lam", "g": "growth", "b0": "b0", "query": "query"}[setting]
+                run(key, iwp.select(analysis, budget, **{param: value}).kept, analysis.layer)
+    return found, recalls
 
 
-def summarise(samples, predictions: list[dict], num_visual: int, layers: dict) -> list[dict]:
-    """One row per key: accuracy per type and overall, relative score, agreement with full."""
+def summarise(samples, predictions: list[dict], recalls: list[dict], num_visual: int, layers: dict) -> list[dict]:
+    """One row per key: accuracy per type and overall, relative score, agreement with full, and the
+    mean evidence recall over the samples that have evidence (None when none has)."""
     from dualview.budget import resolve_budget
 
     full = [p[("full",)] for p in predictions]
@@ -126,10 +147,17 @@ def summarise(samples, predictions: list[dict], num_visual: int, layers: dict) -
                "kept_tokens": resolve_budget(budget, num_visual), "layer": layer,
                "n": len(samples), "accuracy": accuracy["overall"],
                "relative": 100 * accuracy["overall"] / full_accuracy["overall"] if full_accuracy["overall"] else None,
-               "agreement": sum(a == f for a, f in zip(answers, full)) / len(samples)}
+               "agreement": sum(a == f for a, f in zip(answers, full)) / len(samples),
+               "evidence_recall": mean_recall([r[key] for r in recalls])}
         row.update({f"accuracy_{t}": a for t, a in accuracy.items() if t != "overall"})
         rows.append(row)
     return rows
+
+
+def mean_recall(values) -> float | None:
+    """Mean of the evidence recalls that are defined (samples with evidence), None when none is."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None
 
 
 def accuracy_curve(rows: list[dict], full_accuracy: float):
@@ -149,6 +177,11 @@ def accuracy_curve(rows: list[dict], full_accuracy: float):
     return figure
 
 
+def recall_cell(row) -> str:
+    """A row's mean evidence recall in percent, or '-' when no question had evidence."""
+    return "-" if row["evidence_recall"] is None else f"{100 * row['evidence_recall']:.1f}"
+
+
 def percent(value) -> str:
     """A relative score for a table: one decimal, or '-' when the full-token accuracy is 0."""
     return f"{'-':>5}" if value is None else f"{value:5.1f}"
@@ -163,6 +196,9 @@ def print_tables(rows: list[dict], budgets, methods) -> None:
     for method in methods:
         print(f"{method:<15}" + "".join(f"{100 * main[method, b]['accuracy']:>10.1f} ({percent(main[method, b]['relative'])})"
                                           for b in budgets))
+    print("\nevidence recall % (evidence patches kept) by visual tokens kept")
+    for method in methods:
+        print(f"{method:<15}" + "".join(f"{recall_cell(main[method, b]):>19}" for b in budgets))
     types = [k[len("accuracy_"):] for k in full if k.startswith("accuracy_")]
     for budget in budgets:
         print(f"\naccuracy % per question type at {100 * budget:.1f} % kept")
@@ -174,7 +210,8 @@ def print_tables(rows: list[dict], budgets, methods) -> None:
     for budget in dict.fromkeys(r["budget"] for r in ablations):
         print(f"\niwp ablations at {100 * budget:.1f} % kept: accuracy % (relative)")
         for r in (r for r in ablations if r["budget"] == budget):
-            print(f"  {r['setting']:<7} {str(r['value']):<58} {100 * r['accuracy']:6.1f} ({percent(r['relative'])})")
+            print(f"  {r['setting']:<7} {str(r['value']):<58} {100 * r['accuracy']:6.1f} ({percent(r['relative'])}), "
+                  f"evidence recall {recall_cell(r)}")
 
 
 PAPER_ABLATIONS = {  # method.md §4-§5: LLaVA-OneVision-7B, 35.3 % kept, mean relative score
@@ -183,6 +220,7 @@ PAPER_ABLATIONS = {  # method.md §4-§5: LLaVA-OneVision-7B, 35.3 % kept, mean 
     "g": {1: 97.4, 2: 97.9, 4: 97.5, 8: 97.7},
     "b0": {1: 97.4, 2: 97.9, 8: 97.2, 64: 97.5},
     "rope": {"paper: magnitude without, duplication with": 97.9, ROPE[0]: 97.0, ROPE[1]: 94.6},
+    "query": {},  # ours (method.md §8.1): the paper has no such ablation
 }
 
 
@@ -214,6 +252,10 @@ def markdown(rows: list[dict], methods) -> str:
               "| method | " + " | ".join(f"{100 * b:.1f} %" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
     lines += [f"| {method} | " + " | ".join(f"{100 * main[method, b]['agreement']:.1f}" for b in budgets) + " |"
               for method in methods]
+    lines += ["", "Evidence recall (%): share of the evidence patches (visual tokens overlapping the question's "
+              "ground-truth boxes, method.md §8.5) the kept set holds, mean over questions with evidence:", "",
+              "| method | " + " | ".join(f"{100 * b:.1f} %" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    lines += [f"| {method} | " + " | ".join(recall_cell(main[method, b]) for b in budgets) + " |" for method in methods]
     types = [k[len("accuracy_"):] for k in full if k.startswith("accuracy_")]
     lowest = min(budgets)
     lines += ["", f"Accuracy % per question type, all tokens and {100 * lowest:.1f} % kept:", "",
@@ -223,13 +265,14 @@ def markdown(rows: list[dict], methods) -> str:
         row = full if method == "all tokens" else main[method, lowest]
         lines.append(f"| {method} | " + " | ".join(f"{100 * row['accuracy_' + t]:.1f}" for t in types) + " |")
     ablations = [r for r in rows if r["group"] == "ablation"]
-    ablation_budgets = list(dict.fromkeys(r["budget"] for r in ablations))
-    lines += [] if not ablations else ["", "iwp ablations, accuracy % (relative score); paper: LLaVA-OV-7B at 35.3 %:", "",
+    ablation_budgets = sorted(dict.fromkeys(r["budget"] for r in ablations), reverse=True)
+    lines += [] if not ablations else ["", "iwp ablations, accuracy % (relative score); paper: LLaVA-OV-7B at 35.3 %; "
+              "the query rows (method.md §8.1, ours) at the paper's three budgets:", "",
               "| setting | value | " + " | ".join(f"{100 * b:.1f} %" for b in ablation_budgets) + " | paper |",
               "|---|---|" + "---:|" * len(ablation_budgets) + "---:|"]
     for setting, value in dict.fromkeys((r["setting"], r["value"]) for r in ablations):
-        cells = [cell(next(r for r in ablations if (r["setting"], r["value"], r["budget"]) == (setting, value, b)))
-                 for b in ablation_budgets]
+        found = {r["budget"]: r for r in ablations if (r["setting"], r["value"]) == (setting, value)}
+        cells = [cell(found[b]) if b in found else "" for b in ablation_budgets]
         paper = PAPER_ABLATIONS[setting].get(value, "")
         lines.append(f"| {setting} | {value} | " + " | ".join(cells) + f" | {paper} |")
     if ("iwp-magnitude", lowest) in main and ("iwp", lowest) in main:
@@ -250,14 +293,15 @@ def main(argv=None) -> None:
     curve = CURVE_BUDGETS if not args.quick else (0.111, 0.222, 0.353, 1.0)
     start = time.perf_counter()
     ablation_budgets = ABLATION_BUDGETS if "iwp" in methods else ()
-    predictions = [predict(session, s, methods, curve, ablation_budgets)
-                   for s in common.progress(samples, "accuracy")]
+    results = [predict(session, s, methods, curve, ablation_budgets, common.PAPER_BUDGETS)
+               for s in common.progress(samples, "accuracy")]
+    predictions, recalls = [r[0] for r in results], [r[1] for r in results]
     seconds = time.perf_counter() - start
     from dualview.methods import get_method
 
     first = session.analyze(session.prepare(samples[0].image, samples[0].question))
     layers = {m: get_method(m).prune_layer(first) for m in set(methods) | {"iwp"}}
-    rows = summarise(samples, predictions, first.num_visual, layers)
+    rows = summarise(samples, predictions, recalls, first.num_visual, layers)
     print_tables(rows, common.PAPER_BUDGETS, methods)
     record = common.header("accuracy", args, model, n)
     record.update(seconds=seconds, seconds_per_question=seconds / n, num_visual=first.num_visual,

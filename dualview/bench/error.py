@@ -5,7 +5,10 @@
 For every held-out question: one analysis at the default pruning layer l; for every method and
 budget its kept set S, and at layer l (method.md §6) the relative weight error
 ``‖W − W_S‖_F / ‖W‖_F``, the effective and stable rank of ``W_S`` (mean over KV heads), and the
-attention-output error of the text queries; then the answer with that kept set. All errors are
+attention-output error of the text queries, and for the same text queries (method.md §8.2–8.3,
+ours) the kept attention mass m, the share ``1 − m`` that was dropped, and the two exact parts of
+the attention-output change: the dropped updates ``‖η φ(q)(W − W_S)‖/‖A‖`` and the normaliser
+``‖(1 − m) A_S‖/‖A‖`` (means over query heads); then the answer with that kept set. All errors are
 measured on layer l's full-sequence keys and values, also for methods that prune earlier
 (divprune and cdpruner before the language model, fastv at layer 2): they say which rank-1
 updates of the full model's W a kept set retains.
@@ -26,7 +29,17 @@ import numpy as np
 from dualview.bench import common
 
 MEASURES = ("weight_error", "effective_rank", "stable_rank", "visual_weight_error", "visual_effective_rank",
-            "attention_error")
+            "attention_error", "dropped_mass", "dropped_part", "normaliser_part")
+"""Every measure whose mean is reported and whose association with flips is computed; ``dropped_mass``
+is ``1 − kept_mass`` (larger means more dropped, like the errors)."""
+
+
+def split_measures(analysis, kept) -> dict:
+    """Kept mass, dropped mass and the two parts of the output change for the text queries
+    (:meth:`Analysis.debug_measures`, method.md §8.2–8.3): floats, means over query heads."""
+    split = analysis.debug_measures(kept, "text")
+    return {"kept_mass": split["kept_mass"], "dropped_mass": 1.0 - split["kept_mass"],
+            "dropped_part": split["dropped_part"], "normaliser_part": split["normaliser_part"]}
 
 
 def measure(session, sample, methods, budgets) -> list[dict]:
@@ -43,7 +56,8 @@ def measure(session, sample, methods, budgets) -> list[dict]:
             kept = chosen.select(analysis, budget).kept
             prediction = answer(kept, chosen.prune_layer(analysis))
             records.append({"question": sample.question, "qtype": sample.qtype, "method": method, "budget": budget,
-                            "kept_tokens": int(kept.numel()), **analysis.measures(kept), "answer": prediction, "full": full,
+                            "kept_tokens": int(kept.numel()), **analysis.measures(kept),
+                            **split_measures(analysis, kept), "answer": prediction, "full": full,
                             "correct": prediction == sample.answer, "full_correct": full == sample.answer,
                             "flip": prediction != full})
     return records
@@ -81,7 +95,7 @@ def summarise(records: list[dict], methods, budgets) -> tuple[list[dict], list[d
             full_accuracy = np.mean([r["full_correct"] for r in mine])
             accuracy = float(np.mean([r["correct"] for r in mine]))
             row = {"method": method, "budget": budget, "kept_tokens": mine[0]["kept_tokens"], "n": len(mine)}
-            row.update({f"mean_{m}": float(np.mean([r[m] for r in mine])) for m in MEASURES})
+            row.update({f"mean_{m}": float(np.mean([r[m] for r in mine])) for m in MEASURES + ("kept_mass",)})
             row.update({"flip_rate": float(np.mean([r["flip"] for r in mine])), "accuracy": accuracy,
                         "relative": 100 * accuracy / full_accuracy if full_accuracy else None})
             rows.append(row)
@@ -101,6 +115,10 @@ def print_tables(rows, associations, budgets, methods) -> None:
                             ("visual tokens only: ‖W_V − W_S∩V‖/‖W_V‖", "mean_visual_weight_error", "{:>10.3g}"),
                             ("visual tokens only: effective rank", "mean_visual_effective_rank", "{:>10.2f}"),
                             ("attention-output error (text queries)", "mean_attention_error", "{:>10.3f}"),
+                            ("dropped attention mass 1 − m (text queries)", "mean_dropped_mass", "{:>10.3f}"),
+                            ("output change from the dropped updates ‖η φ(q)(W − W_S)‖/‖A‖", "mean_dropped_part",
+                             "{:>10.3f}"),
+                            ("output change from the normaliser ‖(1 − m) A_S‖/‖A‖", "mean_normaliser_part", "{:>10.3f}"),
                             ("answer flips vs. all tokens (%)", "flip_rate", "{:>10.1%}")):
         print(f"\n{title}, mean over questions, by visual tokens kept")
         print(f"{'method':<15}" + "".join(f"{100 * b:>9.1f}%" for b in budgets))
@@ -129,8 +147,17 @@ def markdown(rows, associations, budgets, methods) -> str:
                  f"{r['mean_visual_effective_rank']:.2f} / {r['mean_attention_error']:.3f} / "
                  f"{100 * r['flip_rate']:.1f}" for r in (table[method, b] for b in budgets)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "The attention-output change of the text queries at the pruning layer, split exactly "
+              "(method.md §8.3, ours): kept attention mass m / dropped-updates part ‖η φ(q)(W − W_S)‖/‖A‖ / "
+              "normaliser part ‖(1 − m) A_S‖/‖A‖ (means over heads and questions).", "",
+              f"| method | {heads} |", "|---|" + "---|" * len(budgets)]
+    for method in methods:
+        cells = [f"{r['mean_kept_mass']:.3f} / {r['mean_dropped_part']:.3f} / {r['mean_normaliser_part']:.3f}"
+                 for r in (table[method, b] for b in budgets)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Does the measure predict a changed answer? Point-biserial r / AUC (AUC = probability that a "
-              "changed answer has the larger value), over all methods at each budget:", "",
+              "changed answer has the larger value; below 0.5 the measure points the other way, reported as it "
+              "came out; dropped mass is 1 − m), over all methods at each budget:", "",
               f"| measure | {heads} | all budgets |", "|---|" + "---|" * (len(budgets) + 1)]
     for measure_name in MEASURES:
         cells = []

@@ -38,11 +38,11 @@ def _methods(q_text, k, v):
 
     def iwp(budget):
         return selection.pc_mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget,
-                                trace=False, **get_method("iwp").defaults).kept
+                                trace=False, **get_method("iwp").numeric_defaults).kept
 
     def mmr(budget):
         return selection.mmr(dual_form.magnitude(q_text, k, v), dual_form.DuplicationBlocks(k, v), budget,
-                             trace=False, **get_method("mmr").defaults).kept
+                             trace=False, **get_method("mmr").numeric_defaults).kept
 
     def divprune(budget):
         return selection.max_min_diversity(v.transpose(0, 1).reshape(k.shape[1], -1), budget).kept

@@ -17,6 +17,7 @@ from torch import Tensor
 from dualview import dual_form
 from dualview.engine.adapters import Prepared
 from dualview.errors import DualviewError
+from dualview.queries import DEFAULT_QUERY, canonical_query, query_positions
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Analysis:
         prepared: inputs and positions (``prepared.visual_positions [Nv]``, ``text_positions [T]``).
         geometry: boxes of the visual tokens.
         projections: q/k/v of the analysis layer, all S tokens.
-        magnitude: ``[Nv]`` information magnitude P_i (method.md §2), in (0, 1].
+        magnitude: ``[Nv]`` information magnitude P_i (method.md §2), in (0, 1]: ``magnitude_for("text")``.
         kernel_logit: ``[Nv]`` mean over query heads of ``q_T · k_i / √d`` (pre-RoPE).
         value_norm: ``[Nv]`` mean over KV heads of ``‖v_i‖``.
         input_embeddings: ``[Nv, D]`` the visual tokens entering the language model.
@@ -82,12 +83,31 @@ class Analysis:
         self.projections = projections
         visual, text = prepared.visual_positions, prepared.text_positions
         p = projections
-        self.magnitude = dual_form.magnitude(p.q_pre[:, text], p.k_pre[:, visual], p.v[:, visual]).float()
+        self._magnitudes: dict[str, Tensor] = {}
+        self.magnitude = self.magnitude_for(DEFAULT_QUERY)
         self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0)
         self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0)
         self._embeddings = embeddings
         self.fastv_layer = fastv_layer
         self._received = fastv_received
+
+    def query_rows(self, query: str) -> Tensor:
+        """``[R]`` sequence positions of the query rows of a choice ``text | last | all | token:i``
+        (:func:`dualview.queries.query_positions`, method.md §8.1); a one-sentence DualviewError for
+        an unknown choice or a prompt token that does not exist."""
+        prepared = self.prepared
+        return query_positions(query, prepared.visual_positions, prepared.text_positions, prepared.length)
+
+    def magnitude_for(self, query: str) -> Tensor:
+        """``[Nv]`` information magnitude (method.md §2) with ``q_T`` the mean of the pre-RoPE queries
+        of the rows ``query`` chooses (method.md §8.1), per head, then the mean over heads; in (0, 1].
+        Cached per choice; ``magnitude_for("text")`` is :attr:`magnitude`."""
+        query = canonical_query(query)
+        if query not in self._magnitudes:
+            p, visual = self.projections, self.prepared.visual_positions
+            rows = self.query_rows(query)
+            self._magnitudes[query] = dual_form.magnitude(p.q_pre[:, rows], p.k_pre[:, visual], p.v[:, visual]).float()
+        return self._magnitudes[query]
 
     def _captured(self, value: Tensor | None, what: str) -> Tensor:
         if value is None:
@@ -214,6 +234,54 @@ class Analysis:
                 "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
                 "visual_effective_rank": float(m.visual_effective_rank.mean()),
                 "attention_error": self.attention_error(kept)}
+
+    # -- debugging a pruned answer (method.md §8, ours) -----------------------------------------
+    def attention_split(self, kept, query: str = DEFAULT_QUERY) -> dual_form.AttentionSplit:
+        """The attention-output change at this layer when only ``kept`` (visual-token indices) stay,
+        for the query rows ``query`` chooses, split into the dropped updates and the normaliser
+        (:func:`dualview.dual_form.attention_split`, method.md §8.2–8.3): post-RoPE rows at their own
+        positions (causal), keys and values of the whole sequence, S = every non-visual token plus
+        the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64."""
+        rows = self.query_rows(query)
+        p = self.projections
+        return dual_form.attention_split(p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows)
+
+    def debug_measures(self, kept, query: str = DEFAULT_QUERY) -> dict:
+        """What a user debugging a pruned answer reads beside :meth:`measures` (method.md §8.2–8.3).
+
+        Args: kept: visual-token indices (0..Nv−1); query: ``text | last | all | token:i``.
+        Returns: ``query`` (canonical) and ``query_positions`` (sequence positions of its rows);
+        ``kept_mass`` (share of the rows' attention the kept set held, in [0, 1]), ``dropped_part``
+        (``‖η φ(q)(W − W_S)‖ / ‖A‖``), ``normaliser_part`` (``‖(1 − m) A_S‖ / ‖A‖``) and
+        ``output_error`` (``‖A − A_S‖ / ‖A‖``): means over query heads, floats; the same four per
+        query head under ``per_head`` (lists of H floats).
+        """
+        split = self.attention_split(kept, query)
+        per_head = {"kept_mass": split.kept_mass_per_head, "dropped_part": split.dropped_error,
+                    "normaliser_part": split.normaliser_error, "output_error": split.output_error}
+        return {"query": canonical_query(query), "query_positions": self.query_rows(query).tolist(),
+                **{name: float(values.mean()) for name, values in per_head.items()},
+                "per_head": {name: values.tolist() for name, values in per_head.items()}}
+
+    def attention_received_by(self, query: str = DEFAULT_QUERY) -> Tensor:
+        """``[H, Nv]`` attention each visual token receives at this layer from the rows ``query``
+        chooses, mean over those rows, per query head (``.mean(0)`` for the average over heads).
+
+        Causal softmax over the whole sequence from the post-RoPE q/k of this layer
+        (:func:`dualview.dual_form.attention_weights`): what an eager attention layer computes. With
+        ``all`` at FastV's layer this is FastV's score; here it is always the analysis layer.
+        Float32, each entry in [0, 1].
+        """
+        rows = self.query_rows(query)
+        p = self.projections
+        weights = dual_form.attention_weights(p.q_post[:, rows], p.k_post, rows)  # [H, R, S]
+        return weights[:, :, self.prepared.visual_positions].mean(dim=1).float()
+
+    def update_share(self) -> Tensor:
+        """``[Hkv, Nv]`` each visual token's ``‖ΔW_i‖_F / ‖W‖_F`` at this layer, W summed over the
+        whole sequence (method.md §1, §6; :meth:`dualview.dual_form.ImplicitWeight.update_share`); ``.mean(0)`` for
+        the average over KV heads. Float32; a share near 1 means one update dominates W."""
+        return self.implicit_weight.update_share().float()
 
     def token_numbers(self, token: int) -> dict:
         """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:

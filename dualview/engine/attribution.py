@@ -4,6 +4,9 @@
   one forward pass per call: the ``score`` and ``restored`` callables of
   :func:`dualview.attribution.add_back_search` and :func:`dualview.attribution.occlusion_effect`.
 - :func:`first_order_effect`: every visual token's first-order effect from one backward pass.
+- :func:`restore_answer`: what brings a changed answer back (the add-back search, shortlist ordered by
+  the first-order effect), the one call the CLI's ``restore`` and the app make.
+- :func:`evidence_tokens`: the visual tokens whose patches overlap ground-truth boxes (method.md §8.5).
 
 Uses only public pieces: ``session.model``, ``session.adapter.layers``, ``session.check_layer``,
 :mod:`dualview.engine.hooks` and a :class:`dualview.engine.adapters.Prepared` made by
@@ -18,10 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dualview.attribution import add_back_search
 from dualview.engine import hooks
 from dualview.engine.adapters import Prepared
 
-__all__ = ["answer_terms", "AnswerScorer", "FirstOrderEffect", "first_order_effect"]
+__all__ = ["answer_terms", "AnswerScorer", "FirstOrderEffect", "first_order_effect", "Restoration", "restore_answer",
+           "evidence_tokens"]
 
 
 def answer_terms(logits: Tensor, answer_ids: list[int]) -> tuple[Tensor, bool]:
@@ -165,3 +170,82 @@ def first_order_effect(session, prepared: Prepared, answer_ids: list[int], layer
     finally:
         handle.remove()
     return FirstOrderEffect(effect=gradient.detach().float().cpu(), logprob=float(logprob.detach()), layer=layer)
+
+
+@dataclass
+class Restoration:
+    """What brings a pruned answer back (method.md §8.4), from :func:`restore_answer`.
+
+    Attributes:
+        answer_ids: the answer scored (the full model's greedy answer), A token ids.
+        full_logprob: log p(answer) with every visual token (nats).
+        pruned_logprob: log p(answer) with the kept set.
+        changed: whether the kept set changes the answer (some answer position's argmax differs).
+        order: dropped visual-token indices added back, in order (empty when nothing changed).
+        curve: log p(answer) with the kept set, then after each addition (``len(order) + 1`` values).
+        calls: forward passes the search spent (its starting set included; 0 when nothing changed).
+        restored: whether the answer is back after the additions (True when nothing changed).
+        first_order: every visual token's first-order effect (:class:`FirstOrderEffect`; its
+            ``LABEL`` says what it estimates), the prior that ordered the search's shortlists.
+    """
+
+    answer_ids: list[int]
+    full_logprob: float
+    pruned_logprob: float
+    changed: bool
+    order: list[int]
+    curve: list[float]
+    calls: int
+    restored: bool
+    first_order: FirstOrderEffect
+
+
+def restore_answer(session, prepared: Prepared, kept, answer, layer: int, max_calls: int = 64,
+                   width: int = 8) -> Restoration:
+    """Which dropped visual tokens, added back, bring the full answer back (method.md §8.4).
+
+    Scores ``answer`` with every visual token and with ``kept`` (two forward passes), computes the
+    first-order effect of every visual token (one forward and one backward pass), and when the kept
+    set changes the answer runs :func:`dualview.attribution.add_back_search` from ``kept`` over the
+    dropped tokens, shortlists ordered by the first-order effect, until the answer is back or
+    ``max_calls`` forward passes are spent.
+
+    Args:
+        session: a loaded session; prepared: ``session.prepare(image, prompt)`` (without an answer);
+        kept: kept visual-token indices (0..Nv−1); answer: the answer to bring back (an ``Answer``,
+        ids or text, :meth:`Session.answer_ids`), normally the full model's greedy answer; layer: the
+        pruning layer; max_calls: forward passes the search may spend (≥ 1); width: shortlist size.
+    Returns:
+        :class:`Restoration`.
+    """
+    ids = session.answer_ids(answer)
+    with_answer = prepared.with_answer(ids)
+    scorer = AnswerScorer(session, with_answer, ids, layer)
+    kept = prepared.check_kept(kept)
+    every = torch.arange(prepared.num_visual)
+    full_logprob, pruned_logprob = scorer(every), scorer(kept)
+    changed = not scorer.restored(kept)
+    first_order = first_order_effect(session, with_answer, ids, layer)
+    if not changed:
+        return Restoration(ids, full_logprob, pruned_logprob, False, [], [pruned_logprob], 0, True, first_order)
+    dropped = every[~torch.isin(every, kept)]
+    found = add_back_search(scorer, scorer.restored, kept, dropped, first_order.effect, width=width, max_calls=max_calls)
+    return Restoration(ids, full_logprob, pruned_logprob, True, found.order.tolist(), found.curve.tolist(),
+                       found.calls, found.restored, first_order)
+
+
+def evidence_tokens(geometry, boxes) -> Tensor:
+    """Visual tokens whose box overlaps one of ``boxes`` with positive area (method.md §8.5).
+
+    Args:
+        geometry: :class:`dualview.engine.geometry.Geometry` (``boxes [Nv, 4]`` in original-image pixels).
+        boxes: ground-truth regions ``(x0, y0, x1, y1)`` in the same pixels (a list or ``[B, 4]``).
+    Returns:
+        ``[E]`` ascending LongTensor of visual-token indices (0..Nv−1); empty when ``boxes`` is.
+    """
+    regions = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    tokens = geometry.boxes.to(torch.float64)
+    hits = torch.zeros(tokens.shape[0], dtype=torch.bool)
+    for x0, y0, x1, y1 in regions.tolist():
+        hits |= (tokens[:, 0] < x1) & (tokens[:, 2] > x0) & (tokens[:, 1] < y1) & (tokens[:, 3] > y0)
+    return torch.nonzero(hits).reshape(-1)

@@ -24,11 +24,11 @@ DROPPED_COLOR = "rgba(20,20,30,0.72)"
 CHUNK_OUTLINE = "#00e5ff"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
-DISPLAY_SIDE = 768
+DISPLAY_SIDE = 512
 """Longer side of the picture drawn under the maps, in pixels: what a map panel can show."""
 
 
-def display_image(image: Image.Image, max_side: int = DISPLAY_SIDE, quality: int = 85) -> str:
+def display_image(image: Image.Image, max_side: int = DISPLAY_SIDE, quality: int = 75) -> str:
     """The image as a JPEG data URL of at most ``max_side`` pixels on its longer side: what the
     maps draw underneath (the figures keep the original pixel coordinates; only the picture is
     smaller). Make it once per image and hand the string to every figure."""
@@ -108,9 +108,10 @@ def _axes(fig: go.Figure, count: int, image, size: tuple[int, int]) -> list[tupl
 
 
 def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str]:
-    """customdata ``[Nv, 1 + K]`` (token index, then K named numbers) and its hover template."""
+    """customdata ``[Nv, 1 + K]`` float32 (token index, then K named numbers; float32 is exact for the
+    indices and beyond the 4 digits shown) and its hover template."""
     names = list(hover or {})
-    columns = [np.arange(n, dtype=float)] + [np.asarray(hover[name], dtype=float).reshape(n) for name in names]
+    columns = [np.arange(n, dtype=np.float32)] + [np.asarray(hover[name], dtype=np.float32).reshape(n) for name in names]
     template = "token %{customdata[0]:.0f}" + "".join(
         f"<br>{name} = %{{customdata[{i + 1}]:.4g}}" for i, name in enumerate(names))
     return np.stack(columns, axis=1), template + "<extra></extra>"
@@ -157,7 +158,7 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
                       margin=dict(l=4, r=4, t=36, b=4), plot_bgcolor="white", paper_bgcolor="white",
                       hoverlabel=dict(font_size=12),
                       # for linked hovering in the app (dualview/app/linking.js): each token's box and panel
-                      meta=dict(dv_boxes=np.round(np.asarray(layout["boxes"], dtype=float), 2).tolist(),
+                      meta=dict(dv_boxes=np.round(np.asarray(layout["boxes"], dtype=float)).astype(int).tolist(),
                                 dv_xref=[refs[p][0] for p in panel_of]))
     if len(grids) > 1:
         for grid, (xref, _) in zip(grids, refs):
@@ -169,7 +170,8 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
 def _heat(grid: Panel, values: np.ndarray, custom: np.ndarray, template: str, ref, *, colorscale,
           zmin=None, zmax=None, opacity=0.65, colorbar=None, name="", showscale=True) -> go.Heatmap:
     return go.Heatmap(
-        z=grid.grid(values), x=grid.x_edges, y=grid.y_edges, customdata=grid.grid(custom),
+        z=grid.grid(values).astype(np.float32), x=grid.x_edges, y=grid.y_edges,
+        customdata=grid.grid(custom).astype(np.float32),
         hovertemplate=template, colorscale=colorscale, zmin=zmin, zmax=zmax, opacity=opacity,
         xaxis=ref[0], yaxis=ref[1], showscale=showscale, colorbar=colorbar, name=name, hoverongaps=False,
         xgap=0.5, ygap=0.5)

@@ -9,7 +9,7 @@ the leftover tokens), spread evenly over that grid.
 from dualview.methods.registry import register
 
 
-@register("grid", needs=())
+@register("grid", needs=(), nested=False)
 def select(inputs, count: int):
     """Evenly spread tokens over each image grid, pruning at the analysis layer."""
     import torch

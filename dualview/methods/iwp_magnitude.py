@@ -4,12 +4,12 @@ Prunes at the analysis layer l; scores ``P_i = κ(q_T, k_i)·‖v_i‖`` (method
 redundancy penalty, so similar tokens can all be kept.
 """
 
-from dualview.methods.registry import register
+from dualview.methods.registry import QUERY, register
 
 
-@register("iwp-magnitude")
-def select(inputs, count: int):
+@register("iwp-magnitude", params=(QUERY,))
+def select(inputs, count: int, query: str):
     """Top-k of the information magnitude, pruning at the analysis layer."""
     from dualview.selection import top_k
 
-    return top_k(inputs.magnitude, count)
+    return top_k(inputs.magnitude_for(query), count)

@@ -54,7 +54,9 @@ class ScoringInputs(Protocol):
     def num_visual(self) -> int: ...  # Nv
 
     @property
-    def magnitude(self) -> Tensor: ...  # [Nv] information magnitude (method.md §2)
+    def magnitude(self) -> Tensor: ...  # [Nv] information magnitude (method.md §2), q_T from the text rows
+
+    def magnitude_for(self, query: str) -> Tensor: ...  # [Nv] the same from query rows `query` (method.md §8.1)
 
     @property
     def duplication_blocks(self): ...  # blocks of the [Nv, Nv] duplication S̄² (method.md §3)
@@ -77,24 +79,40 @@ class ScoringInputs(Protocol):
 
 @dataclass(frozen=True)
 class Param:
-    """One keyword parameter of a method.
+    """One keyword parameter of a method: a number within bounds, or a choice among forms.
 
     Attributes:
         name: keyword name (the CLI's ``--param NAME=VALUE``); default: the paper's value (its
-            type, int or float, is the parameter's type); low, high: inclusive bounds;
-        help: one line saying what it means; label: short symbol for the UI (default: name).
+            type, int, float or str, is the parameter's type); low, high: inclusive bounds of a
+            numeric parameter (None for a choice);
+        help: one line saying what it means; label: short symbol for the UI (default: name);
+        choices: the accepted forms of a choice parameter (e.g. ``("text", "last", "all",
+            "token:i")``), empty for a numeric one; parse: for a choice, ``parse(text) -> value``
+            returning the canonical form or raising a one-sentence DualviewError.
     """
 
     name: str
-    default: int | float
-    low: int | float
-    high: int | float
+    default: int | float | str
+    low: int | float | None
+    high: int | float | None
     help: str
     label: str = ""
+    choices: tuple[str, ...] = ()
+    parse: Callable[[str], str] | None = None
+
+    @classmethod
+    def choice(cls, name: str, default: str, choices: tuple[str, ...], parse: Callable[[str], str], help: str,
+               label: str = "") -> "Param":
+        """A choice-valued parameter: ``parse`` turns text into the canonical value (or refuses it)."""
+        return cls(name, default, None, None, help, label, tuple(choices), parse)
+
+    @property
+    def is_choice(self) -> bool:
+        return bool(self.choices)
 
     @property
     def integer(self) -> bool:
-        return isinstance(self.default, int)
+        return isinstance(self.default, int) and not self.is_choice
 
     @property
     def title(self) -> str:
@@ -102,12 +120,16 @@ class Param:
 
     @property
     def bounds(self) -> str:
-        """``low..high`` as text."""
+        """``low..high`` as text, or the accepted forms of a choice joined by ``|``."""
+        if self.is_choice:
+            return "|".join(self.choices)
         return f"{self.low:g}..{self.high:g}" if not self.integer else f"{self.low}..{self.high}"
 
-    def check(self, value, method: str) -> int | float:
-        """``value`` as this parameter's type within its bounds, or a one-sentence DualviewError.
-        Strings are parsed (CLI and API send text)."""
+    def check(self, value, method: str) -> int | float | str:
+        """``value`` as this parameter's type within its bounds (a choice: parsed to its canonical
+        form), or a one-sentence DualviewError. Strings are parsed (CLI and API send text)."""
+        if self.is_choice:
+            return self.parse(value)
         original = value
         if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
             value = value.item()
@@ -126,6 +148,19 @@ class Param:
         return int(value) if self.integer else float(value)
 
 
+def _query_param() -> Param:
+    from dualview.queries import DEFAULT_QUERY, QUERY_CHOICES, canonical_query
+
+    return Param.choice("query", DEFAULT_QUERY, QUERY_CHOICES, canonical_query,
+                        "query rows whose mean is q_T in the magnitude: the instruction tokens (text, the paper's), "
+                        "the last prompt position (last), every non-image position (all) or instruction token i "
+                        "(token:i); method.md §8.1", "q")
+
+
+QUERY = _query_param()
+"""The ``query`` parameter of every method whose scores read ``q_T`` (method.md §2, §8.1)."""
+
+
 def analysis_layer(inputs) -> int:
     """Prune at the layer that was analysed (method.md §5)."""
     return inputs.layer
@@ -137,7 +172,10 @@ class Method:
 
     Attributes:
         name: registry name; summary: first line of its docstring; params: its :class:`Param`s;
-        needs: subset of :data:`CAPTURES`; function: ``select(inputs, count, **params)``.
+        needs: subset of :data:`CAPTURES`; function: ``select(inputs, count, **params)``;
+        nested: whether the kept set for a budget is always the first tokens of the kept set for any
+        larger budget (greedy and top-k rules, PC-MMR); then every budget of a curve is a prefix of
+        one selection (a test checks the claim for every method that makes it).
     """
 
     name: str
@@ -146,6 +184,7 @@ class Method:
     summary: str
     params: tuple[Param, ...]
     needs: frozenset = field(default_factory=frozenset)
+    nested: bool = False
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -157,6 +196,12 @@ class Method:
     def defaults(self) -> dict:
         """Every parameter's default, by name."""
         return {p.name: p.default for p in self.params}
+
+    @property
+    def numeric_defaults(self) -> dict:
+        """The numeric parameters' defaults, by name: the selection algorithm's own settings
+        (choice parameters such as ``query`` choose its inputs instead)."""
+        return {p.name: p.default for p in self.params if not p.is_choice}
 
     def check_params(self, given: Mapping | None = None) -> dict:
         """Every parameter, checked: ``given`` values (strings are parsed) over the defaults.
@@ -184,12 +229,13 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, params: tuple[Param, ...] = (), layer: int | Callable[[ScoringInputs], int] = analysis_layer,
-             needs: tuple[str, ...] = ("projections",)):
+             needs: tuple[str, ...] = ("projections",), nested: bool = True):
     """Register ``function(inputs, count, **params) -> Selection`` as method ``name``.
 
     ``params``: its parameters (the function's keywords must be exactly these, without defaults);
     ``layer``: where it prunes (an int, or a function of the inputs; default the analysis layer);
-    ``needs``: what it reads, from :data:`CAPTURES`.
+    ``needs``: what it reads, from :data:`CAPTURES`; ``nested``: see :class:`Method` (False for a
+    rule whose kept sets at two budgets need not be prefixes of one another, e.g. a spatial grid).
     """
     unknown = set(needs) - set(CAPTURES)
     if unknown:
@@ -203,7 +249,7 @@ def register(name: str, *, params: tuple[Param, ...] = (), layer: int | Callable
                              "without defaults (defaults live in the Param declarations)")
         where = layer if callable(layer) else (lambda inputs, fixed=layer: fixed)
         summary = (inspect.getdoc(function) or inspect.getdoc(inspect.getmodule(function)) or "").split("\n")[0]
-        _METHODS[name] = Method(name, function, where, summary, tuple(params), frozenset(needs))
+        _METHODS[name] = Method(name, function, where, summary, tuple(params), frozenset(needs), nested)
         return function
 
     return decorate

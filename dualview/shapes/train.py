@@ -4,6 +4,8 @@
     python -m dualview.shapes.train --run runs/next --init assets/shapes-vlm --questions 24 \
         --attn-layers 2,3,4,5 --word-layers 0,1 --query-layers 2,3 --lr 5e-4 --minutes 100
         # go on from the shipped model with stage 5's recipe (model card)
+    python -m dualview.shapes.train --run runs/stage6 --init assets/shapes-vlm ... --drop-prob 0.5 \
+        --styles --naming-words --word-layers 0,1,2,3,4      # stage 6's recipe (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
@@ -29,6 +31,19 @@ Recipe (built for a 2-core CPU, where compute is everything):
   at ``<sep>``, the question's last key word, where that lookup ended
   (:func:`question_attention_loss`); without these two the stage-3 model never carries a shape
   word to ``<sep>`` (model card, Known limits).
+- **Robust to removal** (``--drop-prob``, ``--drop-min-share``; stage 6): in that share of the
+  joint steps, visual tokens are removed at random (:func:`draw_removal`: a decoder layer uniform
+  over all of them, 0 included; per scene a random subset keeping a share uniform in
+  [``--drop-min-share``, 1]) by masking them out of attention from that layer on
+  (:func:`keys_removed`, equal to removing them physically), in the answer loss and every
+  attention loss; the other steps are unpruned. The removal draws from its own stream
+  ``default_rng([seed, DROP_STREAM, step])``, so the batches are those of a run without it.
+- **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
+  (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
+  outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
+  ``world.HELDOUT_STYLES`` are never drawn.
+- **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
+  ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
 - ``--init DIR`` starts a new run (fresh heads, optimizer, schedule) from an exported model, so
   training can go on across sessions from the shipped weights.
@@ -42,6 +57,7 @@ same command continues from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -68,6 +84,12 @@ KEY_WORDS = {**{VOCAB[c]: ("color", c, False) for c in world.COLOR_NAMES},
              **{VOCAB[s]: ("shape", s, False) for s in world.SHAPES},
              **{VOCAB[p]: ("shape", s, True) for s, p in world.PLURALS.items()}}
 KEY_WORD_IDS = list(KEY_WORDS)
+# --naming-words: the other question words that name something in the image. ``object`` (after a
+# colour) names what the words before it named; ``objects`` every object, counted; ``letter`` and
+# ``written`` the letter. The grammar's questions hold no place words (places are only answers).
+NAMING_WORDS = {**KEY_WORDS, VOCAB["object"]: (None, None, False), VOCAB["objects"]: (None, None, True),
+                VOCAB["letter"]: ("letter", None, False), VOCAB["written"]: ("letter", None, False)}
+DROP_STREAM = 0xD50  # the random token removal of step s draws from default_rng([seed, DROP_STREAM, s])
 # the head that reads the last key word at <sep>: the last query head (in the shipped model, 4 query
 # heads on 2 KV heads, it has another KV head than head 0, which looks at the image)
 QUERY_HEAD = -1
@@ -126,7 +148,7 @@ def patch_targets(scene: world.Scene, labels: np.ndarray, patch: int) -> dict:
     return out
 
 
-def word_targets(scene: world.Scene, question: str, size: ModelSize):
+def word_targets(scene: world.Scene, question: str, size: ModelSize, naming: dict = KEY_WORDS):
     """What each key word of a question should look at in the prefix ``<s> + P`` patches.
 
     Returns ``targets`` bool [SEG_LEN, 1 + P] and ``counting`` bool [SEG_LEN], per position of the
@@ -134,18 +156,22 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize):
     it and every key word before it (``red`` then ``circle``: the red circles). A colour or shape
     word looks at the patches of those objects, or at ``<s>`` if there are none; a plural (a
     counting question) spreads over ``<s>`` and each one's centre patch, like
-    :func:`evidence_attention_loss`'s counting target.
+    :func:`evidence_attention_loss`'s counting target. ``naming`` says which words name what
+    (:data:`KEY_WORDS`, or :data:`NAMING_WORDS`: also ``object``, ``objects``, ``letter``, ``written``).
     """
     n_prefix = 1 + size.num_image_tokens
     targets = np.zeros((SEG_LEN, n_prefix), bool)
     counting = np.zeros(SEG_LEN, bool)
     objs = list(scene.objects)
     for j, token in enumerate(question_ids(question)):
-        if token not in KEY_WORDS:
+        if token not in naming:
             continue
-        attr, value, counting[j] = KEY_WORDS[token]
-        objs = [o for o in objs if getattr(o, attr) == value]
-        boxes = [o.box for o in objs]
+        attr, value, counting[j] = naming[token]
+        if attr == "letter":
+            boxes = [scene.letter["box"]] if scene.letter else []
+        else:
+            objs = [o for o in objs if attr is None or getattr(o, attr) == value]
+            boxes = [o.box for o in objs]
         find = centre_patches if counting[j] else evidence_patches
         targets[j, 1:] = find(boxes, size.image_size, size.patch_size)
         targets[j, 0] = counting[j] or not targets[j, 1:].any()
@@ -153,8 +179,14 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize):
 
 
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
-               type_weights: dict | None = None, p_letter: float = 0.5) -> dict:
-    """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments."""
+               type_weights: dict | None = None, p_letter: float = 0.5, styles: bool = False,
+               naming: dict = KEY_WORDS) -> dict:
+    """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments.
+
+    ``styles``: each scene is drawn in a style of the training mix (``world.training_style``; a
+    non-default style also moves its objects a little, ``world.jitter_scene``) and resampled to
+    the input size; False draws every scene in the generator's own style (stages 1-5).
+    ``naming``: the words :func:`word_targets` supervises."""
     P = size.num_image_tokens
     imgs = np.zeros((n_scenes, size.image_size, size.image_size, 3), np.uint8)
     aux = {k: np.zeros((n_scenes, P), np.int64) for k in AUX}
@@ -168,8 +200,11 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     w = type_weights or {}
     for b in range(n_scenes):
         scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
-        img, labels = world.render(scene, rng, labels=True)
-        imgs[b] = np.asarray(img)
+        style = world.training_style(rng) if styles else world.DEFAULT_STYLE
+        if style != world.DEFAULT_STYLE:
+            scene = world.jitter_scene(scene, rng, rng.uniform(0, world.TRAIN_JITTER))
+        img, labels = world.render(scene, rng, labels=True, style=style)
+        imgs[b] = np.asarray(world.to_input(img, size.image_size))
         for k, v in patch_targets(scene, labels, size.patch_size).items():
             aux[k][b] = v
         types = world.feasible_types(scene)
@@ -182,7 +217,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             counting[b, q] = qt in COUNT_TYPES
             find = centre_patches if counting[b, q] else evidence_patches
             evidence[b, q] = find(qa.evidence, size.image_size, size.patch_size)
-            words[b, q], word_counting[b, q] = word_targets(scene, qa.question, size)
+            words[b, q], word_counting[b, q] = word_targets(scene, qa.question, size, naming)
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
@@ -325,7 +360,7 @@ def attention_target_log_prob(logp, target, counting):
     import torch
 
     on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
-    on_spread = (logp * target).sum(-1) / target.sum(-1).clamp(min=1)
+    on_spread = logp.masked_fill(~target, 0.0).sum(-1) / target.sum(-1).clamp(min=1)
     return torch.where(counting, on_spread, on_target)
 
 
@@ -337,7 +372,68 @@ def sep_positions(seg, n_prefix: int):
     return n_prefix + torch.arange(Q, device=seg.device) * S + (seg == VOCAB[SEP]).int().argmax(-1)
 
 
-def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_prefix: int, device):
+def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layers: int, prob: float,
+                 min_share: float):
+    """Random visual-token removal for one batch: None with probability ``1 - prob``, else
+    ``(layer, kept)``: a decoder layer uniform in 0..n_layers-1 from which tokens are removed, and
+    ``kept`` bool [n_scenes, n_visual], per scene a uniformly random subset of
+    ``max(1, round(share * n_visual))`` tokens with ``share`` uniform in [min_share, 1]. Chosen
+    by no scoring method (issue 19: robust to removal, like large VLMs)."""
+    if rng.random() >= prob:
+        return None
+    layer = int(rng.integers(0, n_layers))
+    kept = np.zeros((n_scenes, n_visual), bool)
+    for b in range(n_scenes):
+        count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
+        kept[b, rng.choice(n_visual, count, replace=False)] = True
+    return layer, kept
+
+
+@contextlib.contextmanager
+def keys_removed(lm, layer: int, key_keep):
+    """From decoder layer ``layer`` of ``lm`` on, no query attends to a position where ``key_keep``
+    (bool [B, L]) is False: forward pre-hooks mask those keys out of each layer's 4-D attention
+    mask (bool: AND; additive float: -inf). With RoPE positions unchanged this equals removing the
+    tokens physically from that layer on, as the engine's pruning does (its tests check the
+    identity); a removed token's own row is still computed, but nothing reads it any more."""
+    import torch
+
+    def hook(module, args, kwargs):
+        mask, keep = kwargs["attention_mask"], key_keep[:, None, None, :]
+        kwargs["attention_mask"] = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        return args, kwargs
+
+    handles = [block.register_forward_pre_hook(hook, with_kwargs=True) for block in lm.layers[layer:]]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kept_keys(removed, index: int):
+    """Bool [B, n_prefix] of the prefix keys (``<s>`` and the visual tokens) decoder layer
+    ``index`` still sees under ``removed`` = ``(layer, kept [B, n_prefix])``; None: all of them."""
+    return None if removed is None or index < removed[0] else removed[1]
+
+
+def masked_mean(values, where):
+    """Mean of ``values`` where ``where`` (same shape) holds (``values[where].mean()``, as stages 1-5
+    computed it); a zero without gradient where it holds nowhere (every target removed)."""
+    return values[where].mean() if bool(where.any()) else values.new_zeros(())
+
+
+def on_kept_keys(logits, target, supervised, kept):
+    """Attention logits [B, N, K], target bool [B, N, K] and supervised bool [B, N] restricted to
+    the kept keys ``kept`` bool [B, K] (None: unchanged): removed keys get -inf logits and leave the
+    target, and a query whose target is all removed is no longer supervised."""
+    if kept is None:
+        return logits, target, supervised
+    target = target & kept[:, None]
+    return logits.masked_fill(~kept[:, None], float("-inf")), target, supervised & target.any(-1)
+
+
+def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_prefix: int, device, removed=None):
     """How far head :data:`QUERY_HEAD` of each layer in ``layers`` is from reading, at ``<sep>``,
     the question's last key word.
 
@@ -347,7 +443,7 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
     what the answer needs. Over everything ``<sep>`` sees (the prefix and its own segment up to
     itself), the loss is ``-log`` of the head's softmax probability of the last key word, averaged
     over questions that have one (not `how many objects` nor the letter) and over the layers.
-    Training only.
+    ``removed`` as in :func:`evidence_attention_loss` (removed visual tokens are not seen). Training only.
     """
     import torch
 
@@ -372,13 +468,15 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
     total = 0.0
     for index in layers:
         logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, QUERY_HEAD)
-        logp = torch.log_softmax(logits.masked_fill(~visible, float("-inf")), -1)  # [B, Q, L]
+        kept = kept_keys(removed, index)
+        seen = visible if kept is None else torch.cat([visible[..., :n_prefix] & kept[:, None], visible[..., n_prefix:]], -1)
+        logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, Q, L]
         total = total - torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)[has].mean()
     return total / len(layers)
 
 
 def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, counting, layers, n_prefix: int,
-                            device):
+                            device, removed=None):
     """How far the first query head of each layer in ``layers`` is from looking at the evidence.
 
     ``lm`` the Llama decoder; ``hidden_states`` its per-layer inputs (``output_hidden_states``;
@@ -397,7 +495,9 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
       the weight on ``<s>``.
 
     Averaged over supervised questions and over the layers. Training only: it teaches the model
-    where to look, the answer loss teaches what to do with it.
+    where to look, the answer loss teaches what to do with it. ``removed`` (``(layer, kept bool
+    [B, n_prefix])``, see :func:`removed_keys`): from that layer on the head sees the kept keys
+    only, the target is its kept part, and a question whose target was all removed is not supervised.
     """
     import torch
 
@@ -413,12 +513,14 @@ def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, coun
     total = 0.0
     for index in layers:
         logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
+        logits, seen, sup = on_kept_keys(logits, target, has, kept_keys(removed, index))
         logp = torch.log_softmax(logits, -1)  # [B, Q, n_prefix]
-        total = total - attention_target_log_prob(logp, target, counting)[has].mean()
+        total = total - masked_mean(attention_target_log_prob(logp, seen, counting), sup)
     return total / len(layers)
 
 
-def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, layers, n_prefix: int, device):
+def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, layers, n_prefix: int, device,
+                       removed=None):
     """How far head 0 of each layer in ``layers`` is, at each key word, from looking at what it names.
 
     Arguments as in :func:`evidence_attention_loss` (no ``seg``: the key words are the rows of
@@ -430,7 +532,7 @@ def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, la
     Head 0's attention over the prefix is rebuilt as in :func:`evidence_attention_loss`; the loss
     per key word is ``-log`` of its mass on the target, or for a plural the cross-entropy with the
     uniform distribution over ``<s>`` and the centres, averaged over key words and layers.
-    Training only.
+    ``removed`` as in :func:`evidence_attention_loss`. Training only.
     """
     import torch
 
@@ -445,15 +547,20 @@ def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, la
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
-        logp = torch.log_softmax(head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix),
-                                 -1)  # [B, Q*S, n_prefix]
-        total = total - attention_target_log_prob(logp, target, spread)[at_key].mean()
+        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix)
+        logits, seen, sup = on_kept_keys(logits, target, at_key, kept_keys(removed, index))
+        logp = torch.log_softmax(logits, -1)  # [B, Q*S, n_prefix]
+        total = total - masked_mean(attention_target_log_prob(logp, seen, spread), sup)
     return total / len(layers)
 
 
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
-            attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = ()):
-    """Losses (dict) and, for the QA part, per-segment exact-match flags."""
+            attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = (), removal=None):
+    """Losses (dict) and, for the QA part, per-segment exact-match flags.
+
+    ``removal``: None, or ``(layer, kept bool [B, P])`` from :func:`draw_removal`: from that
+    decoder layer on the visual tokens not kept are removed (:func:`keys_removed`), in the answer
+    loss and in every attention loss."""
     import torch
     import torch.nn.functional as F
 
@@ -487,19 +594,26 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     mask = block_mask(n_prefix, Q, S, device)[None, None].expand(B, 1, -1, -1)
     pos = positions(n_prefix, Q, S, device)[None].expand(B, -1)
     lm = model.model.language_model
-    out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-             output_hidden_states=bool(attn_layers or query_layers or word_layers))
+    removed, removing = None, contextlib.nullcontext()
+    if removal is not None:
+        kept = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.as_tensor(removal[1])], 1).to(device)
+        removed = (removal[0], kept)  # [B, n_prefix]
+        removing = keys_removed(lm, removal[0], torch.cat([kept, torch.ones(B, Q * S, dtype=torch.bool,
+                                                                              device=device)], 1))
+    with removing:
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                 output_hidden_states=bool(attn_layers or query_layers or word_layers))
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
                                                  batch["counting"],
-                                                 attn_layers, n_prefix, device)
+                                                 attn_layers, n_prefix, device, removed)
     if word_layers and batch.get("words") is not None:
         losses["word"] = word_evidence_loss(lm, out.hidden_states, pos, batch["words"], batch["word_counting"],
-                                            word_layers, n_prefix, device)
+                                            word_layers, n_prefix, device, removed)
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
-                                                  device)
+                                                  device, removed)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -620,6 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated decoder layers whose head 0 is taught, at each colour or shape word, to "
                          "look at the objects it names (see word_evidence_loss); empty: none")
     ap.add_argument("--word-weight", type=float, default=1.0)
+    ap.add_argument("--drop-prob", type=float, default=0.0,
+                    help="share of joint steps whose visual tokens are removed at random (see draw_removal)")
+    ap.add_argument("--drop-min-share", type=float, default=0.05,
+                    help="smallest kept share of the visual tokens when removing (uniform up to 1)")
+    ap.add_argument("--styles", action="store_true",
+                    help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
+    ap.add_argument("--naming-words", action="store_true",
+                    help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=700)
@@ -719,13 +841,18 @@ def train(args) -> dict:
             break
         rng = np.random.default_rng([args.seed, TRAIN_STREAM, step])
         vision_only = step < args.vision_steps
-        batch = make_batch(rng, args.vision_scenes if vision_only else args.scenes, args.questions, size,
-                           type_weights)
+        n_scenes = args.vision_scenes if vision_only else args.scenes
+        batch = make_batch(rng, n_scenes, args.questions, size, type_weights, styles=args.styles,
+                           naming=NAMING_WORDS if args.naming_words else KEY_WORDS)
+        removal = None if vision_only else draw_removal(np.random.default_rng([args.seed, DROP_STREAM, step]), n_scenes,
+                                                        size.num_image_tokens, size.text_layers, args.drop_prob,
+                                                        args.drop_min_share)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
-                                  attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers)
+                                  attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers,
+                                  removal=removal)
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
                 + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0)
                 + args.word_weight * losses.get("word", 0.0))

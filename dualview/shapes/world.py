@@ -21,9 +21,10 @@ absence of anything, e.g. ``is there a red star?`` -> ``no``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -224,16 +225,34 @@ def _star_points(box, inner, s):
     return pts
 
 
-def _draw_obj(draw: ImageDraw.ImageDraw, o: Obj, fill, s: int):
+def _cross_points(x0, y0, side, bar):
+    """The 12 corners of an upright plus sign (bars ``bar`` wide) in the square at (x0, y0)."""
+    a, b = x0 + (side - bar) / 2, y0 + (side - bar) / 2
+    c, d = a + bar - 1, b + bar - 1
+    x1, y1 = x0 + side - 1, y0 + side - 1
+    return [(a, y0), (c, y0), (c, b), (x1, b), (x1, d), (c, d), (c, y1), (a, y1), (a, d), (x0, d), (x0, b), (a, b)]
+
+
+def _draw_obj(draw: ImageDraw.ImageDraw, o: Obj, fill, s: float, stroke: int = 0, filled: bool = True):
+    """Draw ``o`` at scale ``s`` in colour ``fill``. ``stroke`` > 0 with ``filled``: a dark outline of
+    that many pixels around the filled shape; without ``filled``: only an outline in ``fill``."""
     x0, y0, x1, y1 = (v * s for v in o.box)
+    if not filled:
+        paint = dict(fill=None, outline=fill, width=max(1, stroke))
+    elif stroke:
+        paint = dict(fill=fill, outline=STROKE_RGB, width=stroke)
+    else:
+        paint = dict(fill=fill)
     if o.shape == "circle":
-        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), **paint)
     elif o.shape == "square":
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), **paint)
     elif o.shape == "triangle":
-        draw.polygon([((x0 + x1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+        draw.polygon([((x0 + x1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], **paint)
     elif o.shape == "star":
-        draw.polygon(_star_points(o.box, o.params["inner"], s), fill=fill)
+        draw.polygon(_star_points(o.box, o.params["inner"], s), **paint)
+    elif o.shape == "cross" and (stroke or not filled):  # one outline around the whole plus sign
+        draw.polygon(_cross_points(x0, y0, x1 - x0, o.params["bar"] * (x1 - x0)), **paint)
     elif o.shape == "cross":
         side = x1 - x0
         bar = o.params["bar"] * side
@@ -245,59 +264,176 @@ def _draw_obj(draw: ImageDraw.ImageDraw, o: Obj, fill, s: int):
         raise ValueError(o.shape)
 
 
-def _draw_letter(draw: ImageDraw.ImageDraw, letter: dict, s: int, text: bool = True, fill=None):
+def _draw_letter(draw: ImageDraw.ImageDraw, letter: dict, s: float, text: bool = True, fill=None):
     x0, y0, x1, y1 = (v * s for v in letter["box"])
     if fill is not None:  # label map: the whole rectangle
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
         return
     if letter["border"]:
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255), outline=(20, 20, 20),
-                       width=letter["border"] * s)
+                       width=max(1, round(letter["border"] * s)))
     else:
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255))
-    font = ImageFont.load_default(size=letter["font_size"] * s)
+    font = ImageFont.load_default(size=max(1, round(letter["font_size"] * s)))
     tx, ty = letter["text_xy"]
     draw.text((tx * s, ty * s), letter["char"], font=font, fill=(0, 0, 0))
 
 
-def render(scene: Scene, rng: np.random.Generator | None = None, labels: bool = False):
-    """Draw ``scene``. With ``labels``, also return a uint8 map: 0 background, i + 1 object i,
-    255 the letter's rectangle."""
-    s = SUPERSAMPLE
-    big = Image.new("RGB", (scene.size * s, scene.size * s), scene.background)
+@dataclass(frozen=True)
+class Style:
+    """How a scene is drawn, never what it shows (objects, letter, answers and evidence boxes stay
+    the scene's, in its own pixels).
+
+    ``scale``: the image is ``round(scale * scene.size)`` pixels a side (the model's processor, or
+    :func:`to_input`, resamples it to the input size). ``antialias``: drawn at 2x and box-filtered
+    (False: drawn once, hard edges). ``filled``: False draws outlines only. ``stroke``: outline
+    width in pixels of the scene's size (a dark outline around filled shapes; the shape's own
+    colour for unfilled ones). ``background``: ``"scene"`` (its colour and pixel noise), ``"pure"``
+    (white for light scenes, black for dark ones), or a texture over the scene's colour,
+    ``"stripes"`` or ``"checker"`` (``texture_period`` px, +- ``texture_contrast`` per channel); only
+    ``"scene"`` has noise. ``base_colors``: each object in its colour's base RGB, not its jittered
+    one. ``jpeg``: JPEG quality (0: none). ``Style()`` is the generator's own drawing, bit for bit.
+    """
+
+    name: str = "default"
+    scale: float = 1.0
+    antialias: bool = True
+    filled: bool = True
+    stroke: int = 0
+    background: str = "scene"
+    base_colors: bool = False
+    jpeg: int = 0
+    texture_period: int = 12
+    texture_contrast: int = 18
+
+
+DEFAULT_STYLE = Style()
+BACKGROUNDS = ("scene", "pure", "stripes", "checker")
+STROKE_RGB = (30, 30, 30)
+# drawing styles training never samples (see training_style): each lies outside the training mix on
+# at least one parameter: scale 4 and base colours; a 6 px outline; JPEG quality 12; scale 0.5 and
+# the checker texture
+HELDOUT_STYLES = {
+    "plain": Style("plain", scale=4.0, antialias=False, background="pure", base_colors=True),
+    "thick-outline": Style("thick-outline", filled=False, stroke=6),
+    "jpeg-12": Style("jpeg-12", jpeg=12),
+    "small-checker": Style("small-checker", scale=0.5, background="checker", texture_period=16,
+                           texture_contrast=30),
+}
+P_DEFAULT_STYLE = 0.5  # share of training scenes drawn in DEFAULT_STYLE
+TRAIN_SCALES = (0.7, 2.0)
+TRAIN_JPEG = (40, 95)
+TRAIN_STROKES = (1, 2, 3, 4)
+TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
+
+
+def training_style(rng: np.random.Generator) -> Style:
+    """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
+    :data:`P_DEFAULT_STYLE`; otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
+    1), anti-aliasing on or off, a quarter unfilled outlines of :data:`TRAIN_STROKES` px, filled
+    shapes with a dark outline half the time, background ``scene``/``pure``/``stripes``, JPEG in
+    :data:`TRAIN_JPEG` a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
+    if rng.random() < P_DEFAULT_STYLE:
+        return DEFAULT_STYLE
+    filled = bool(rng.random() < 0.75)
+    stroke = int(rng.choice(TRAIN_STROKES)) if (not filled or rng.random() < 0.5) else 0
+    return Style(
+        name="train",
+        scale=float(rng.uniform(*TRAIN_SCALES)) if rng.random() < 0.5 else 1.0,
+        antialias=bool(rng.random() < 0.5),
+        filled=filled,
+        stroke=stroke,
+        background=str(rng.choice(BACKGROUNDS[:3])),
+        jpeg=int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1)) if rng.random() < 1 / 3 else 0,
+        texture_period=int(rng.integers(6, 25)),
+        texture_contrast=int(rng.integers(8, 25)),
+    )
+
+
+def _background(scene: Scene, style: Style, side: int) -> Image.Image:
+    """The empty canvas, ``side`` pixels a side, of ``style`` (see :class:`Style`)."""
+    if style.background == "pure":
+        return Image.new("RGB", (side, side), (255, 255, 255) if scene.light else (0, 0, 0))
+    if style.background == "scene":
+        return Image.new("RGB", (side, side), scene.background)
+    idx = np.arange(side) / (style.texture_period * side / scene.size)
+    if style.background == "stripes":  # diagonal
+        sign = (np.floor(idx[:, None] + idx[None, :]) % 2) * 2 - 1
+    elif style.background == "checker":
+        sign = ((np.floor(idx[:, None]) + np.floor(idx[None, :])) % 2) * 2 - 1
+    else:
+        raise ValueError(f"unknown background {style.background!r}")
+    arr = np.asarray(scene.background, np.float32) + style.texture_contrast * sign[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def render(scene: Scene, rng: np.random.Generator | None = None, labels: bool = False,
+           style: Style = DEFAULT_STYLE):
+    """Draw ``scene`` in ``style`` (default: the generator's own drawing); ``rng`` draws the pixel
+    noise. With ``labels``, also return a uint8 map at the scene's size: 0 background, i + 1 object
+    i (its drawn pixels: the outline only for unfilled styles), 255 the letter's rectangle."""
+    side = round(style.scale * scene.size)
+    ss = SUPERSAMPLE if style.antialias else 1
+    s = side * ss / scene.size
+    big = _background(scene, style, side * ss)
     d = ImageDraw.Draw(big)
     for o in scene.objects:
-        _draw_obj(d, o, o.rgb, s)
+        _draw_obj(d, o, COLORS[o.color] if style.base_colors else o.rgb, s, round(style.stroke * s), style.filled)
     if scene.letter:
         _draw_letter(d, scene.letter, s)
-    img = big.resize((scene.size, scene.size), Image.Resampling.BOX)
-    if scene.noise > 0:
+    img = big.resize((side, side), Image.Resampling.BOX) if ss > 1 else big
+    if scene.noise > 0 and style.background == "scene":
         rng = rng if rng is not None else np.random.default_rng(0)
         arr = np.asarray(img).astype(np.float32)
         arr += rng.normal(0, scene.noise, arr.shape).astype(np.float32)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if style.jpeg:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=style.jpeg)
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     if not labels:
         return img
     lab = Image.new("L", (scene.size, scene.size), 0)
     dl = ImageDraw.Draw(lab)
     for i, o in enumerate(scene.objects):
-        _draw_obj(dl, o, i + 1, 1)
+        _draw_obj(dl, o, i + 1, 1, 0 if style.filled else style.stroke, style.filled)
     if scene.letter:
         _draw_letter(dl, scene.letter, 1, fill=255)
     return img, np.asarray(lab)
 
 
+def to_input(img: Image.Image, size: int) -> Image.Image:
+    """``img`` resampled to ``size`` x ``size`` as the model's processor does (bicubic); as is at that size."""
+    return img if img.size == (size, size) else img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def jitter_scene(scene: Scene, rng: np.random.Generator, amount: float) -> Scene:
+    """A copy of ``scene`` with each object's box rescaled by a factor in ``1 +- amount`` and its
+    centre moved by up to ``amount`` of its side (another program placing it a little off). A
+    moved box must stay inside the canvas and at least 1 px clear of the other boxes and the
+    letter, else the object stays put. Questions asked of the copy are answered from its geometry."""
+    if amount <= 0:
+        return scene
+    objs = list(scene.objects)
+    for i, o in enumerate(objs):
+        side = o.box[2] - o.box[0]
+        new = max(2, int(round(side * rng.uniform(1 - amount, 1 + amount))))
+        cx = o.center[0] + rng.uniform(-amount, amount) * side
+        cy = o.center[1] + rng.uniform(-amount, amount) * side
+        x0, y0 = int(round(cx - new / 2)), int(round(cy - new / 2))
+        box = (x0, y0, x0 + new, y0 + new)
+        others = [p.box for j, p in enumerate(objs) if j != i] + ([scene.letter["box"]] if scene.letter else [])
+        if min(box) >= 0 and max(box[2:]) <= scene.size and all(_apart(box, b, 1) for b in others):
+            objs[i] = replace(o, box=box)
+    return replace(scene, objects=objs)
+
+
 def render_plain(scene: Scene, scale: int = 4) -> Image.Image:
     """``scene`` drawn the way a person would in a paint program: ``scale`` times larger, on pure
     white (light scenes) or black (dark ones), each object in its colour's base RGB, no jitter, no
-    noise, no anti-aliasing. A stand-in for hand-drawn uploads (the processor resizes them)."""
-    img = Image.new("RGB", (scene.size * scale, scene.size * scale), (255, 255, 255) if scene.light else (0, 0, 0))
-    d = ImageDraw.Draw(img)
-    for o in scene.objects:
-        _draw_obj(d, o, COLORS[o.color], scale)
-    if scene.letter:
-        _draw_letter(d, scene.letter, scale)
-    return img
+    noise, no anti-aliasing (``HELDOUT_STYLES["plain"]`` at that scale). A stand-in for hand-drawn
+    uploads (the processor resizes them)."""
+    return render(scene, style=replace(HELDOUT_STYLES["plain"], scale=float(scale)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_token_map_draws_the_image_underneath():
     shown = Image.open(io.BytesIO(base64.b64decode(img.source.partition(",")[2])))
     assert shown.size == (300, 140) and shown.getpixel((150, 70))[0] > 240  # small enough: drawn as is
     big = figures.token_map(layout, np.zeros(50), image=Image.new("RGB", (3000, 1400), "red")).layout.images[0]
-    assert Image.open(io.BytesIO(base64.b64decode(big.source.partition(",")[2]))).size == (768, 358)
+    assert Image.open(io.BytesIO(base64.b64decode(big.source.partition(",")[2]))).size == (512, 239)
     assert fig.layout.yaxis.range == (140, 0)  # image coordinates: y grows downwards
 
 

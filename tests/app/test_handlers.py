@@ -38,15 +38,15 @@ def test_an_example_describes_only_its_own_image_and_question(holder, example):
 def test_every_methods_parameters_reach_its_selection(holder, example):
     """The page's parameter controls come from the registry; each one changes what its method does."""
     state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 30, "", [], None)["state"]
-    names = [f"{m}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
-    assert names == ["iwp.b0", "iwp.growth", "iwp.lam", "mmr.trade", "random.seed"]
+    names = [f"{'+'.join(m)}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
+    assert names == ["iwp.b0", "iwp.growth", "iwp.lam", "iwp+iwp-magnitude+mmr.query", "mmr.trade", "random.seed"]
     values = [None] * len(names)
     first = handlers.update(state, "random", 30, values)["summary"]["kept"]
     values[names.index("random.seed")] = 7
     reseeded = handlers.update(state, "random", 30, values)["summary"]
     assert reseeded["kept"] != first and reseeded["settings"]["params"] == {"seed": 7}
     values[names.index("mmr.trade")] = 0.9
-    assert handlers.update(state, "mmr", 30, values)["summary"]["settings"]["params"] == {"trade": 0.9}
+    assert handlers.update(state, "mmr", 30, values)["summary"]["settings"]["params"] == {"trade": 0.9, "query": "text"}
     values[names.index("iwp.lam")] = 500
     with pytest.raises(DualviewError, match="iwp's lam"):
         handlers.update(state, "iwp", 30, values)

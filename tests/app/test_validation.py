@@ -28,10 +28,10 @@ def test_bad_budgets_are_refused(budget):
 def test_request_fields_are_checked_with_the_model_limits():
     image = Image.new("RGB", (8, 8))
     request = validate_request(image, "  how many objects are there?  ", "22.2%", method="iwp", layer="3",
-                               params={"b0": 4.0, "growth": "3", "lam": 2}, num_visual=196, num_layers=8)
+                               params={"b0": 4.0, "growth": "3", "lam": 2, "query": " Token:02"}, num_visual=196, num_layers=8)
     assert (request.prompt, request.budget, request.method, request.layer, request.params) \
-        == ("how many objects are there?", 44, "iwp", 3, {"b0": 4, "growth": 3, "lam": 2.0})
-    assert validate_request(image, "q", 3, method="mmr").params == {"trade": 0.5}  # the registry's default
+        == ("how many objects are there?", 44, "iwp", 3, {"b0": 4, "growth": 3, "lam": 2.0, "query": "token:2"})
+    assert validate_request(image, "q", 3, method="mmr").params == {"trade": 0.5, "query": "text"}  # the registry's defaults
     assert validate_request(image, "q", 3, method="fastv").params == {}
     assert validate_request(image, "q", 3, layer=" ").layer is None
     for kwargs, message in [
@@ -40,6 +40,7 @@ def test_request_fields_are_checked_with_the_model_limits():
         (dict(params={"b0": 0}), "b₀"), (dict(params={"b0": 2.5}), "b₀"), (dict(params={"growth": 99}), "growth"),
         (dict(params={"lam": float("nan")}), "λ"), (dict(params={"lam": -0.1}), "λ"),
         (dict(method="mmr", params={"lam": 1}), "no parameter lam"), (dict(method="random", params={"seed": -1}), "seed"),
+        (dict(params={"query": "first"}), "Unknown query choice"), (dict(method="fastv", params={"query": "text"}), "no parameter query"),
     ]:
         args = dict(prompt="q", method="iwp", layer=None) | kwargs
         with pytest.raises(DualviewError, match=message):

@@ -38,12 +38,13 @@ def refused_cleanly(error: DualviewError) -> None:
 @given(prompt=st.one_of(st.text(max_size=2100), anything), budget=anything,
        method=st.one_of(st.sampled_from(method_names()), st.text(max_size=12), anything),
        layer=anything, b0=anything, growth=anything, lam=anything,
+       query=st.one_of(st.sampled_from(["text", " LAST", "all", "token:2"]), st.text(max_size=12), anything),
        num_visual=st.one_of(st.none(), st.integers(1, 3000)), num_layers=st.one_of(st.none(), st.integers(1, 80)))
-def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, layer, b0, growth, lam, num_visual,
-                                                       num_layers):
+def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, layer, b0, growth, lam, query,
+                                                       num_visual, num_layers):
     try:
         request = validate_request(IMAGE, prompt, budget, method=method, layer=layer,
-                                   params={"b0": b0, "growth": growth, "lam": lam}, num_visual=num_visual,
+                                   params={"b0": b0, "growth": growth, "lam": lam, "query": query}, num_visual=num_visual,
                                    num_layers=num_layers)
     except DualviewError as error:
         refused_cleanly(error)
@@ -53,10 +54,12 @@ def test_any_request_is_valid_or_refused_with_one_line(prompt, budget, method, l
     assert request.prompt == request.prompt.strip() and 0 < len(request.prompt) <= MAX_PROMPT_CHARS
     assert request.method in method_names()
     assert request.layer is None or 0 <= request.layer < (num_layers or 10**9)
-    assert request.method == "iwp"  # the only method with these three parameters
+    assert request.method == "iwp"  # the only method with these four parameters
     for param in get_method("iwp").params:
         value = request.params[param.name]
-        assert type(value) is type(param.default) and param.low <= value <= param.high
+        assert type(value) is type(param.default)
+        assert param.check(value, "iwp") == value if param.is_choice else param.low <= value <= param.high
+    assert request.params["query"] in ("text", "last", "all") or request.params["query"].startswith("token:")
     if num_visual is None:
         assert (isinstance(request.budget, int) and request.budget >= 1) or \
             (isinstance(request.budget, float) and 0.0 < request.budget <= 1.0)

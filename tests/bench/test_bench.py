@@ -64,6 +64,16 @@ def test_accuracy_quick(tiny_model, tmp_path):
         assert ablations["lambda", "5.0", budget]["accuracy"] == main["iwp", budget]["accuracy"]
         assert {v for s, v, b in ablations if s == "b0" and b == budget} == {"1", "2", "8", "64"}
         assert len([1 for s, v, b in ablations if s == "rope" and b == budget]) == 3
+    for budget in common.PAPER_BUDGETS:  # the query rows, at every paper budget
+        assert {v for s, v, b in ablations if s == "query" and b == budget} == {"text", "last", "all"}
+        assert ablations["query", "text", budget]["accuracy"] == main["iwp", budget]["accuracy"]
+        assert ablations["query", "text", budget]["evidence_recall"] == main["iwp", budget]["evidence_recall"]
+    # evidence recall: every token kept holds every evidence patch; kept sets hold a share of them
+    full = next(r for r in rows if r["group"] == "full")
+    assert full["evidence_recall"] == 1.0 and all(main[m, 1.0]["evidence_recall"] == 1.0 for m in common.MAIN_METHODS)
+    assert all(0.0 <= r["evidence_recall"] <= 1.0 for r in rows)
+    assert any(r["evidence_recall"] < 1.0 for r in rows)
+    assert "Evidence recall" in (tmp_path / "accuracy-quick.md").read_text()
 
 
 def test_error_quick(tiny_model, tmp_path):
@@ -77,13 +87,19 @@ def test_error_quick(tiny_model, tmp_path):
         assert 1.0 - 1e-6 <= r["effective_rank"] <= TINY.text_hidden // TINY.text_heads + 1e-6
         assert r["kept_tokens"] == resolve_budget(r["budget"], 16)
         assert r["flip"] == (r["answer"] != r["full"])
+        assert 0.0 < r["kept_mass"] < 1.0 and r["dropped_mass"] == 1.0 - r["kept_mass"]
+        assert r["dropped_part"] > 0.0 and r["normaliser_part"] > 0.0
     for row in rows:
         mine = [r for r in records if r["method"] == row["method"] and r["budget"] == row["budget"]]
         assert math.isclose(row["mean_weight_error"], np.mean([r["weight_error"] for r in mine]))
+        assert math.isclose(row["mean_kept_mass"], np.mean([r["kept_mass"] for r in mine]))
         assert row["flip_rate"] == np.mean([r["flip"] for r in mine])
     assert any(r["flip"] for r in records) and not all(r["flip"] for r in records)
-    pooled = [a for a in record["associations"] if a["budget"] == "all" and a["measure"] == "weight_error"][0]
-    assert pooled["cases"] == len(records) and pooled["auc"] is not None
+    for name in ("weight_error", "attention_error", "dropped_mass", "dropped_part", "normaliser_part"):
+        pooled = [a for a in record["associations"] if a["budget"] == "all" and a["measure"] == name][0]
+        assert pooled["cases"] == len(records) and pooled["auc"] is not None
+        assert pooled["auc"] == error.flip_association([r[name] for r in records], [r["flip"] for r in records])["auc"]
+    assert "normaliser part" in (tmp_path / "error-quick.md").read_text()
 
 
 def test_flip_association_matches_references():

@@ -48,7 +48,7 @@ def test_kernel_trick_matches_explicit_feature_map(seed):
     keep = torch.tensor([0, 3, 4, 8])
     mask = torch.zeros(10, dtype=torch.bool)
     mask[keep] = True
-    errors, spectra = [], []
+    errors, spectra, shares = [], [], []
     for h in range(2):
         phi = _exp_kernel_features(k[h])  # [N, F]
         torch.testing.assert_close(phi @ phi.T, torch.exp(k[h] @ k[h].T / math.sqrt(2)), rtol=1e-12, atol=1e-12)
@@ -56,12 +56,15 @@ def test_kernel_trick_matches_explicit_feature_map(seed):
         w_s = phi[mask].T @ v[h][mask]
         errors.append(torch.linalg.norm(w - w_s) / torch.linalg.norm(w))
         spectra.append(torch.linalg.svdvals(w_s) / torch.linalg.norm(w))
+        shares.append(torch.stack([torch.linalg.norm(phi[i:i + 1].T @ v[h][i:i + 1]) for i in range(10)])
+                      / torch.linalg.norm(w))
         # ‖ΔW_i‖_F = √κ(k_i, k_i) · ‖v_i‖
         delta_norm = torch.linalg.norm(phi[:, :, None] * v[h][:, None, :], dim=(1, 2))
         torch.testing.assert_close(
             delta_norm, torch.exp(0.5 * (k[h] * k[h]).sum(-1) / math.sqrt(2)) * v[h].norm(dim=-1), rtol=1e-10, atol=0
         )
     torch.testing.assert_close(df.weight_error_per_head(k, v, keep), torch.stack(errors), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(df.update_share(k, v), torch.stack(shares), rtol=1e-9, atol=1e-12)
     assert df.weight_error(k, v, mask) == pytest.approx(float(torch.stack(errors).mean()), rel=1e-9)
     torch.testing.assert_close(df.weight_spectrum(k, v, keep), torch.stack(spectra), rtol=1e-7, atol=1e-10)
     sigma_sq = torch.stack(spectra) ** 2

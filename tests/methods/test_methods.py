@@ -29,15 +29,16 @@ def test_each_method_declares_the_papers_defaults_once():
     import inspect
 
     declared = {m.name: m.defaults for m in all_methods()}
-    assert declared == {"iwp": {"b0": 2, "growth": 2, "lam": 5.0}, "mmr": {"trade": 0.5}, "random": {"seed": 0},
-                        "iwp-magnitude": {}, "fastv": {}, "divprune": {}, "cdpruner": {}, "grid": {}, "oracle": {}}
+    assert declared == {"iwp": {"b0": 2, "growth": 2, "lam": 5.0, "query": "text"}, "mmr": {"trade": 0.5, "query": "text"},
+                        "random": {"seed": 0}, "iwp-magnitude": {"query": "text"}, "fastv": {}, "divprune": {}, "cdpruner": {}, "grid": {}, "oracle": {}}
     for function, names in ((pc_mmr, ("b0", "growth", "lam")), (mmr, ("trade",))):
         parameters = inspect.signature(function).parameters
         assert all(parameters[n].default is inspect.Parameter.empty for n in names), function.__name__
     for method in all_methods():
         keywords = list(inspect.signature(method.function).parameters.values())[2:]
         assert all(p.default is inspect.Parameter.empty for p in keywords), method.name
-        assert all(p.low <= p.default <= p.high and p.help for p in method.params), method.name
+        assert all((p.check(p.default, method.name) == p.default if p.is_choice else p.low <= p.default <= p.high)
+                   and p.help for p in method.params), method.name
 
 
 def test_needs_and_layers_are_declared():
@@ -49,7 +50,7 @@ def test_needs_and_layers_are_declared():
 
 def test_parameters_are_checked_against_their_declaration():
     iwp = get_method("iwp")
-    assert iwp.check_params({"lam": "2.5", "b0": 4.0}) == {"b0": 4, "growth": 2, "lam": 2.5}
+    assert iwp.check_params({"lam": "2.5", "b0": 4.0}) == {"b0": 4, "growth": 2, "lam": 2.5, "query": "text"}
     for bad, message in [({"b0": 0}, "b₀"), ({"b0": 2.5}, "whole number"), ({"lam": -1}, "from 0 to 100"),
                          ({"lam": "x"}, "λ"), ({"growth": True}, "g"), ({"gamma": 1}, "no parameter gamma")]:
         with pytest.raises(DualviewError, match=message):
@@ -194,3 +195,17 @@ def test_a_new_method_is_one_registration():
         registry._METHODS.pop("first-tokens")
     with pytest.raises(ValueError, match="without defaults"):
         register("with-default")(lambda inputs, count, offset=0: None)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "shapes"])
+def test_nested_methods_keep_prefixes_of_their_larger_selections(family):
+    """What the registry's ``nested`` claims (the curves read one selection's prefixes)."""
+    analysis = analysis_of(tiny_session(family), IMAGE)
+    n = analysis.num_visual
+    budgets = sorted({1, 2, 3, n // 5, n // 3, n // 2, n - 1, n} - {0})
+    for method in [m for m in all_methods() if m.nested]:
+        largest = method.select(analysis, n).kept.tolist()
+        for budget in budgets:
+            assert method.select(analysis, budget).kept.tolist() == largest[:budget], (method.name, budget)
+    assert not get_method("grid").nested
+

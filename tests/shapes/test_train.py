@@ -355,3 +355,191 @@ def test_evaluate_refuses_a_plain_scale_below_one(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--n", "1", "--plain", "0"])
     assert "--plain 0: the scale must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def _eager_inputs(model_seed: int, batch_seed: int, naming=T.KEY_WORDS):
+    """A tiny eager model and the inputs of its packed forward on a 3-scene x 8-question batch:
+    (model, batch, decoder, input embeddings [B, L, D], additive mask [B, 1, L, L], positions [B, L])."""
+    model = M.build_model(M.TINY, seed=model_seed).eval()
+    model.set_attn_implementation("eager")
+    batch = T.make_batch(np.random.default_rng(batch_seed), 3, 8, M.TINY, naming=naming)
+    lm = model.model.language_model
+    P = M.TINY.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    with torch.no_grad():
+        emb = lm.get_input_embeddings()
+        x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])),
+                       model.model.multi_modal_projector(T.vision_features(model, T.to_pixels(batch["images"], "cpu"))),
+                       emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
+    mask = torch.zeros(1 + P + Q * S, 1 + P + Q * S).masked_fill(~T.block_mask(1 + P, Q, S), float("-inf"))
+    return model, batch, lm, x, mask[None, None].expand(B, 1, -1, -1), T.positions(1 + P, Q, S)[None].expand(B, -1)
+
+
+def test_draw_removal_keeps_random_shares_from_random_layers():
+    P, L = 196, 8
+    assert T.draw_removal(np.random.default_rng(0), 4, P, L, 0.0, 0.05) is None
+    layers, shares = set(), []
+    for seed in range(300):
+        drawn = T.draw_removal(np.random.default_rng(seed), 4, P, L, 1.0, 0.05)
+        layer, kept = drawn
+        assert kept.shape == (4, P) and kept.dtype == bool and kept.sum(1).min() >= 1
+        layers.add(layer)
+        shares += (kept.sum(1) / P).tolist()
+    assert layers == set(range(L))  # layer 0 included
+    assert min(shares) >= 0.05 - 0.5 / P and max(shares) <= 1.0
+    assert min(shares) < 0.1 and max(shares) > 0.95 and abs(np.mean(shares) - 0.525) < 0.03  # uniform in [0.05, 1]
+    rng = np.random.default_rng(1)
+    assert sum(T.draw_removal(rng, 1, P, L, 0.5, 0.05) is None for _ in range(400)) in range(160, 241)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_a_removed_token_gets_no_attention_from_its_layer_on(layer):
+    model, batch, lm, x, mask, pos = _eager_inputs(0, 5)
+    B, L = x.shape[:2]
+    P = M.TINY.num_image_tokens
+    kept = np.random.default_rng(2).random((B, P)) < 0.4
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[:, 1: 1 + P] = torch.from_numpy(kept)
+    with torch.no_grad(), T.keys_removed(lm, layer, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_attentions=True)
+    with torch.no_grad():
+        ref = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_attentions=True)
+    removed = ~keep  # [B, L]
+    for index, att in enumerate(out.attentions):  # [B, H, L, L]
+        got = att.masked_select(removed[:, None, None, :])
+        if index >= layer:
+            assert torch.all(got == 0)
+        else:  # before the removal layer everything is as without removal
+            assert torch.equal(att, ref.attentions[index]) and got.max() > 0
+    assert not torch.allclose(out.last_hidden_state, ref.last_hidden_state)
+
+
+def test_removal_from_layer_0_is_physical_removal():
+    """Masking removed keys from layer 0 on gives every kept position exactly what it gets when
+    the removed visual tokens are not in the input at all (positions unchanged)."""
+    model, batch, lm, x, mask, pos = _eager_inputs(1, 6)
+    B, L = x.shape[:2]
+    P = M.TINY.num_image_tokens
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[:, 1: 1 + P] = torch.from_numpy(np.random.default_rng(3).random((B, P)) < 0.5)
+    with torch.no_grad(), T.keys_removed(lm, 0, keep):
+        masked = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+    for b in range(B):
+        idx = torch.nonzero(keep[b]).reshape(-1)
+        with torch.no_grad():
+            alone = lm(inputs_embeds=x[b: b + 1, idx], attention_mask=mask[b: b + 1][:, :, idx][..., idx],
+                       position_ids=pos[b: b + 1, idx]).last_hidden_state[0]
+        assert torch.allclose(masked[b, idx], alone, atol=1e-5)
+
+
+def test_keeping_every_token_is_the_unpruned_loss():
+    model = M.build_model(M.TINY, seed=2).train()
+    heads = T.build_heads(M.TINY)
+    batch = T.make_batch(np.random.default_rng(7), 3, 6, M.TINY, naming=T.NAMING_WORDS)
+    layers = dict(attn_layers=(0, 1), query_layers=(0, 1), word_layers=(0, 1))
+    with torch.no_grad():
+        ref, ref_ok = T.forward(model, heads, batch, "cpu", **layers)
+        for layer in (0, 1):
+            got, ok = T.forward(model, heads, batch, "cpu", removal=(layer, np.ones((3, 16), bool)), **layers)
+            assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+            assert torch.equal(ok, ref_ok)
+        part, _ = T.forward(model, heads, batch, "cpu", removal=(1, np.eye(3, 16, dtype=bool)), **layers)
+    assert not torch.equal(part["qa"], ref["qa"])
+
+
+def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
+    """From the removal layer on, the rebuilt head-0 attention at <sep> is the eager attention (which
+    gives removed tokens nothing); the target is its kept part, and a question whose evidence was
+    all removed is not supervised."""
+    model, batch, lm, x, mask, pos = _eager_inputs(1, 3)
+    B, L = x.shape[:2]
+    P = M.TINY.num_image_tokens
+    Q, S = batch["seg"].shape[1:]
+    kept = np.random.default_rng(4).random((B, P)) < 0.3
+    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
+    with torch.no_grad(), T.keys_removed(lm, 1, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
+                                        batch["counting"], (1,), 1 + P, "cpu", removed=(1, prefix))
+    att = out.attentions[1][:, 0]
+    terms, dropped = [], 0
+    for b in range(B):
+        for q in range(Q):
+            at = 1 + P + q * S + int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
+            row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()
+            ev = torch.from_numpy(batch["evidence"][b, q] & kept[b])
+            if batch["counting"][b, q]:
+                terms.append(-torch.cat([row[:1], row[1:][ev]]).log().mean())
+            elif ev.any():
+                terms.append(-torch.log(row[1:][ev].sum()))
+            elif batch["evidence"][b, q].any():
+                dropped += 1
+    assert dropped > 0, "some question should have lost all its evidence"
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_naming_words_look_at_what_they_name():
+    """With NAMING_WORDS, 'letter' and 'written' look at the letter's patches, 'objects' spreads over
+    <s> and every object's centre, and 'object' looks where the colour word before it does; the
+    colour and shape words keep their targets."""
+    size = M.ModelSize()
+    rng = np.random.default_rng(12)
+    seen = set()
+    for _ in range(40):
+        scene = world.make_scene(rng, size.image_size)
+        for qtype in world.feasible_types(scene):
+            qa = world.ask(scene, qtype, rng)
+            old, old_counting = T.word_targets(scene, qa.question, size)
+            new, counting = T.word_targets(scene, qa.question, size, T.NAMING_WORDS)
+            words = qa.question.rstrip("?").split()
+            for j, w in enumerate(words):
+                if w in ("letter", "written"):
+                    want = T.evidence_patches([scene.letter["box"]], size.image_size, size.patch_size)
+                    assert not new[j, 0] and (new[j, 1:] == want).all() and not counting[j]
+                    seen.add("letter")
+                elif w == "objects":
+                    want = T.centre_patches([o.box for o in scene.objects], size.image_size, size.patch_size)
+                    assert new[j, 0] and (new[j, 1:] == want).all() and counting[j]
+                    seen.add("objects")
+                elif w == "object":
+                    assert (new[j] == new[j - 1]).all() and not counting[j]
+                    assert (new[j, 1:] == T.evidence_patches(qa.evidence, size.image_size, size.patch_size)).all()
+                    seen.add("object")
+                elif old[j].any():
+                    assert (new[j] == old[j]).all() and counting[j] == old_counting[j]
+                else:
+                    assert not new[j].any()
+    assert seen == {"letter", "objects", "object"}
+
+
+def test_word_evidence_loss_on_naming_words_reads_the_models_own_attention():
+    """The naming words' rows go through the same rebuilt attention: the loss equals the eager
+    attention's -log mass (or mean -log over <s> and the centres for 'objects')."""
+    model, batch, lm, x, mask, pos = _eager_inputs(2, 8, T.NAMING_WORDS)
+    P = M.TINY.num_image_tokens
+    Q, S = batch["seg"].shape[1:]
+    with torch.no_grad():
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.word_evidence_loss(lm, out.hidden_states, pos, batch["words"], batch["word_counting"], (0,),
+                                   1 + P, "cpu")
+    att = out.attentions[0][:, 0]
+    word = {i: w for w, i in M.VOCAB.items()}
+    terms, names = [], set()
+    for b, q, j in zip(*np.nonzero(batch["words"].any(-1))):
+        names.add(word[int(batch["seg"][b, q, j])])
+        row = att[b, 1 + P + q * S + j, : 1 + P]
+        row = row / row.sum()
+        target = torch.from_numpy(batch["words"][b, q, j])
+        terms.append(-row[target].log().mean() if batch["word_counting"][b, q, j] else -row[target].sum().log())
+    assert {"letter", "written", "objects", "object"} <= names
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_styled_training_batches_are_resampled_to_the_input():
+    batch = T.make_batch(np.random.default_rng(9), 12, 2, M.ModelSize(), styles=True)
+    assert batch["images"].shape == (12, 224, 224, 3) and batch["images"].dtype == np.uint8
+    plain = T.make_batch(np.random.default_rng(9), 12, 2, M.ModelSize())
+    assert not np.array_equal(batch["images"], plain["images"])

@@ -236,3 +236,109 @@ def test_render_plain_draws_base_colours_on_a_pure_background():
     background = np.kron(labels == 0, np.ones((2, 2), bool))
     want = (255, 255, 255) if scene.light else (0, 0, 0)
     assert (img[background] == want).all(axis=-1).mean() > 0.99  # pure, no noise (edges aside)
+
+
+def _plain_reference(scene, scale):
+    """render_plain as it was written before drawing styles existed: one pass at ``scale`` on pure
+    white or black, base colours, no noise, no anti-aliasing."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (scene.size * scale, scene.size * scale), (255, 255, 255) if scene.light else (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    for o in scene.objects:
+        world._draw_obj(d, o, world.COLORS[o.color], scale)
+    if scene.letter:
+        world._draw_letter(d, scene.letter, scale)
+    return img
+
+
+def test_plain_style_is_the_plain_drawing():
+    """The held-out style "plain" is render_plain at 4x, pixel for pixel (stage 5's plain check is
+    unchanged); the default style is the generator's (test_examples_regenerate checks the bytes)."""
+    rng = np.random.default_rng(21)
+    for _ in range(6):
+        scene = world.make_scene(rng, SIZE)
+        ref = _plain_reference(scene, 4).tobytes()
+        assert world.render_plain(scene, 4).tobytes() == ref
+        assert world.render(scene, style=world.HELDOUT_STYLES["plain"]).tobytes() == ref
+        assert world.render_plain(scene, 2).tobytes() == _plain_reference(scene, 2).tobytes()
+        a, b = world.render(scene, np.random.default_rng(1)), world.render(scene, np.random.default_rng(1),
+                                                                              style=world.Style())
+        assert a.tobytes() == b.tobytes()
+
+
+def test_heldout_styles_are_never_sampled_in_training():
+    rng = np.random.default_rng(0)
+    drawn = [world.training_style(rng) for _ in range(4000)]
+    assert 0.45 < np.mean([s == world.DEFAULT_STYLE for s in drawn]) < 0.55
+    others = [s for s in drawn if s != world.DEFAULT_STYLE]
+    for field in ("scale", "antialias", "filled", "stroke", "background", "jpeg"):
+        assert len({getattr(s, field) for s in others}) > 1, field  # every knob varies
+    scales = [s.scale for s in others]
+    assert world.TRAIN_SCALES[0] <= min(scales) and max(scales) <= world.TRAIN_SCALES[1]
+    assert not any(s.base_colors for s in others) and "checker" not in {s.background for s in others}
+    assert 6 not in {s.stroke for s in others} and min(s.jpeg or 100 for s in others) >= world.TRAIN_JPEG[0]
+    held = world.HELDOUT_STYLES
+    assert len(held) >= 3 and all(name == style.name for name, style in held.items())
+    for style in held.values():
+        assert style not in drawn
+    # what puts each one outside the training mix
+    assert held["plain"].scale > world.TRAIN_SCALES[1] and held["plain"].base_colors
+    assert held["thick-outline"].stroke > max(world.TRAIN_STROKES) and not held["thick-outline"].filled
+    assert 0 < held["jpeg-12"].jpeg < world.TRAIN_JPEG[0]
+    assert held["small-checker"].scale < world.TRAIN_SCALES[0] and held["small-checker"].background == "checker"
+
+
+@pytest.mark.parametrize("name", list(world.HELDOUT_STYLES) + ["train"])
+def test_styles_draw_the_scene_at_their_size(name):
+    rng = np.random.default_rng(3)
+    style = world.HELDOUT_STYLES.get(name) or world.Style("train", scale=1.5, antialias=False, stroke=2,
+                                                          background="stripes", jpeg=60)
+    for _ in range(5):
+        scene = world.make_scene(rng, SIZE, letter=True)
+        img, labels = world.render(scene, rng, labels=True, style=style)
+        side = round(style.scale * SIZE)
+        assert img.size == (side, side) and img.mode == "RGB"
+        assert world.to_input(img, SIZE).size == (SIZE, SIZE)
+        _, filled = world.render(scene, labels=True)
+        if style.filled:
+            assert (labels == filled).all()  # the label map is the scene's, whatever the drawing
+        else:  # outlines: each object's drawn pixels lie on its filled shape, its interior stays empty
+            for i, o in enumerate(scene.objects):
+                assert ((labels == i + 1) <= (filled == i + 1)).all() and (labels == i + 1).any()
+        small = np.asarray(world.to_input(img, SIZE)).astype(int)
+        lx0, ly0, lx1, ly1 = scene.letter["box"]
+        assert np.median(small[ly0 + 1: ly1 - 1, lx0 + 1: lx1 - 1]) > 150  # the letter's white box is there
+
+
+def test_outline_style_leaves_the_inside_empty():
+    rng = np.random.default_rng(8)
+    scene = world.make_scene(rng, SIZE, n_objects=1, letter=False)
+    while scene.objects[0].shape not in ("circle", "square") or scene.objects[0].box[2] - scene.objects[0].box[0] < 40:
+        scene = world.make_scene(rng, SIZE, n_objects=1, letter=False)
+    o = scene.objects[0]
+    img = np.asarray(world.render(scene, rng, style=world.HELDOUT_STYLES["thick-outline"])).astype(int)
+    cx, cy = (int(v) for v in o.center)
+    assert np.abs(img[cy, cx] - np.array(scene.background)).max() <= 3 * scene.noise + 2  # the background
+    assert np.abs(img[cy, o.box[0] + 3] - np.array(o.rgb)).max() <= 3 * scene.noise + 2  # the outline
+
+
+def test_jitter_moves_objects_a_little_and_questions_follow():
+    rng = np.random.default_rng(4)
+    moved = 0
+    for _ in range(60):
+        scene = world.make_scene(rng, SIZE)
+        assert world.jitter_scene(scene, rng, 0.0) is scene
+        jit = world.jitter_scene(scene, rng, 0.08)
+        assert [(o.shape, o.color) for o in jit.objects] == [(o.shape, o.color) for o in scene.objects]
+        boxes = [o.box for o in jit.objects] + ([jit.letter["box"]] if jit.letter else [])
+        for i, (a, o) in enumerate(zip(jit.objects, scene.objects)):
+            side, new = o.box[2] - o.box[0], a.box[2] - a.box[0]
+            assert a.box[3] - a.box[1] == new and abs(new - side) <= 0.08 * side + 1
+            assert abs(a.center[0] - o.center[0]) <= 0.08 * side + 1 and abs(a.center[1] - o.center[1]) <= 0.08 * side + 1
+            assert 0 <= min(a.box) and max(a.box[2:]) <= SIZE
+            assert all(world._apart(a.box, b, 1) for j, b in enumerate(boxes) if j != i)
+            moved += a.box != o.box
+        qa = world.ask(jit, "count_objects", rng)
+        assert qa.evidence == [o.box for o in jit.objects]
+    assert moved > 100
