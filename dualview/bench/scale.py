@@ -39,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZES = ((336, 336), (1280, 720), (1920, 1080))
 PHONE = (4032, 3024)
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
+"""The default ``--families``; any family ``build_tiny`` builds (``tiny.FAMILIES`` and ``tiny.GENERIC``) may be named."""
 PROMPT = "what color is the circle?"
 UPDATE_TARGET_S, EVENT_BYTES, MAP_BYTES, MEMORY_BYTES = 1.0, 5_000_000, 1_000_000, 4 * 1024 ** 3
 SEVEN_B = {"heads": 28, "kv_heads": 4, "head_dim": 128, "hidden": 3584, "tokens": 7290}
@@ -237,9 +238,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    unknown = set(families) - set(FAMILIES)
+    from dualview.engine.tiny import FAMILIES as BUILT, GENERIC
+
+    unknown = set(families) - set(BUILT + GENERIC)
     if unknown:
-        common.fail(f"Unknown families {sorted(unknown)}; choose from {', '.join(FAMILIES)}.")
+        common.fail(f"Unknown families {sorted(unknown)}; choose from {', '.join(BUILT + GENERIC)}.")
     try:
         sizes = tuple(tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",") if s.strip())
     except ValueError:
