@@ -167,7 +167,7 @@ def status_text(state: AppState) -> str:
             f"({100 * len(state.kept()) / state.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
-            f"layer {state.analysis.layer} of {state.analysis.num_layers} · “{state.request.prompt}”"
+            f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (scores at layer {state.analysis.layer}) · “{state.request.prompt}”"
             + ("" if state.analysis.geometry.spatial else f"\n\n⚠️ {state.analysis.geometry.note}"))
 
 

@@ -60,3 +60,10 @@ def test_steps_outside_the_selection_are_refused_with_a_sentence(holder, example
         with pytest.raises(DualviewError, match="does not exist"):
             handlers.step(state, "pcmmr", bad)
     assert json.loads(handlers.classic_view(state)["classic_plot"].to_json())["layout"]["title"]["text"]
+
+
+def test_the_status_names_the_layer_each_method_prunes_from(holder, example):
+    """FastV prunes from layer 2 and DivPrune from 0 on the built-in model, whatever the analysis layer."""
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    for method, layer in (("iwp", 4), ("fastv", 2), ("divprune", 0)):
+        assert f"prunes from layer {layer} of 8" in handlers.update(state, method, 20, [])["status"]
