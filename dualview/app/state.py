@@ -251,8 +251,9 @@ class AppState:
         return sorted({resolve_budget(f, self.num_visual) for f in CURVE_FRACTIONS})
 
     def _curve(self, method: str) -> dict:
-        """Every measure of ``method``'s kept set at each curve budget: one selection at the largest
-        budget and its prefixes when the registry declares the method nested, else one per budget."""
+        """Every measure of ``method``'s kept set at each curve budget (``Analysis.measures`` and the
+        kept attention mass of the chosen query rows): one selection at the largest budget and its
+        prefixes when the registry declares the method nested, else one per budget."""
         chosen, budgets = get_method(method), self.curve_budgets()
         if chosen.nested:
             order = self.select(chosen, budgets[-1]).kept
@@ -261,12 +262,13 @@ class AppState:
             kept_sets = [self.select(chosen, budget).kept for budget in budgets]
         result: dict = {}
         for kept in kept_sets:
-            for name, value in self.analysis.measures(kept).items():
+            measured = dict(self.analysis.measures(kept), kept_mass=self.analysis.debug_measures(kept, self.query)["kept_mass"])
+            for name, value in measured.items():
                 result.setdefault(name, []).append(value)
         return result
 
     def _curve_id(self, method: str) -> tuple:
-        return (method, tuple(sorted(self.params[method].items())))
+        return (method, tuple(sorted(self.params[method].items())), self.query)
 
     def curve_methods(self, with_oracle: bool) -> list[str]:
         """The selected method first, then the comparison methods (and the oracle on request, when

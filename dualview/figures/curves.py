@@ -13,6 +13,7 @@ METRICS = {
     "visual_weight_error": "visual part: ‖W_V − W_S∩V‖ / ‖W_V‖",
     "visual_effective_rank": "visual part: effective rank",
     "attention_error": "attention-output error",
+    "kept_mass": "kept attention mass m (ours, §8)",
 }
 
 _DASH = {"oracle": "dot", "random": "dash"}
