@@ -50,6 +50,8 @@ def resolve_budget(budget, num_visual: int | None = None) -> int | float:
                 budget = int(text)
             else:
                 budget = float(text)
+        except DualviewError:
+            raise
         except ValueError:
             raise DualviewError(f"Budget {original!r} is not a number; give a token count (e.g. 69), "
                                 "a fraction (e.g. 0.353) or a percentage (e.g. 35.3%).") from None
@@ -64,7 +66,8 @@ def resolve_budget(budget, num_visual: int | None = None) -> int | float:
         if budget > 1.0 and budget == int(budget):
             budget = int(budget)
         elif not 0.0 < budget <= 1.0:
-            raise DualviewError(f"Budget {original!r} is neither a token count ≥ 1 nor a fraction in (0, 1].")
+            raise DualviewError(f"Budget {original!r} is neither a token count ≥ 1 nor a fraction in (0, 1] "
+                                "(a percentage in (0%, 100%]).")
     if isinstance(budget, int) and budget < 1:
         raise DualviewError(f"Budget {original!r} keeps no token; keep at least 1 visual token.")
     if num_visual is None:

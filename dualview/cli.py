@@ -52,12 +52,14 @@ def _new_tokens(text: str) -> int:
 
 
 def _calls(text: str) -> int:
+    from dualview.attribution import MAX_SEARCH_CALLS
+
     try:
         count = int(text)
     except ValueError:
         count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    if not 1 <= count <= MAX_SEARCH_CALLS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_SEARCH_CALLS}")
     return count
 
 
@@ -129,7 +131,8 @@ def _answer_dict(answer) -> dict:
 
 
 def _model_dict(session) -> dict:
-    return {"name": session.name, "family": session.family, "num_layers": session.num_layers}
+    return {"name": session.name, "family": session.family, "num_layers": session.num_layers,
+            "device": str(session.model.device), "dtype": str(session.model.dtype).removeprefix("torch.")}
 
 
 def load_checked(args):
@@ -268,9 +271,9 @@ def _print_text(command: str, result: dict) -> None:
               f"{result['visual_weight_error']:.4f}, effective rank {result['visual_effective_rank']:.2f}; "
               f"attention error {result['attention_error']:.4f}")
         a = result["attention_split"]
-        print(f"query {a['query']}: kept attention mass {a['kept_mass']:.4f}; output change {a['output_error']:.4f} "
-              f"= dropped updates {a['dropped_part']:.4f} + normaliser {a['normaliser_part']:.4f} (norms relative "
-              "to the full output, mean over heads)")
+        print(f"query {a['query']}: kept attention mass {a['kept_mass']:.4f}; output change {a['output_error']:.4f}, "
+              f"of which dropped updates {a['dropped_part']:.4f} and normaliser {a['normaliser_part']:.4f} (norms of the "
+              "two parts, which add up as vectors, not as norms; relative to the full output, mean over heads)")
     elif command == "restore":
         s = result["settings"]
         print(f"method: {s['method']}, kept {s['kept_count']} of {s['visual_tokens']} visual tokens, "

@@ -483,11 +483,11 @@ def attention_output_error(
         query_positions: optional ``[T]`` index of each query in the N tokens; when given, query t
             sees keys ``j ≤ query_positions[t]`` only (causal attention).
     Returns:
-        float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output.
+        float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output; when the
+        full output is exactly zero the absolute ``‖A_S − A‖`` is returned.
     """
     split = attention_split(q, k, v, keep, query_positions)
-    denominator = torch.linalg.vector_norm(split.full).clamp_min(torch.finfo(torch.float64).tiny)
-    return float(torch.linalg.vector_norm(split.pruned - split.full) / denominator)
+    return float(_relative_norm(split.pruned - split.full, split.full))
 
 
 # --- kept attention mass and the normaliser (method.md §8, ours) --------------------------------
@@ -514,6 +514,13 @@ def kept_attention_mass(q: Tensor, k: Tensor, keep: Tensor, query_positions: Ten
     return torch.exp(_masked_logsumexp(logits, visible & kept) - _masked_logsumexp(logits, visible))
 
 
+def _relative_norm(part: Tensor, whole: Tensor, dim=None) -> Tensor:
+    """``‖part‖ / ‖whole‖``; where ``whole`` is exactly zero the ratio is undefined and the absolute
+    ``‖part‖`` is returned instead (finite, and 0 when ``part`` is 0 too)."""
+    scale = torch.linalg.vector_norm(whole, dim=dim)
+    return torch.linalg.vector_norm(part, dim=dim) / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 @dataclass
 class AttentionSplit:
     """``A(q; K, V) − A(q; K_S, V_S) = dropped_part + normaliser_part``, exactly (method.md §8.3).
@@ -536,8 +543,7 @@ class AttentionSplit:
     kept_mass: Tensor
 
     def _relative(self, part: Tensor) -> Tensor:
-        scale = torch.linalg.vector_norm(self.full, dim=(1, 2)).clamp_min(torch.finfo(torch.float64).tiny)
-        return torch.linalg.vector_norm(part, dim=(1, 2)) / scale
+        return _relative_norm(part, self.full, dim=(1, 2))
 
     @property
     def output_error(self) -> Tensor:

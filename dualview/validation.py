@@ -55,12 +55,13 @@ def parse_layer(layer, num_layers: int | None = None) -> int | None:
             raise DualviewError(f"The pruning layer must be a whole number, got {text!r}.") from None
     if layer is None:
         return None
-    top = (num_layers - 1) if num_layers else 10_000
+    top = (num_layers - 1) if num_layers else None
     if hasattr(layer, "item") and getattr(layer, "ndim", 0) == 0:
         layer = layer.item()
     if isinstance(layer, bool) or not isinstance(layer, numbers.Real) or not math.isfinite(float(layer)) \
-            or float(layer) != int(layer) or not 0 <= int(layer) <= top:
-        raise DualviewError(f"The pruning layer must be a whole number from 0 to {top}, got {layer!r}.")
+            or float(layer) != int(layer) or int(layer) < 0 or (top is not None and int(layer) > top):
+        bound = f"from 0 to {top}" if top is not None else "of at least 0"
+        raise DualviewError(f"The pruning layer must be a whole number {bound}, got {layer!r}.")
     return int(layer)
 
 

@@ -23,8 +23,8 @@ from dualview.app import views
 from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
 
-MAX_RESTORE_CALLS = 512
-"""The most forward passes one "what brings the answer back" search may spend."""
+
+from dualview.attribution import MAX_SEARCH_CALLS
 from dualview.budget import resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
@@ -167,6 +167,7 @@ def answer(holder: ModelHolder, state: AppState | None) -> dict:
             pruned_logprob = session.answer_logprob(prepared, ids, keep=kept, layer=layer)
     state.derived.answers = Answers(full.text, pruned.text, full.prefill_seconds, pruned.prefill_seconds,
                                     full_logprob, pruned_logprob, pruned.prompt_tokens, pruned.kept_tokens)
+    state.derived.answers_for = (tuple(sorted(kept.tolist())), layer)
     return {"state": state, "answers": views.answers_text(state), "summary": views.summary(state)}
 
 
@@ -176,8 +177,8 @@ def restore(holder: ModelHolder, state: AppState | None, max_calls) -> dict:
 
     state = require(state)
     if isinstance(max_calls, bool) or not isinstance(max_calls, (int, float)) or max_calls != int(max_calls) \
-            or not 1 <= max_calls <= MAX_RESTORE_CALLS:
-        raise DualviewError(f"The search may spend 1 to {MAX_RESTORE_CALLS} forward passes, not {max_calls!r}.")
+            or not 1 <= max_calls <= MAX_SEARCH_CALLS:
+        raise DualviewError(f"The search may spend 1 to {MAX_SEARCH_CALLS} forward passes, not {max_calls!r}.")
     if state.derived.full_answer is None:
         answer(holder, state)
     session = holder.get(state.model_name)

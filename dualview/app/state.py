@@ -74,7 +74,8 @@ class Derived:
             kept set measured; curves: (method, params) -> measure -> values over
             :meth:`AppState.curve_budgets`;
             projections: kind -> ``[Nv, 2]`` PCA; full_answer: (Answer, log p) with every token;
-            answers: the last full vs pruned comparison; method_answers: the every-method table;
+            answers: the last full vs pruned comparison, answers_for: the (kept set, layer) it was made
+            for; method_answers: the every-method table;
             restoration: (kept set, layer, :class:`~dualview.engine.attribution.Restoration`) of the
             last "what brings the answer back" search; debugged: (kept set, query, debug measures)
             of the last kept set; figures: maps that depend only on the analysis and the query
@@ -91,6 +92,7 @@ class Derived:
     projections: dict = field(default_factory=dict)
     full_answer: tuple | None = None
     answers: Answers | None = None
+    answers_for: tuple | None = None
     method_answers: list = field(default_factory=list)
     restoration: tuple | None = None
     debugged: tuple | None = None
@@ -232,6 +234,10 @@ class AppState:
         if self.derived.measured is None or self.derived.measured[0] != key:
             self.derived.measured = (key, self.analysis.measures(self.kept()))
         return self.derived.measured[1]
+
+    def answers_current(self) -> bool:
+        """Whether the shown answers were made for the current kept set and pruning layer."""
+        return self.derived.answers_for == (tuple(sorted(self.kept())), self.prune_layer)
 
     def debug_measures(self) -> dict:
         """``Analysis.debug_measures`` of the current kept set and query, computed once per pair."""

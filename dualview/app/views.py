@@ -130,6 +130,8 @@ def answers_text(state: AppState) -> str:
     ans = state.derived.answers
     if ans is None:
         return "*Answers appear here after Run.*"
+    if not state.answers_current():
+        return "*The kept set changed: its answers are being computed (or press Re-answer).*"
     agree = "✅ the answers agree" if ans.agree else "⚠️ the answers differ"
     lines = [
         "| | full (all tokens) | pruned |",
@@ -167,7 +169,7 @@ def status_text(state: AppState) -> str:
             f"({100 * len(state.kept()) / state.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
-            f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (scores at layer {state.analysis.layer}) · “{state.request.prompt}”"
+            f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (measures at layer {state.analysis.layer}) · “{state.request.prompt}”"
             + ("" if state.analysis.geometry.spatial else f"\n\n⚠️ {state.analysis.geometry.note}"))
 
 
@@ -191,7 +193,8 @@ def summary(state: AppState) -> dict:
         "measures": state.measures(),
         "pcmmr": {"chunks": [c.tolist() for c in state.trace("pcmmr").chunks],
                   "floored": list(state.trace("pcmmr").floored)},
-        "answers": state.derived.answers.to_dict() if state.derived.answers else None,
+        "answers": state.derived.answers.to_dict() if state.derived.answers and state.answers_current() else None,
+        "answers_stale": state.derived.answers is not None and not state.answers_current(),
         "selected_token": token_numbers(state, state.selected),
     }
 

@@ -69,6 +69,10 @@ class Prepared:
     answer_length: int = 0
     generation_step: Callable | None = None
 
+    def __repr__(self) -> str:
+        return (f"Prepared(length={self.length}, visual={self.num_visual}, text={self.text_positions.numel()}, "
+                f"prompt={self.prompt!r}, answer_length={self.answer_length})")
+
     @property
     def num_visual(self) -> int:
         """Nv, the number of visual tokens."""

@@ -17,10 +17,20 @@ SUPPORTED = ("LLaVA-1.5 (LlavaForConditionalGeneration), LLaVA-NeXT, LLaVA-OneVi
 
 
 def resolve_device(device: str | None) -> str:
-    """``device`` as given, else cuda, then mps, then cpu."""
+    """``device`` as given (refused with one sentence when it is not a device torch knows or is not
+    available here), else cuda, then mps, then cpu."""
     import torch
 
     if device is not None:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError, TypeError):
+            raise DualviewError(f"Unknown device {device!r}; use cpu, cuda (cuda:N) or mps.") from None
+        available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                     "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+        if not available.get(kind, False):
+            raise DualviewError(f"Device {device!r} is not available on this machine; use "
+                                f"{'cuda' if available['cuda'] else 'cpu'}.")
         return device
     if torch.cuda.is_available():
         return "cuda"

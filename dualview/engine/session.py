@@ -129,6 +129,8 @@ class Session:
         """
         if not isinstance(prompt, str):
             raise DualviewError("The prompt must be text.")
+        if not prompt.strip():
+            raise DualviewError("The prompt is empty; type a question about the image.")
         hooks.use_supported_attention(self.model)
         image = load_image(image)
         prepared = self.adapter.prepare(image, prompt)
@@ -260,6 +262,8 @@ class Session:
         """
         prepared = self._prepared(prepared)
         layer = self.check_layer(layer)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise DualviewError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.")
         record: dict = {}
         if method is not None:
             if keep is not None or budget is None:
@@ -348,7 +352,13 @@ class Session:
                 raise DualviewError(f"The answer {answer!r} does not survive this model's tokenizer (it reads back "
                                     f"as {decoded!r}); score the generated answer's token ids instead.")
         else:
-            ids = [int(i) for i in answer]
+            vocabulary = self.model.get_output_embeddings().weight.shape[0]
+            try:
+                ids = [int(i) for i in answer]
+            except (TypeError, ValueError):
+                raise DualviewError("An answer to score is an Answer, its text or a list of token ids.") from None
+            if any(not 0 <= i < vocabulary for i in ids) or any(float(i) != i for i in answer):
+                raise DualviewError(f"Answer token ids must be whole numbers from 0 to {vocabulary - 1}.")
         if not ids:
             raise DualviewError("The answer to score is empty; give the answer text or its token ids.")
         return ids

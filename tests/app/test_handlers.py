@@ -67,3 +67,13 @@ def test_the_status_names_the_layer_each_method_prunes_from(holder, example):
     state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
     for method, layer in (("iwp", 4), ("fastv", 2), ("divprune", 0)):
         assert f"prunes from layer {layer} of 8" in handlers.update(state, method, 20, [])["status"]
+
+
+def test_answers_are_shown_only_for_the_kept_set_they_were_made_for(holder, example):
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    assert handlers.update(state, "iwp", 20, [])["summary"]["answers"] is not None  # same kept set
+    moved = handlers.update(state, "iwp", 60, [])
+    assert moved["summary"]["answers"] is None and moved["summary"]["answers_stale"]
+    answered = handlers.answer(holder, state)["summary"]
+    text_tokens = state.analysis.prepared.length - state.num_visual
+    assert answered["answers"]["tokens_after_pruning"] == text_tokens + 60 and not answered["answers_stale"]

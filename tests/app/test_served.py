@@ -73,7 +73,7 @@ def comparable(summary: dict) -> dict:
     """The summary without wall-clock timings."""
     summary = json.loads(json.dumps(summary))
     for key in TIMINGS:
-        summary["answers"].pop(key, None)
+        (summary["answers"] or {}).pop(key, None)
     return summary
 
 

@@ -78,7 +78,7 @@ def test_answer_random_uses_the_seed_and_analyze_json(image_path, capsys):
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--layer", "9"], "pruning layer must be a whole number from 0 to 3"),
     (["answer", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--param", "lam"], "NAME=VALUE"),
     (["answer", "--image", "IMAGE"], "required"),
-    (["restore", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--max-calls", "0"], "at least 1"),
+    (["restore", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--max-calls", "0"], "from 1 to 512"),
     (["analyze", "--image", "IMAGE", "--prompt", "x", "--model", "MODEL", "--query", "token:x"], "Unknown query choice"),
 ])
 def test_errors_are_one_line_with_status_2(argv, message, image_path, capsys):
