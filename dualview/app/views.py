@@ -97,7 +97,15 @@ def teaching_text(state: AppState) -> str:
     pcmmr_params = ", ".join(f"{p.title}={state.params['iwp'][p.name]}" if p.is_choice else
                              f"{p.title}={state.params['iwp'][p.name]:g}" for p in get_method("iwp").params)
     debug = state.debug_measures()
-    kept_text = (f"kept in round {n['round'] + 1}" if n["round"] >= 0 else "dropped")
+    rounds = len(state.selection.chunks)
+    if state.selected in state.forced_keep:
+        kept_text = "kept because you forced it"
+    elif state.selected in state.forced_drop:
+        kept_text = "dropped because you forced it"
+    elif n["round"] >= 0:
+        kept_text = f"kept in round {n['round'] + 1} of {rounds} (step {n['round']} on the 0-based step slider)"
+    else:
+        kept_text = "dropped"
     score = "—" if n["penalised_score"] is None else f"{n['penalised_score']:.3g}"
     return "\n".join([
         f"**Token {n['token']}** of {state.num_visual} (click a patch in *Pick a patch* to change it); "
