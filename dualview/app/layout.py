@@ -61,7 +61,8 @@ def _param_control(methods: tuple, param):
     return gr.Slider(param.low, param.high, value=param.default, step=step, label=label)
 
 
-def build_layout(examples: list[dict], methods: list[str], default_model: str) -> dict:
+def build_layout(examples: list[dict], methods: list[str], default_model: str, models: list[str],
+                 allow_any_model: bool) -> dict:
     """Every component of the page, by name (see the module docstring)."""
     first = examples[0] if examples else None
     c: dict = {"state": gr.State(None), "example": gr.State(first)}
@@ -80,8 +81,9 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str) -
             c["gallery"] = gr.Gallery(label="Examples (click one)", value=[(e["path"], e["question"]) for e in examples],
                                       columns=4, height=170, allow_preview=False, elem_id="examples")
             c["prompt"] = gr.Textbox(label="Prompt", value=first["question"] if first else "", lines=1, elem_id="prompt")
-            c["model"] = gr.Textbox(label="Model (builtin, a directory, or a Hugging Face id on disk)",
-                                    value=default_model, elem_id="model")
+            c["model"] = gr.Dropdown(models, value=default_model, allow_custom_value=allow_any_model, elem_id="model",
+                                     label="Model" + (" (or type a directory or a Hugging Face id on disk)"
+                                                      if allow_any_model else ""))
             c["method"] = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method")
             c["budget"] = RangeSlider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
             c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")

@@ -16,12 +16,14 @@ class ModelHolder:
     """Loaded models by name, loaded once and shared; ``lock`` serialises calls into a model.
 
     At most ``capacity`` models stay loaded (least recently used first out), so visitors naming
-    model after model cannot fill the server's memory.
+    model after model cannot fill the server's memory. With ``allowed`` (names) any other name is
+    refused before anything is looked up.
     """
 
-    def __init__(self, device: str | None = None, capacity: int = 2):
+    def __init__(self, device: str | None = None, capacity: int = 2, allowed=None):
         self.device = device
         self.capacity = capacity
+        self.allowed = None if allowed is None else tuple(allowed)
         self.lock = threading.Lock()
         self._sessions: OrderedDict = OrderedDict()
 
@@ -30,6 +32,9 @@ class ModelHolder:
         import dualview
 
         name = (name or "").strip() or "builtin"
+        if self.allowed is not None and name not in self.allowed:
+            # the same sentence whatever the name is, so the box cannot probe the server's files
+            raise DualviewError(f"This server offers the models {', '.join(self.allowed)}; choose one of them.")
         with self.lock:
             if name not in self._sessions:
                 try:

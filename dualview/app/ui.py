@@ -49,11 +49,13 @@ def user_errors(function):
     return wrapper
 
 
-def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir: str | Path | None = None) -> gr.Blocks:
-    """The whole app; ``default_model`` is loaded on the first Run (or before launch by the caller)."""
+def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir: str | Path | None = None,
+               models=None, allow_any_model: bool = False) -> gr.Blocks:
+    """The whole app; ``default_model`` is loaded on the first Run (or before launch by the caller);
+    ``models``: the names the model box offers (typing others only with ``allow_any_model``)."""
     examples = load_examples(examples_dir) if examples_dir else load_examples()
     with gr.Blocks(title="dualview", analytics_enabled=False) as demo:  # no usage reports leave the machine
-        c = build_layout(examples, method_names(), default_model)
+        c = build_layout(examples, method_names(), default_model, list(models or [default_model]), allow_any_model)
         params = c["params"]
 
         def wrap(handler, outputs: tuple[str, ...]):

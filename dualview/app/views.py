@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import shlex
 
+import numpy as np
+
 import dualview
 from dualview import figures
 from dualview.app.state import CURVE_METHODS, AppState
@@ -51,9 +53,11 @@ def kept_figure(state: AppState):
 def row_figure(state: AppState):
     token = state.selected
     row = state.analysis.duplication_row(token).numpy()
+    others = row[np.arange(row.size) != token]
+    top = float(others.max()) if others.size and others.max() > 0 else 1.0  # the token itself (1) would flatten the scale
     return figures.token_map(state.layout, row, image=state.display_image, hover={"S̄² with selected": row},
-                             title=f"Which patches duplicate token {token}: row {token} of S̄²",
-                             colorscale="Viridis", zmin=0.0, zmax=1.0, colorbar_title="S̄²", selected=token)
+                             title=f"Which patches duplicate token {token}: row {token} of S̄² (scale without itself)",
+                             colorscale="Viridis", zmin=0.0, zmax=top, colorbar_title="S̄²", selected=token)
 
 
 def step_figure(state: AppState, which: str, step: int):
@@ -140,13 +144,14 @@ def answers_text(state: AppState) -> str:
         return "*Answers appear here after Run.*"
     if not state.answers_current():
         return "*The kept set changed: its answers are being computed (or press Re-answer).*"
-    agree = "✅ the answers agree" if ans.agree else "⚠️ the answers differ"
+    agree = "the answers **agree**" if ans.agree else "**the answers differ**"
     lines = [
         "| | full (all tokens) | pruned |",
         "|---|---|---|",
         f"| answer | **{ans.full_text or '∅'}** | **{ans.pruned_text or '∅'}** |",
         f"| tokens after the pruning layer | {ans.prompt_tokens} | {ans.kept_tokens} |",
-        f"| prefill time | {ans.full_prefill * 1000:.1f} ms | {ans.pruned_prefill * 1000:.1f} ms |",
+        f"| prefill time (one run each, not a benchmark) | {ans.full_prefill * 1000:.1f} ms | "
+        f"{ans.pruned_prefill * 1000:.1f} ms |",
         f"| log p(full answer) | {ans.full_logprob:.3f} | {ans.pruned_logprob:.3f} |",
         "",
         f"{agree}; log-probability drop of the full answer: **{ans.full_logprob - ans.pruned_logprob:.3f}** nats.",
@@ -160,7 +165,7 @@ def answers_text(state: AppState) -> str:
         if evidence:
             kept_evidence = sorted(set(evidence) & set(state.kept()))
             if not kept_evidence:
-                lines.append(f"\n⚠️ **The kept set dropped every patch of the evidence** "
+                lines.append(f"\n**Warning: the kept set dropped every patch of the evidence** "
                              f"({len(evidence)} patches cover the objects the question is about).")
             else:
                 lines.append(f"\nEvidence recall: {len(kept_evidence)} of its {len(evidence)} patches are kept "
@@ -178,7 +183,7 @@ def status_text(state: AppState) -> str:
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
             f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (measures at layer {state.analysis.layer}) · “{state.request.prompt}”"
-            + ("" if state.analysis.geometry.spatial else f"\n\n⚠️ {state.analysis.geometry.note}"))
+            + ("" if state.analysis.geometry.spatial else f"\n\n**Note:** {state.analysis.geometry.note}"))
 
 
 def summary(state: AppState) -> dict:

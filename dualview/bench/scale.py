@@ -167,7 +167,7 @@ def measure(families=FAMILIES, sizes=SIZES, repeats: int = 1, phone: bool = True
 
     root = Path(tempfile.mkdtemp(prefix="dualview-scale-"))
     models = {f: str(build_tiny(f, root / f, geometry="real")) for f in families}
-    demo, launch_kwargs = create(models[families[0]], examples_dir=root / "no-examples")
+    demo, launch_kwargs = create(list(models.values()), examples_dir=root / "no-examples")  # every family offered
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

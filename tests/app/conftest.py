@@ -37,7 +37,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     write_examples(root / "examples")
     tiny = str(build_tiny("llava", root / "tiny"))
-    demo, launch_kwargs = create("builtin", examples_dir=root / "examples")
+    # the tests name many models (tiny, real-geometry, every family): the operator's any-model switch is on here
+    demo, launch_kwargs = create(["builtin", tiny], examples_dir=root / "examples", allow_any_model=True)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True,
                 **launch_kwargs)

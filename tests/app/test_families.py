@@ -51,4 +51,4 @@ def test_the_status_line_says_when_the_map_is_not_spatial():
                                 num_visual=geometry.num_visual, request=SimpleNamespace(method="iwp", prompt="p"),
                                 analysis=SimpleNamespace(layer=1, num_layers=4, geometry=geometry), prune_layer=1)
         text = status_text(state)
-        assert ("⚠️ Shown in token order." in text) == (not geometry.spatial)
+        assert ("**Note:** Shown in token order." in text) == (not geometry.spatial)

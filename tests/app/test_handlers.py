@@ -77,3 +77,17 @@ def test_answers_are_shown_only_for_the_kept_set_they_were_made_for(holder, exam
     answered = handlers.answer(holder, state)["summary"]
     text_tokens = state.analysis.prepared.length - state.num_visual
     assert answered["answers"]["tokens_after_pruning"] == text_tokens + 60 and not answered["answers_stale"]
+
+
+def test_visitors_choose_among_the_operators_models(example, tmp_path):
+    """Without the operator's any-model switch the model box cannot load, or probe, anything else:
+    an existing directory and a missing one get the same sentence, and nothing is loaded."""
+    from dualview.engine.loading import BUILTIN_DIR
+
+    holder = ModelHolder(device="cpu", allowed=["builtin"])
+    for name in (str(BUILTIN_DIR), str(tmp_path / "missing"), "org/model"):
+        with pytest.raises(DualviewError) as refused:
+            handlers.run(holder, example["path"], example["question"], name, "iwp", 20, "", [], None)
+        assert str(refused.value) == "This server offers the models builtin; choose one of them."
+    assert holder._sessions == {}
+    assert handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]

@@ -266,8 +266,16 @@ def test_launch_defaults_are_local_without_share_with_an_upload_limit(monkeypatc
         def launch(self, **kwargs):
             seen.update(kwargs)
 
-    monkeypatch.setattr(launch, "create", lambda model, device: (Recorder(), {"css": "", "max_file_size": "1mb"}))
-    launch.serve(model="m", host=args.host, share=args.share)
+    made = {}
+
+    def create(models, device, allow_any_model=False):
+        made.update(models=models, allow_any_model=allow_any_model)
+        return Recorder(), {"css": "", "max_file_size": "1mb"}
+
+    monkeypatch.setattr(launch, "create", create)
+    launch.serve(models=["m"], host=args.host, share=args.share)
+    assert made == {"models": ["m"], "allow_any_model": False}  # visitors choose among the operator's models
+    assert args.model is None and app_script.parse_args(["--model", "a", "--model", "b"]).model == ["a", "b"]
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "1mb"
     assert not seen.get("allowed_paths") and not seen.get("auth_dependency")
 
