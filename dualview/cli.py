@@ -67,6 +67,25 @@ QUERY_HELP = ("query rows the analysis reads: text (the instruction tokens, defa
               "position), all (every non-image position) or token:i (instruction token i); method.md §8.1")
 
 
+def _tokens(text: str) -> list[int]:
+    """``"3,17,40"`` as visual-token indices (range-checked once the model is loaded)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of token indices") from None
+
+
+def _kept(prepared, selection, args) -> "torch.Tensor":
+    """The method's kept set with the command line's forced keeps and drops (as the app applies them)."""
+    import torch
+
+    from dualview.selection import apply_overrides
+
+    for forced in (args.force_keep, args.force_drop):
+        prepared.check_kept(forced)
+    return torch.tensor(apply_overrides(selection.kept.tolist(), args.force_keep, args.force_drop), dtype=torch.long)
+
+
 def _add_selection(parser) -> None:
     from dualview.methods import method_names
 
@@ -75,6 +94,10 @@ def _add_selection(parser) -> None:
                         help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
     parser.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE", help=_params_help())
     parser.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
+    parser.add_argument("--force-keep", type=_tokens, default=[], metavar="I,J,...",
+                        help="visual tokens to keep whatever the method chose (the app's force keep)")
+    parser.add_argument("--force-drop", type=_tokens, default=[], metavar="I,J,...",
+                        help="visual tokens to drop whatever the method chose (the app's force drop)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,30 +187,32 @@ def run_answer(args) -> dict:
     method = get_method(request.method)
     analysis = session.analyze(prepared, layer=request.layer)
     selection = method.select(analysis, request.budget, **request.params)
+    kept = _kept(prepared, selection, args)
     layer = method.prune_layer(analysis)
     full = session.answer(prepared, layer=layer, max_new_tokens=args.max_new_tokens)
-    pruned = session.answer(prepared, keep=selection.kept, layer=layer, max_new_tokens=args.max_new_tokens)
-    measures = analysis.measures(selection.kept)
+    pruned = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=args.max_new_tokens)
+    measures = analysis.measures(kept)
     query = args.query if args.query is not None else request.params.get("query", DEFAULT_QUERY)
     result = {
         "version": dualview.__version__,
         "model": _model_dict(session),
-        "settings": {"method": method.name, "budget": request.budget, "kept_count": int(selection.kept.numel()),
+        "settings": {"method": method.name, "budget": request.budget, "kept_count": int(kept.numel()),
                      "visual_tokens": analysis.num_visual, "analysis_layer": analysis.layer, "prune_layer": layer,
                      "params": request.params, "max_new_tokens": args.max_new_tokens,
+                     "force_keep": args.force_keep, "force_drop": args.force_drop,
                      "image": str(args.image), "prompt": request.prompt},
         "full_answer": _answer_dict(full),
         "pruned_answer": _answer_dict(pruned),
-        "kept": selection.kept.tolist(),
+        "kept": kept.tolist(),
         "rounds": [chunk.tolist() for chunk in selection.chunks],
         **measures,
         "effective_rank_full": analysis.effective_rank(range(analysis.num_visual)),
-        "attention_split": analysis.debug_measures(selection.kept, query),
+        "attention_split": analysis.debug_measures(kept, query),
     }
     if full.text:
         result["full_answer_logprob"] = {
             "all_tokens": session.answer_logprob(prepared, full, layer=layer),
-            "kept_tokens": session.answer_logprob(prepared, full, keep=selection.kept, layer=layer),
+            "kept_tokens": session.answer_logprob(prepared, full, keep=kept, layer=layer),
         }
     return result
 
@@ -230,7 +255,7 @@ def run_restore(args) -> dict:
     prepared = session.prepare(request.image, request.prompt)
     method = get_method(request.method)
     analysis = session.analyze(prepared, layer=request.layer)
-    kept = method.select(analysis, request.budget, **request.params).kept
+    kept = _kept(prepared, method.select(analysis, request.budget, **request.params), args)
     layer = method.prune_layer(analysis)
     full = session.answer(prepared, layer=layer, max_new_tokens=args.max_new_tokens)
     pruned = session.answer(prepared, keep=kept, layer=layer, max_new_tokens=args.max_new_tokens)

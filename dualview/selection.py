@@ -27,6 +27,7 @@ __all__ = [
     "uniform_grid",
     "max_min_diversity",
     "dpp_map",
+    "apply_overrides",
 ]
 
 
@@ -273,3 +274,19 @@ def dpp_map(features: Tensor, relevance: Tensor, budget: int | float) -> Selecti
         gains = gains - e * e
     kept = torch.tensor(chosen, dtype=torch.long)
     return Selection(kept=kept, chunks=[kept])
+
+
+def apply_overrides(kept, force_keep=(), force_drop=()) -> list[int]:
+    """A kept set with a user's overrides: ``kept`` in selection order without the forced drops,
+    then the forced keeps not already in it (in the order given). Indices are token indices.
+
+    Raises ValueError (a DualviewError) when a token is both forced kept and forced dropped."""
+    from dualview.errors import DualviewError
+
+    force_keep, force_drop = [int(i) for i in force_keep], [int(i) for i in force_drop]
+    both = sorted(set(force_keep) & set(force_drop))
+    if both:
+        raise DualviewError(f"Token {both[0]} is both forced kept and forced dropped; choose one.")
+    base = [int(i) for i in kept if int(i) not in force_drop]
+    return base + [i for i in dict.fromkeys(force_keep) if i not in base]
+

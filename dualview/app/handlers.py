@@ -309,12 +309,16 @@ def export(state: AppState | None) -> dict:
     """The JSON of everything shown and the PC-MMR animation as one HTML file, in a new temp folder."""
     state = require(state)
     folder = Path(tempfile.mkdtemp(prefix="dualview-export-"))
+    image = None
+    if not state.example:  # an upload: saved beside the JSON, so the exported command can run
+        image = str(folder / "image.png")
+        state.request.image.save(image)
     data = folder / "dualview.json"
-    data.write_text(json.dumps(views.export_payload(state), indent=1, allow_nan=False))
+    data.write_text(json.dumps(views.export_payload(state, image), indent=1, allow_nan=False))
     frames = [views.step_figure(state, "pcmmr", s) for s in range(views.steps_of(state, "pcmmr"))]
     html = folder / "pcmmr-animation.html"
     html.write_text(figures.animation_html(frames, title="dualview: PC-MMR step by step"))
-    return {"files": [str(data), str(html)], "command": views.cli_command(state)}
+    return {"files": [str(data), str(html)] + ([image] if image else []), "command": views.cli_command(state, image)}
 
 
 def example_by_name(examples: list[dict], name: str) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from dualview.budget import resolve_budget
 from dualview.methods import Method, all_methods, get_method
-from dualview.selection import Selection
+from dualview.selection import Selection, apply_overrides
 from dualview.validation import Request
 
 PRESETS = (0.353, 0.222, 0.111)
@@ -215,8 +215,7 @@ class AppState:
 
     def kept(self) -> list[int]:
         """Kept visual tokens in selection order, with the user's forced keeps / drops applied."""
-        base = [int(i) for i in self.selection.kept if int(i) not in self.forced_drop]
-        return base + [i for i in self.forced_keep if i not in base]
+        return apply_overrides(self.selection.kept.tolist(), self.forced_keep, self.forced_drop)
 
     def rounds(self) -> np.ndarray:
         """``[Nv]`` round that kept each token (forced keeps: one past the last round), −1 dropped."""

@@ -216,7 +216,7 @@ def _finite(values) -> list:
     return [None if not math.isfinite(float(v)) else round(float(v), 6) for v in values]
 
 
-def export_payload(state: AppState) -> dict:
+def export_payload(state: AppState, image: str | None = None) -> dict:
     """Everything shown: summary plus per-token scores, per-round scores, layout, curves, tables."""
     a = state.analysis
     payload = summary(state)
@@ -231,17 +231,25 @@ def export_payload(state: AppState) -> dict:
         "method_answers": [dict(zip(("method", "kept", "answer", "agrees", "weight_error", "prefill_s"), row))
                            for row in state.derived.method_answers],
         "evidence_tokens": state.evidence_tokens(),
-        "cli": cli_command(state),
+        "cli": cli_command(state, image),
     })
     return payload
 
 
-def cli_command(state: AppState) -> str:
-    """The CLI call that reproduces this view's kept set and answers (``python -m dualview answer``)."""
+def cli_command(state: AppState, image: str | None = None) -> str:
+    """The CLI call that reproduces this view's kept set (forced patches included), measures and
+    answers (``python -m dualview answer``); ``image``: where the picture was saved (default: the
+    example's file, else a placeholder ``IMAGE.png``)."""
+    from dualview.app.state import MAX_NEW_TOKENS
+
     r = state.request
-    image = state.example["path"] if state.example else "IMAGE.png"
+    image = image or (state.example["path"] if state.example else "IMAGE.png")
     parts = ["python", "-m", "dualview", "answer", "--model", state.model_name, "--image", image,
-             "--prompt", r.prompt, "--method", r.method, "--budget", str(r.budget), "--layer", str(state.analysis.layer)]
+             "--prompt", r.prompt, "--method", r.method, "--budget", str(r.budget), "--layer", str(state.analysis.layer),
+             "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    for flag, tokens in (("--force-keep", state.forced_keep), ("--force-drop", state.forced_drop)):
+        if tokens:
+            parts += [flag, ",".join(str(t) for t in tokens)]
     for name, value in r.params.items():
         parts += ["--param", f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"]
     return " ".join(shlex.quote(p) for p in parts + ["--json"])

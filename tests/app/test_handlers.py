@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from dualview.app import handlers
 from dualview.app.models import ModelHolder
@@ -91,3 +92,27 @@ def test_visitors_choose_among_the_operators_models(example, tmp_path):
         assert str(refused.value) == "This server offers the models builtin; choose one of them."
     assert holder._sessions == {}
     assert handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+
+
+def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder, example, capsys):
+    """The export's CLI call (forced patches, budget, answer length and the saved upload included)
+    gives the kept set, measures and answers the app shows (issue 16 item 14)."""
+    import shlex
+
+    from dualview import cli
+
+    upload = Image.open(example["path"])  # not the example: the picture is saved beside the JSON
+    state = handlers.run(holder, upload, example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    kept = state.kept()
+    dropped = next(t for t in range(state.num_visual) if t not in kept)
+    handlers.inspect(state, dropped, "force keep")
+    handlers.inspect(state, kept[0], "force drop")
+    shown = handlers.answer(holder, state)["summary"]
+    command = handlers.export(state)["command"]
+    assert f"--force-keep {dropped}" in command and f"--force-drop {kept[0]}" in command
+    capsys.readouterr()
+    assert cli.main(shlex.split(command)[3:]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kept"] == shown["kept"] and result["weight_error"] == shown["measures"]["weight_error"]
+    assert result["pruned_answer"]["text"] == shown["answers"]["pruned"]
+    assert result["full_answer"]["text"] == shown["answers"]["full"]

@@ -230,7 +230,7 @@ def test_only_files_the_app_wrote_are_served(app):
     run(client, app, app["images"]["rgb.png"][0], prompt="how many ../../etc/passwd objects?")
     files, _ = client.predict(api_name="/export")
     temp = Path(tempfile.gettempdir()).resolve()
-    assert sorted(Path(f["path"]).name for f in files) == ["dualview.json", "pcmmr-animation.html"]
+    assert sorted(Path(f["path"]).name for f in files) == ["dualview.json", "image.png", "pcmmr-animation.html"]
     for f in files:
         assert temp in Path(f["path"]).resolve().parents
         assert httpx.get(f["url"]).status_code == 200  # what the app wrote is served
