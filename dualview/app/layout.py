@@ -77,24 +77,26 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             c["image"] = ImageUpload(label="Image", value=first["path"] if first else None,
-                                     sources=["upload", "clipboard"], height=260, elem_id="input-image")
+                                     sources=["upload", "clipboard"], height=220, elem_id="input-image")
+            c["prompt"] = gr.Textbox(label="Prompt", value=first["question"] if first else "", lines=1, elem_id="prompt")
+            with gr.Row():
+                c["method"] = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method", scale=2)
+                c["run"] = gr.Button("Run", variant="primary", elem_id="run", scale=1)
+            c["budget"] = RangeSlider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
+            c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
+            c["status"] = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
             c["gallery"] = gr.Gallery(label="Examples (click one)", value=[(e["path"], e["question"]) for e in examples],
                                       columns=4, height=170, allow_preview=False, elem_id="examples")
-            c["prompt"] = gr.Textbox(label="Prompt", value=first["question"] if first else "", lines=1, elem_id="prompt")
             c["model"] = gr.Dropdown(models, value=default_model, allow_custom_value=allow_any_model, elem_id="model",
                                      label="Model" + (" (or type a directory or a Hugging Face id on disk)"
                                                       if allow_any_model else ""))
-            c["method"] = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method")
-            c["budget"] = RangeSlider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
-            c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
             c["layer"] = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
             with gr.Accordion("Method parameters", open=False):
                 c["params"] = [_param_control(methods, param) for methods, param in PARAM_CONTROLS]
-            c["run"] = gr.Button("Run", variant="primary", elem_id="run")
-            c["status"] = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
         with gr.Column(scale=3):
             with gr.Tabs():
                 with gr.Tab("Dual-form maps"):
+                    c["answers"] = gr.Markdown("*Answers appear here after Run.*", elem_id="answers")
                     with gr.Row():
                         c["magnitude"] = gr.Plot(label="magnitude", elem_id="map-magnitude")
                         c["duplication"] = gr.Plot(label="duplication", elem_id="map-duplication")
@@ -150,8 +152,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["curves"] = gr.Plot(elem_id="curves")
                     c["per_head"] = gr.Markdown()
                     c["curve_data"] = gr.JSON(visible=False)
-                with gr.Tab("Answers"):
-                    c["answers"] = gr.Markdown("*Answers appear here after Run.*", elem_id="answers")
+                with gr.Tab("Every method"):
                     c["answer_all"] = gr.Button("Answer with every method at this budget")
                     c["method_table"] = gr.Dataframe(headers=["method", "kept", "answer", "agrees with full",
                                                               "weight error", "prefill s"], interactive=False)

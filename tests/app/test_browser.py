@@ -141,3 +141,17 @@ def test_the_whole_page_in_a_browser(app_url, page):
     paused = plot_title(page, "pcmmr-plot")
     page.wait_for_timeout(2_500)
     assert plot_title(page, "pcmmr-plot") == paused, "the animation kept running after Pause"
+
+
+def test_run_is_above_the_fold_and_the_answer_beside_the_maps_at_1280_by_800(app_url, page):
+    """Issue 16 item 12: what a debugger watches is visible without scrolling or changing tabs."""
+    url, _ = app_url
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(url)
+    expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)
+    run = page.locator("#run").bounding_box()
+    assert run["y"] + run["height"] <= 800, run
+    answers, kept_map = page.locator("#answers").bounding_box(), page.locator("#map-kept").bounding_box()
+    assert answers["y"] < 800 and page.locator("#answers").is_visible() and page.locator("#map-kept").is_visible()
+    assert kept_map["x"] > 300  # in the maps column, beside the inputs
+    assert "✅" not in page.locator("#answers").inner_text() and "⚠" not in page.locator("#answers").inner_text()
