@@ -16,6 +16,7 @@ from dualview.app.handlers import PARAM_CONTROLS, preset_labels
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CSS = """
 #status {min-height: 2.5em}
+#answers {min-height: 330px}
 .teach {font-size: 0.95em}
 """
 PLAY_INTERVAL_S = 0.9

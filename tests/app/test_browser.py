@@ -111,6 +111,7 @@ def test_the_whole_page_in_a_browser(app_url, page):
     assert new_count != count
     assert int(page.locator("#budget input[type=number]").input_value()) == new_count
     expect(page.locator("#map-kept .gtitle")).to_contain_text(f"Kept: {new_count} /")
+    expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)  # the chained answer
 
     # hover a token in the token space: the same token is outlined on the kept map, and back
     page.locator("#space").scroll_into_view_if_needed()
