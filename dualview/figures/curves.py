@@ -17,6 +17,11 @@ METRICS = {
 }
 
 _DASH = {"oracle": "dot", "random": "dash"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+"""One colour per method, in the order the curves come (the selected method first), the same in
+every panel; the legend names each once."""
+COLUMNS = 3
 
 
 def error_curves(budgets: list[int], curves: dict[str, dict[str, list[float]]], current: int | None = None,
@@ -31,24 +36,33 @@ def error_curves(budgets: list[int], curves: dict[str, dict[str, list[float]]], 
             percentage; highlight: the method drawn thicker (the one selected in the app).
     """
     names = [m for m in METRICS if any(m in per for per in curves.values())]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[METRICS[m] for m in names],
-                        horizontal_spacing=0.07)
+    rows = -(-len(names) // COLUMNS)
+    cols = min(COLUMNS, len(names))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[METRICS[m] for m in names],
+                        horizontal_spacing=0.08, vertical_spacing=0.22)
+    colors = {method: PALETTE[i % len(PALETTE)] for i, method in enumerate(curves)}
     for method, per_metric in curves.items():
-        for col, metric in enumerate(names, start=1):
+        shown = False
+        for index, metric in enumerate(names):
             if metric not in per_metric:
                 continue
             percent = [100.0 * b / num_visual for b in budgets] if num_visual else budgets
             fig.add_trace(go.Scatter(
                 x=budgets, y=per_metric[metric], mode="lines+markers", name=method, legendgroup=method,
-                showlegend=col == 1, customdata=percent, marker=dict(size=4),
-                line=dict(width=3.5 if method == highlight else 1.6, dash=_DASH.get(method, "solid")),
+                showlegend=not shown, customdata=percent, marker=dict(size=4, color=colors[method]),
+                line=dict(width=3.5 if method == highlight else 1.6, dash=_DASH.get(method, "solid"),
+                          color=colors[method]),
                 hovertemplate=f"{method}<br>%{{x}} tokens (%{{customdata:.1f}} %)<br>%{{y:.4g}}<extra></extra>"),
-                row=1, col=col)
+                row=index // cols + 1, col=index % cols + 1)
+            shown = True
     if current is not None:
-        for col in range(1, len(names) + 1):
-            fig.add_vline(x=current, line=dict(color="#d62728", width=1.5, dash="dash"), row=1, col=col)
+        for index in range(len(names)):
+            fig.add_vline(x=current, line=dict(color="#444", width=1.5, dash="dash"),
+                          row=index // cols + 1, col=index % cols + 1)
     fig.update_xaxes(title_text="kept visual tokens")
-    fig.update_layout(height=330, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25),
+    fig.update_annotations(font_size=12)
+    fig.update_layout(height=300 * rows + 60, margin=dict(l=40, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.12 if rows > 1 else -0.25),
                       plot_bgcolor="white", paper_bgcolor="white")
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
     fig.update_yaxes(showgrid=True, gridcolor="#eee")

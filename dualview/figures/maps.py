@@ -20,7 +20,10 @@ from PIL import Image
 __all__ = ["Panel", "panels", "token_map", "kept_map", "selection_step", "compare_kept", "round_colors",
            "display_image", "outlined_tokens"]
 
-DROPPED_COLOR = "rgba(20,20,30,0.72)"
+DROPPED_COLOR = "rgba(245,245,245,0.82)"
+"""Dropped tokens are washed out (light, nearly opaque): kept ones stay legible on dark and light
+scenes alike, whatever colour their round has."""
+SINGLE_ROUND_COLOR = "rgb(0,200,120)"
 CHUNK_OUTLINE = "#00e5ff"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
@@ -211,7 +214,10 @@ def _evidence_shapes(evidence, refs) -> list[dict]:
 
 
 def round_colors(count: int) -> list[str]:
-    """``count`` distinguishable colours, early rounds dark blue to late rounds yellow (viridis)."""
+    """``count`` distinguishable colours, early rounds dark blue to late rounds yellow (viridis); one
+    round (methods without rounds) gets one bright colour."""
+    if count == 1:
+        return [SINGLE_ROUND_COLOR]
     anchors = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
     colors = []
     for i in range(count):
@@ -252,7 +258,8 @@ def _dropped_layer(grid, dropped, custom, template, ref):
 def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: str = "",
              hover: dict | None = None, num_rounds: int | None = None, selected: int | None = None,
              evidence=None, forced=None) -> go.Figure:
-    """The kept mask: kept tokens coloured by the round that took them, dropped tokens dimmed.
+    """The kept mask: kept tokens coloured by the round that took them, dropped tokens washed out
+    (the title says so: the legend of the mask).
 
     Args:
         rounds: ``[Nv]`` round (0-based) per kept token, −1 for dropped (``Selection.round_of``).
@@ -260,7 +267,7 @@ def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: s
             tokens the user forced, outlined.
     """
     rounds = np.asarray(rounds, dtype=int).reshape(-1)
-    fig, grids, refs, panel_of = _base_figure(layout, image, title)
+    fig, grids, refs, panel_of = _base_figure(layout, image, f"{title} · washed out: dropped" if title else title)
     custom, template = _hover(dict(hover or {}, round=rounds + 1), rounds.size)
     colors = round_colors(num_rounds or int(rounds.max()) + 1 if rounds.max() >= 0 else 1)
     for p, (grid, ref) in enumerate(zip(grids, refs)):
@@ -346,6 +353,7 @@ def compare_kept(layout: dict, kept_by_method: dict[str, list], *, image: Image.
         label = name if not errors or name not in errors else f"{name}<br>error {errors[name]:.3f}"
         fig.add_annotation(text=label, xref=ref[0] + " domain", yref="paper", x=0.5, y=1.0, showarrow=False,
                            yanchor="bottom", font=dict(size=11))
-    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=260,
+    fig.update_layout(title=dict(text=f"{title} · washed out: dropped" if title else title, x=0.01, font=dict(size=14)),
+                      height=260,
                       margin=dict(l=4, r=4, t=60, b=4), plot_bgcolor="white", paper_bgcolor="white")
     return fig

@@ -158,6 +158,15 @@ def test_error_curves_one_line_per_method_and_metric_with_budget_marker():
     assert ("iwp", (0.5, 0.3)) in lines and ("oracle", (0.4, 0.2)) in lines and ("iwp", (2.0, 3.0)) in lines
     assert len(fig.data) == 4
     assert [s.x0 for s in fig.layout.shapes] == [15, 15, 15]
+    # one colour per method in every panel, a legend entry per method (issue 16 item 8)
+    colors = {}
+    for trace in fig.data:
+        colors.setdefault(trace.name, set()).add(trace.line.color)
+    assert all(len(c) == 1 for c in colors.values()) and len({c.pop() for c in colors.values()}) == 2
+    assert sorted(t.name for t in fig.data if t.showlegend) == ["iwp", "oracle"]
+    many = figures.error_curves([10, 20], {m: {"weight_error": [0.5, 0.3]} for m in
+                                           ["iwp", "iwp-magnitude", "random", "fastv", "divprune", "oracle"]})
+    assert len({t.line.color for t in many.data}) == 6
 
 
 def test_project_2d_matches_an_independent_svd():
