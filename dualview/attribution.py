@@ -22,9 +22,6 @@ from torch import Tensor
 
 __all__ = ["AddBack", "add_back_search", "occlusion_effect", "evidence_recall"]
 
-MAX_SEARCH_CALLS = 512
-"""The most forward passes one add-back search may be given (app and CLI alike)."""
-
 
 def _indices(tokens, name: str) -> Tensor:
     tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)

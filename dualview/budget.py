@@ -13,17 +13,18 @@ import numbers
 
 from dualview.errors import DualviewError
 
-__all__ = ["resolve_budget"]
+__all__ = ["resolve_budget", "as_scalar"]
 
 
-def _scalar(budget):
-    """numpy / torch scalars (0-d arrays and tensors too) as Python numbers; anything else as is."""
-    if hasattr(budget, "item") and getattr(budget, "ndim", 0) == 0 and not isinstance(budget, (str, bytes)):
+def as_scalar(value):
+    """numpy / torch scalars (0-d arrays and tensors too) as Python numbers; anything else as is.
+    Every user-facing number (budgets, layers, method parameters) is unwrapped here."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and not isinstance(value, (str, bytes)):
         try:
-            return budget.item()
+            return value.item()
         except (TypeError, ValueError):
-            return budget
-    return budget
+            return value
+    return value
 
 
 def resolve_budget(budget, num_visual: int | None = None) -> int | float:
@@ -38,7 +39,7 @@ def resolve_budget(budget, num_visual: int | None = None) -> int | float:
         DualviewError: one sentence saying what is wrong and what is allowed (also a ValueError).
     """
     original = budget
-    budget = _scalar(budget)
+    budget = as_scalar(budget)
     if isinstance(budget, str):
         text = budget.strip()
         try:

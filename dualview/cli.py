@@ -41,26 +41,20 @@ def _params_help() -> str:
 MAX_NEW_TOKENS = 512
 
 
-def _new_tokens(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_NEW_TOKENS:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_NEW_TOKENS}")
-    return count
+def _whole_number(high: int):
+    """An argparse type: a whole number from 1 to ``high``, or argparse's one-line error."""
 
+    def parse(text: str) -> int:
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= high:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {high}")
+        return count
 
-def _calls(text: str) -> int:
-    from dualview.attribution import MAX_SEARCH_CALLS
+    return parse
 
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_SEARCH_CALLS:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_SEARCH_CALLS}")
-    return count
 
 
 QUERY_HELP = ("query rows the analysis reads: text (the instruction tokens, default), last (the last prompt "
@@ -93,7 +87,8 @@ def _add_selection(parser) -> None:
     parser.add_argument("--budget", default="0.111",
                         help="visual tokens to keep: a count, a fraction in (0, 1] or a percentage (default 0.111)")
     parser.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE", help=_params_help())
-    parser.add_argument("--max-new-tokens", type=_new_tokens, default=16, help=f"1 to {MAX_NEW_TOKENS} (default 16)")
+    parser.add_argument("--max-new-tokens", type=_whole_number(MAX_NEW_TOKENS), default=16,
+                        help=f"1 to {MAX_NEW_TOKENS} (default 16)")
     parser.add_argument("--force-keep", type=_tokens, default=[], metavar="I,J,...",
                         help="visual tokens to keep whatever the method chose (the app's force keep)")
     parser.add_argument("--force-drop", type=_tokens, default=[], metavar="I,J,...",
@@ -137,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "the one that raises log p(full answer) most first (shortlists ordered by the first-order "
                     "effect), until the answer returns or --max-calls forward passes are spent (method.md §8.4).")
     _add_selection(restore)
-    restore.add_argument("--max-calls", type=_calls, default=64, help="forward passes the search may spend (default 64)")
-    restore.add_argument("--width", type=_calls, default=8,
+    from dualview.validation import MAX_SEARCH_CALLS
+
+    restore.add_argument("--max-calls", type=_whole_number(MAX_SEARCH_CALLS), default=64,
+                         help="forward passes the search may spend (default 64)")
+    restore.add_argument("--width", type=_whole_number(MAX_SEARCH_CALLS), default=8,
                          help="dropped tokens scored exactly per step, best first by the first-order effect (default 8)")
     return parser
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from dualview.budget import resolve_budget
+from dualview.budget import as_scalar, resolve_budget
 from dualview.errors import DualviewError
 from dualview.images import load_image
 
-__all__ = ["Request", "validate_request", "validate_choice", "parse_layer", "MAX_PROMPT_CHARS"]
+__all__ = ["Request", "validate_request", "validate_choice", "parse_layer", "MAX_PROMPT_CHARS", "MAX_SEARCH_CALLS"]
 
 MAX_PROMPT_CHARS = 2000
+MAX_SEARCH_CALLS = 512
+"""The most forward passes one "what brings the answer back" search may be given (app and CLI)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,7 @@ def parse_layer(layer, num_layers: int | None = None) -> int | None:
     if layer is None:
         return None
     top = (num_layers - 1) if num_layers else None
-    if hasattr(layer, "item") and getattr(layer, "ndim", 0) == 0:
-        layer = layer.item()
+    layer = as_scalar(layer)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Real) or not math.isfinite(float(layer)) \
             or float(layer) != int(layer) or int(layer) < 0 or (top is not None and int(layer) > top):
         bound = f"from 0 to {top}" if top is not None else "of at least 0"

@@ -24,11 +24,10 @@ from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
 
 
-from dualview.attribution import MAX_SEARCH_CALLS
 from dualview.budget import resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
-from dualview.validation import parse_layer, validate_choice, validate_request
+from dualview.validation import MAX_SEARCH_CALLS, parse_layer, validate_choice, validate_request
 
 def _controls() -> tuple:
     """One control per distinct declared parameter: a ``Param`` that several methods share (the

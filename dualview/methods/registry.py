@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-from dualview.budget import resolve_budget
+from dualview.budget import as_scalar, resolve_budget
 from dualview.errors import DualviewError
 
 CAPTURES = ("projections", "embeddings", "fastv_attention")
@@ -131,8 +131,7 @@ class Param:
         if self.is_choice:
             return self.parse(value)
         original = value
-        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-            value = value.item()
+        value = as_scalar(value)
         if isinstance(value, str):
             try:
                 value = float(value.strip())
