@@ -342,7 +342,7 @@ class Sweep:
         methods = list(dict.fromkeys(r["method"] for r in self.rows))
         entries = {(e["method"], e["budget"]): e for e in self.flip_table()}
         return ["method"] + budgets, [
-            [method + (f" ({entries[method, budgets[0]]['seeds']} seeds)" if self._seeded(method) else "")]
+            [method + (_count(entries[method, budgets[0]]["seeds"], "seed", " ({})") if self._seeded(method) else "")]
             + [cell(entries[method, budget]) for budget in budgets] for method in methods]
 
     def summary_cells(self) -> tuple[list[str], list[list[str]]]:
@@ -394,7 +394,7 @@ class Sweep:
         """The flip table, the accuracy and the items that flip, as plain text (what the CLI prints)."""
         items = len({r["item"] for r in self.rows})
         headers, lines = self.summary_cells()
-        out = [f"flip rate: share of answers that differ from the full answer ({items} items; a seeded method: "
+        out = [f"flip rate: share of answers that differ from the full answer ({_count(items, 'item')}; a seeded method: "
                "mean over seeds ±sd [range of the per-seed rates])", _aligned(headers, lines)]
         accuracy = self.full_accuracy()
         if accuracy is not None:
@@ -423,6 +423,10 @@ class Sweep:
             writer.writerows(table)
         data.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
         return [str(rows), str(summary), str(data)]
+
+
+def _count(number: int, noun: str, frame: str = "{}") -> str:
+    return frame.format(f"{number} {noun}{'' if number == 1 else 's'}")
 
 
 def _mean(values) -> float:
