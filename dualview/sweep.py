@@ -38,7 +38,7 @@ from dualview.errors import DualviewError
 from dualview.validation import parse_layer, validate_request
 
 __all__ = ["Item", "Run", "Sweep", "plan", "run_sweep", "items_from_file", "items_from_examples", "parse_list",
-           "parse_seeds", "shared_params", "same_answer", "MAX_RUNS", "MAX_APP_RUNS", "DEFAULT_METHODS",
+           "parse_seeds", "shared_params", "same_answer", "MAX_RUNS", "MAX_APP_RUNS", "APP_EXCLUDED", "DEFAULT_METHODS",
            "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "COLUMNS"]
 
 MAX_RUNS = 2000
@@ -47,6 +47,8 @@ On the built-in model an answer and its score take about 0.1 s on a 2-core CPU; 
 tokens of a real geometry about 10 s, so the limit is hours there: split such sweeps."""
 MAX_APP_RUNS = 200
 """The same bound for the app's Sweep button (its visitor shares the model with everyone else)."""
+APP_EXCLUDED = ("oracle",)
+"""Methods the app's Sweep button does not run: the greedy oracle costs O(S²) per kept token."""
 DEFAULT_METHODS = ("iwp", "iwp-magnitude", "fastv", "divprune", "random")
 DEFAULT_BUDGETS = ("35.3%", "22.2%", "11.1%")
 """The paper's budgets (method.md §4)."""

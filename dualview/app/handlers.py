@@ -345,12 +345,17 @@ def preset_labels() -> list[str]:
 def sweep(holder: ModelHolder, examples: list[dict], model_name, layer, methods, budgets, seeds, param_values,
           progress=None) -> dict:
     """Sweep the example scenes with the chosen methods, budgets and seeds (:mod:`dualview.sweep`),
-    at most :data:`dualview.sweep.MAX_APP_RUNS` pruned answers; the parameter controls' values
+    at most :data:`dualview.sweep.MAX_APP_RUNS` pruned answers, never the methods of
+    :data:`dualview.sweep.APP_EXCLUDED`; the parameter controls' values
     apply (the seeds replace random's). Returns the flip table, the items that flip, a status line
     and the CSV / JSON files (in a new temp folder). Touches no visitor's state."""
     from dualview import sweep as sweeping
 
     methods = sweeping.parse_list(methods, "methods")
+    excluded = [name for name in methods if name in sweeping.APP_EXCLUDED]
+    if excluded:
+        raise DualviewError(f"The app's sweep does not run {', '.join(excluded)} (its cost grows with the square of "
+                            "the sequence); use python -m dualview sweep.")
     params = params_from_controls(param_values)
     chosen = {name: {k: v for k, v in params[name].items() if k != sweeping.SEED} for name in methods if name in params}
     runs, notes = sweeping.plan(methods, budgets, seeds, chosen)

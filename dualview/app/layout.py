@@ -162,10 +162,12 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
 
                     gr.Markdown(f"Answer every example scene with each method, budget and seed (the seeds apply to "
                                 f"methods with a seed, such as random) using the model and layer above; at most "
-                                f"{sweep.MAX_APP_RUNS} pruned answers (examples × methods × budgets × seeds). The "
-                                "CLI's `python -m dualview sweep` runs larger sweeps and folders of your own images.")
+                                f"{sweep.MAX_APP_RUNS} pruned answers (examples × methods × budgets × seeds), one sweep at "
+                                "a time; the greedy oracle is left out (its cost grows with the square of the sequence). "
+                                "The CLI's `python -m dualview sweep` runs larger sweeps and folders of your own images.")
                     with gr.Row():
-                        c["sweep_methods"] = gr.CheckboxGroup(methods, value=["iwp", "iwp-magnitude", "fastv", "random"],
+                        c["sweep_methods"] = gr.CheckboxGroup([m for m in methods if m not in sweep.APP_EXCLUDED],
+                                                              value=["iwp", "iwp-magnitude", "fastv", "random"],
                                                               label="methods", elem_id="sweep-methods")
                         c["sweep_budgets"] = gr.Textbox(", ".join(sweep.DEFAULT_BUDGETS), elem_id="sweep-budgets",
                                                         label="budgets (counts, fractions or percentages)")

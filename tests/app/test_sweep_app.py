@@ -63,3 +63,14 @@ def test_sweep_errors_are_one_sentence(served):
         with pytest.raises(AppError) as error:
             call(client, *args[:3], layer=args[3] if len(args) > 3 else "")
         assert message in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_the_app_sweep_refuses_the_oracle_before_any_work():
+    from dualview.app import handlers
+    from dualview.app.models import ModelHolder
+    from dualview.errors import DualviewError
+
+    holder = ModelHolder()
+    with pytest.raises(DualviewError, match=r"does not run oracle \(its cost grows"):
+        handlers.sweep(holder, load_examples(), "builtin", "", ["iwp", "oracle"], "11.1%", "0", DEFAULTS)
+    assert holder._sessions == {}  # nothing was loaded
