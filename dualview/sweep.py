@@ -43,8 +43,10 @@ __all__ = ["Item", "Run", "Sweep", "plan", "run_sweep", "items_from_file", "item
 
 MAX_RUNS = 2000
 """The most pruned answers one sweep may ask for (items × runs per item), from the CLI or the API.
-On the built-in model an answer and its score take about 0.1 s on a 2-core CPU; at 7 000 visual
-tokens of a real geometry about 10 s, so the limit is hours there: split such sweeps."""
+Seen on this project's shared 2-core CPU under load: about 1 s per pruned answer on the built-in
+model (the default sweep of the 8 examples, 168 answers, in 2 min 44 s), about 5 s per model call
+at 7 209 visual tokens (LLaVA-OneVision's geometry at tiny widths); a real 7B model on a CPU is far
+slower, so split its sweeps well below this limit."""
 MAX_APP_RUNS = 200
 """The same bound for the app's Sweep button (its visitor shares the model with everyone else)."""
 APP_EXCLUDED = ("oracle",)
