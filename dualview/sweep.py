@@ -112,7 +112,11 @@ def parse_seeds(value, method: str = "random") -> list[int]:
     from dualview.methods import get_method
 
     declared = get_method(method).param(SEED)
-    return [declared.check(seed, method) for seed in parse_list(value, "seeds")]
+    seeds = [declared.check(seed, method) for seed in parse_list(value, "seeds")]
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise DualviewError(f"The seeds list names {', '.join(map(str, twice))} more than once; give each once.")
+    return seeds
 
 
 def shared_params(methods, pairs) -> dict[str, dict]:
@@ -144,9 +148,10 @@ def plan(methods, budgets, seeds=DEFAULT_SEEDS, params: dict | None = None) -> t
             again per image); seeds: whole numbers (or text), used by methods with a seed;
         params: per method name, parameter overrides (text or numbers; the others keep the
             registry's defaults); never the seed.
+        Without a seeded method the seeds are not read (they may be blank).
     Returns:
-        (runs in method, budget, seed order; notes: which methods ran once per budget because they
-        have no seed, and which seeds were unused).
+        (runs in method, budget, seed order; notes: which methods run once per budget because they
+        have no seed, and which methods the seeds apply to).
     Raises:
         DualviewError: an unknown method, a bad budget, seed or parameter, an empty list.
     """
@@ -162,7 +167,7 @@ def plan(methods, budgets, seeds=DEFAULT_SEEDS, params: dict | None = None) -> t
     if unknown:
         raise DualviewError(f"Parameters were given for {', '.join(unknown)}, which the sweep does not run.")
     seeded = [m.name for m in chosen if SEED in {p.name for p in m.params}]
-    seed_list = [parse_seeds(seeds, name) for name in seeded][-1] if seeded else parse_list(seeds, "seeds")
+    seed_list = [parse_seeds(seeds, name) for name in seeded][-1] if seeded else []  # unused (may be blank) without one
     runs = []
     for method in chosen:
         overrides = dict(params.get(method.name) or {})
@@ -176,8 +181,7 @@ def plan(methods, budgets, seeds=DEFAULT_SEEDS, params: dict | None = None) -> t
     once = [m.name for m in chosen if m.name not in seeded]
     if once:
         notes.append(f"{', '.join(once)} {'has' if len(once) == 1 else 'have'} no seed: run once per budget"
-                     + (f"; the seeds {', '.join(map(str, seed_list))} apply to {', '.join(seeded)}." if seeded
-                        else "; the seeds were not used."))
+                     + (f"; the seeds {', '.join(map(str, seed_list))} apply to {', '.join(seeded)}." if seeded else "."))
     return runs, notes
 
 

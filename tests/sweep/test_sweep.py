@@ -72,8 +72,8 @@ def test_the_plan_runs_seeded_methods_once_per_seed_and_the_others_once(swept):
     assert all(r.params == get_method(r.method).check_params({"seed": r.seed} if r.seed is not None else {})
                for r in runs)
     assert len(swept.rows) == len(swept.kept) == len(PROMPTS) * len(runs) and swept.notes == notes
-    _, none_seeded = sweep.plan(["iwp"], ["3"], [4])
-    assert none_seeded == ["iwp has no seed: run once per budget; the seeds were not used."]
+    unseeded, none_seeded = sweep.plan(["iwp"], ["3"], " ")
+    assert none_seeded == ["iwp has no seed: run once per budget."] and [r.seed for r in unseeded] == [None]
 
 
 def test_rows_equal_separate_engine_calls_on_the_same_kept_sets(session, folder, swept):
@@ -200,6 +200,7 @@ def test_same_answer_ignores_case_and_spacing_only():
     (lambda f: sweep.plan(METHODS, " , ", SEEDS), "at least one of its budgets"),
     (lambda f: sweep.plan(METHODS, BUDGETS, "0, -1"), "random's seed (seed of the random draw) must be a whole number"),
     (lambda f: sweep.plan(METHODS, BUDGETS, "1, 1"), "names 1 more than once"),
+    (lambda f: sweep.plan(METHODS, BUDGETS, "1, 01"), "The seeds list names 1 more than once"),
     (lambda f: sweep.plan(METHODS, BUDGETS, SEEDS, {"random": {"seed": 3}}), "sets the seed itself"),
     (lambda f: sweep.plan(METHODS, BUDGETS, SEEDS, {"iwp": {"lam": 500}}), "iwp's lam"),
     (lambda f: sweep.plan(METHODS, BUDGETS, SEEDS, {"mmr": {"trade": 0.1}}), "which the sweep does not run"),
