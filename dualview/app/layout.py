@@ -160,11 +160,12 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                 with gr.Tab("Sweep", elem_id="tab-sweep"):
                     from dualview import sweep
 
-                    gr.Markdown(f"Answer every example scene with each method, budget and seed (the seeds apply to "
-                                f"methods with a seed, such as random) using the model and layer above; at most "
-                                f"{sweep.MAX_APP_RUNS} pruned answers (examples × methods × budgets × seeds), one sweep at "
-                                "a time; the greedy oracle is left out (its cost grows with the square of the sequence). "
-                                "The CLI's `python -m dualview sweep` runs larger sweeps and folders of your own images.")
+                    gr.Markdown("Answer every example scene with each method, budget and seed (the seeds apply to "
+                                "methods with a seed, such as random) with the model, layer and method parameters on "
+                                f"the left; at most {sweep.MAX_APP_RUNS} pruned answers (examples × methods × budgets × "
+                                "seeds), one sweep at a time; the greedy oracle is left out (its cost grows with the "
+                                "square of the sequence). The CLI's `python -m dualview sweep` runs larger sweeps and "
+                                "folders of your own images.")
                     with gr.Row():
                         c["sweep_methods"] = gr.CheckboxGroup([m for m in methods if m not in sweep.APP_EXCLUDED],
                                                               value=["iwp", "iwp-magnitude", "fastv", "random"],
