@@ -186,7 +186,11 @@ def plan(methods, budgets, seeds=DEFAULT_SEEDS, params: dict | None = None) -> t
 
 
 def check_work(items: int, runs: int, limit: int = MAX_RUNS) -> None:
-    """One sentence when ``items`` × ``runs`` pruned answers exceed ``limit``."""
+    """One sentence when there are no items or runs, or ``items`` × ``runs`` pruned answers exceed ``limit``."""
+    if not items:
+        raise DualviewError("The sweep has no items; give at least one image and prompt.")
+    if not runs:
+        raise DualviewError("The sweep has no runs; give at least one method and budget.")
     if items * runs > limit:
         raise DualviewError(f"This sweep asks for {items} items × {runs} runs = {items * runs} pruned answers, more than "
                             f"the limit of {limit}; sweep fewer items, methods, budgets or seeds.")
@@ -480,10 +484,6 @@ def run_sweep(session, items: list[Item], runs: list[Run], *, layer=None, max_ne
     from dualview.methods import get_method
     from dualview.queries import DEFAULT_QUERY
 
-    if not items:
-        raise DualviewError("The sweep has no items; give at least one image and prompt.")
-    if not runs:
-        raise DualviewError("The sweep has no runs; give at least one method and budget.")
     check_work(len(items), len(runs), limit)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise DualviewError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.")

@@ -344,11 +344,12 @@ def preset_labels() -> list[str]:
 
 def sweep(holder: ModelHolder, examples: list[dict], model_name, layer, methods, budgets, seeds, param_values,
           progress=None) -> dict:
-    """Sweep the example scenes with the chosen methods, budgets and seeds (:mod:`dualview.sweep`),
+    """Sweep the example scenes with the chosen methods, budgets and seeds (:mod:`dualview.sweep`):
     at most :data:`dualview.sweep.MAX_APP_RUNS` pruned answers, never the methods of
-    :data:`dualview.sweep.APP_EXCLUDED`; the parameter controls' values
-    apply (the seeds replace random's). Returns the flip table, the items that flip, a status line
-    and the CSV / JSON files (in a new temp folder). Touches no visitor's state."""
+    :data:`dualview.sweep.APP_EXCLUDED`, every check before the model is asked for; the parameter
+    controls' values apply (the seeds replace random's); ``progress(fraction_or_pair, desc=...)``
+    (a ``gr.Progress``) hears of each example. Returns the status line, the flip table, the items
+    that flip and the CSV / JSON files (in a new temp folder). Touches no visitor's state."""
     from dualview import sweep as sweeping
 
     methods = sweeping.parse_list(methods, "methods")

@@ -118,3 +118,14 @@ def test_sweep_help_is_light_and_states_the_limit():
              "print('TORCH' if 'torch' in sys.modules else 'LIGHT')")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, cwd=ROOT).stdout
     assert out.strip().endswith("LIGHT") and "--seeds" in out and f"At most {sweep.MAX_RUNS}" in " ".join(out.split())
+
+
+def test_no_examples_is_one_sentence_before_the_model_loads(monkeypatch, capsys):
+    import dualview
+    from dualview.app import examples
+
+    monkeypatch.setattr(examples, "EXAMPLES_DIR", examples.EXAMPLES_DIR / "no-such-folder")
+    monkeypatch.setattr(examples.load_examples, "__defaults__", (examples.EXAMPLES_DIR,))
+    monkeypatch.setattr(dualview, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, out, err = run(["sweep", "--examples"], capsys)
+    assert code == 2 and err.strip() == "dualview: error: The sweep has no items; give at least one image and prompt."
