@@ -465,9 +465,11 @@ def run_sweep(session, items: list[Item], runs: list[Run], *, layer=None, max_ne
     """Run every run of :func:`plan` on every item with a loaded model.
 
     Every item is checked first (image decoded, prompt, length, each budget against its visual
-    tokens), before any answer is generated. Then per item: prepare, analyse (at ``layer``), answer
-    with every token once, and for each run select, answer with the kept set from the method's own
-    pruning layer and score the full answer's token ids under it.
+    tokens), before any answer is generated; that check prepares each input and drops it, so memory
+    stays flat over thousands of items (a processor call, cheap beside the model's). Then per item:
+    prepare, analyse (at ``layer``) and answer with every token once, and for each run select, answer
+    with the kept set from the method's own pruning layer (once per distinct pruning layer and kept
+    set) and score the full answer's token ids under it.
 
     Args:
         session: a :class:`dualview.engine.session.Session`; items: :class:`Item` s; runs: from :func:`plan`;
