@@ -1,4 +1,4 @@
-"""Command line: ``python -m dualview answer|analyze|restore ...`` (JSON with ``--json``).
+"""Command line: ``python -m dualview answer|analyze|restore|sweep ...`` (JSON with ``--json``).
 
 ``--help`` stays fast: torch and transformers are imported only when a command runs.
 Errors print one line on stderr and exit with status 2.
@@ -95,6 +95,18 @@ def _add_selection(parser) -> None:
                         help="visual tokens to drop whatever the method chose (the app's force drop)")
 
 
+def _add_model_options(parser) -> None:
+    """--model, --layer, --device, --dtype and --json: what every command takes."""
+    parser.add_argument("--model", default="builtin",
+                        help="'builtin' (default), a model directory, or a Hugging Face id on disk")
+    parser.add_argument("--layer", default=None,
+                        help="decoder layer to analyse, and where iwp-style methods prune "
+                             "(default: 4, or max(1, L//4) for models under 8 layers)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the first available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m dualview",
                      description="Look inside visual-token pruning of vision-language models (IWP).")
@@ -102,14 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     common.add_argument("--prompt", required=True, help="the question about the image")
-    common.add_argument("--model", default="builtin",
-                        help="'builtin' (default), a model directory, or a Hugging Face id on disk")
-    common.add_argument("--layer", default=None,
-                        help="decoder layer to analyse, and where iwp-style methods prune "
-                             "(default: 4, or max(1, L//4) for models under 8 layers)")
-    common.add_argument("--device", default=None, help="cuda, mps or cpu (default: the first available)")
-    common.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 on CPU, bf16 on GPU)")
-    common.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_model_options(common)
 
     answer = commands.add_parser("answer", parents=[common],
                                  help="answer with all visual tokens and with a pruned set",
@@ -138,7 +143,41 @@ def build_parser() -> argparse.ArgumentParser:
                          help="forward passes the search may spend (default 64)")
     restore.add_argument("--width", type=_whole_number(MAX_SEARCH_CALLS), default=8,
                          help="dropped tokens scored exactly per step, best first by the first-order effect (default 8)")
+    _add_sweep(commands)
     return parser
+
+
+def _add_sweep(commands) -> None:
+    from dualview import sweep
+
+    parser = commands.add_parser(
+        "sweep", help="methods x budgets x seeds over many images: which answers flip",
+        description="Answer every item (the shipped examples, or a folder of images with a CSV/JSON prompts file) "
+                    "with every method, budget and seed; one analysis and one full answer per item serve them all. "
+                    "Prints the flip table (share of pruned answers that differ from the full answer) and the items "
+                    f"that flip; --out writes sweep.csv, sweep-summary.csv and sweep.json. At most {sweep.MAX_RUNS} "
+                    "pruned answers (items x methods x budgets x seeds, seeds counted for seeded methods only).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--examples", action="store_true", help="sweep the shipped example scenes (ground truth known)")
+    source.add_argument("--images", metavar="DIR", help="a folder of your own images")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="CSV with the header image,prompt[,expected] or a JSON list of {image, prompt[, expected]}; "
+                             "image is a file name in --images (default: DIR/prompts.csv or DIR/prompts.json)")
+    parser.add_argument("--methods", default=",".join(sweep.DEFAULT_METHODS),
+                        help=f"comma-separated registry names (default {','.join(sweep.DEFAULT_METHODS)})")
+    parser.add_argument("--budgets", default=",".join(sweep.DEFAULT_BUDGETS),
+                        help="comma-separated counts, fractions or percentages, resolved per image "
+                             f"(default {','.join(sweep.DEFAULT_BUDGETS)}, the paper's)".replace("%", "%%"))
+    parser.add_argument("--seeds", default=",".join(map(str, sweep.DEFAULT_SEEDS)),
+                        help="comma-separated seeds for methods with a seed parameter (random); the others run once "
+                             f"(default {','.join(map(str, sweep.DEFAULT_SEEDS))})")
+    parser.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                        help=_params_help() + ". Each applies to every swept method that declares it; the seeds "
+                                              "come from --seeds")
+    parser.add_argument("--max-new-tokens", type=_whole_number(MAX_NEW_TOKENS), default=16,
+                        help=f"1 to {MAX_NEW_TOKENS} (default 16)")
+    parser.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep-summary.csv and sweep.json here")
+    _add_model_options(parser)
 
 
 def _rounded(values, digits: int = 6) -> list:
@@ -281,7 +320,39 @@ def run_restore(args) -> dict:
     }
 
 
-def _print_text(command: str, result: dict) -> None:
+def run_sweep(args):
+    """The sweep of ``args`` (:mod:`dualview.sweep`) and the files written (``--out``): every cheap
+    check (methods, budgets, seeds, parameters, layer, items, the work bound) before the model loads."""
+    import dualview
+    from dualview import sweep
+    from dualview.validation import parse_layer
+
+    runs, notes = sweep.plan(args.methods, args.budgets, args.seeds,
+                             sweep.shared_params(sweep.parse_list(args.methods, "methods"), args.param))
+    parse_layer(args.layer)
+    if args.examples:
+        from dualview.app.examples import load_examples
+
+        items = sweep.items_from_examples(load_examples())
+    else:
+        items = sweep.items_from_file(args.images, args.prompts)
+    sweep.check_work(len(items), len(runs))
+    session = dualview.load(args.model, device=args.device, dtype=args.dtype)
+    progress = None
+    if sys.stderr.isatty():  # stderr carries errors only, except this line on a terminal
+        def progress(done, total, name):
+            print(f"\r{done}/{total} items ({name})", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    result = sweep.run_sweep(session, items, runs, layer=args.layer, max_new_tokens=args.max_new_tokens,
+                             progress=progress, notes=notes)
+    return {"sweep": result, "written": result.write(args.out) if args.out else []}
+
+
+def _print_text(command: str, result) -> None:
+    if command == "sweep":
+        print(result["sweep"].text())
+        if result["written"]:
+            print("wrote " + ", ".join(result["written"]))
+        return
     if command == "answer":
         s = result["settings"]
         print(f"model: {result['model']['name']} ({result['model']['family']}, {result['model']['num_layers']} layers)")
@@ -328,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # stderr carries errors only
 
     try:
-        result = {"answer": run_answer, "analyze": run_analyze, "restore": run_restore}[args.command](args)
+        result = {"answer": run_answer, "analyze": run_analyze, "restore": run_restore,
+                  "sweep": run_sweep}[args.command](args)
     except DualviewError as error:
         print(f"dualview: error: {error}", file=sys.stderr)
         return 2
@@ -339,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
               "(set DUALVIEW_DEBUG=1 for details)", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result["sweep"].to_json() if args.command == "sweep" else result))
     else:
         _print_text(args.command, result)
     return 0

@@ -337,3 +337,41 @@ def same_image(image, example: dict) -> bool:
 
 def preset_labels() -> list[str]:
     return [f"{100 * p:.1f} %" for p in PRESETS]
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+
+def sweep(holder: ModelHolder, examples: list[dict], model_name, layer, methods, budgets, seeds, param_values,
+          progress=None) -> dict:
+    """Sweep the example scenes with the chosen methods, budgets and seeds (:mod:`dualview.sweep`):
+    at most :data:`dualview.sweep.MAX_APP_RUNS` pruned answers, never the methods of
+    :data:`dualview.sweep.APP_EXCLUDED`, every check before the model is asked for; the parameter
+    controls' values apply (the seeds replace random's); ``progress(fraction_or_pair, desc=...)``
+    (a ``gr.Progress``) hears of each example. Returns the status line, the flip table, the items
+    that flip and the CSV / JSON files (in a new temp folder). Touches no visitor's state."""
+    from dualview import sweep as sweeping
+
+    methods = sweeping.parse_list(methods, "methods")
+    excluded = [name for name in methods if name in sweeping.APP_EXCLUDED]
+    if excluded:
+        raise DualviewError(f"The app's sweep does not run {', '.join(excluded)} (its cost grows with the square of "
+                            "the sequence); use python -m dualview sweep.")
+    params = params_from_controls(param_values)
+    chosen = {name: {k: v for k, v in params[name].items() if k != sweeping.SEED} for name in methods if name in params}
+    runs, notes = sweeping.plan(methods, budgets, seeds, chosen)
+    items = sweeping.items_from_examples(examples)
+    sweeping.check_work(len(items), len(runs), sweeping.MAX_APP_RUNS)
+    session = holder.get((model_name or "").strip() or "builtin")
+    report = None if progress is None else (lambda done, total, name: progress((done, total), desc=f"swept {name}"))
+    result = sweeping.run_sweep(session, items, runs, layer=layer, max_new_tokens=MAX_NEW_TOKENS,
+                                limit=sweeping.MAX_APP_RUNS, guard=holder.lock, progress=report, notes=notes)
+    files = result.write(tempfile.mkdtemp(prefix="dualview-sweep-"))
+    headers, rows = result.summary_cells()
+    item_headers, item_rows = result.item_cells()
+    accuracy = result.full_accuracy()
+    text = (f"{len(items)} examples × {len(runs)} runs = {len(result.rows)} pruned answers on `{session.name}`"
+            + ("" if accuracy is None else f"; the full answers are right on {100 * accuracy:.1f} % of the examples")
+            + ". " + " ".join(notes))
+    return {"sweep_text": text, "sweep_table": {"headers": headers, "data": rows},
+            "sweep_items": {"headers": item_headers, "data": item_rows}, "sweep_files": files}

@@ -157,6 +157,31 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["answer_all"] = gr.Button("Answer with every method at this budget")
                     c["method_table"] = gr.Dataframe(headers=["method", "kept", "answer", "agrees with full",
                                                               "weight error", "prefill s"], interactive=False)
+                with gr.Tab("Sweep", elem_id="tab-sweep"):
+                    from dualview import sweep
+
+                    gr.Markdown("Answer every example scene with each method, budget and seed (the seeds apply to "
+                                "methods with a seed, such as random) with the model, layer and method parameters on "
+                                f"the left; at most {sweep.MAX_APP_RUNS} pruned answers (examples × methods × budgets × "
+                                "seeds), one sweep at a time; the greedy oracle is left out (its cost grows with the "
+                                "square of the sequence). The CLI's `python -m dualview sweep` runs larger sweeps and "
+                                "folders of your own images.")
+                    with gr.Row():
+                        c["sweep_methods"] = gr.CheckboxGroup([m for m in methods if m not in sweep.APP_EXCLUDED],
+                                                              value=["iwp", "iwp-magnitude", "fastv", "random"],
+                                                              label="methods", elem_id="sweep-methods")
+                        c["sweep_budgets"] = gr.Textbox(", ".join(sweep.DEFAULT_BUDGETS), elem_id="sweep-budgets",
+                                                        label="budgets (counts, fractions or percentages)")
+                        c["sweep_seeds"] = gr.Textbox(", ".join(map(str, sweep.DEFAULT_SEEDS)), label="seeds",
+                                                      elem_id="sweep-seeds")
+                    c["sweep_button"] = gr.Button("Sweep the examples", elem_id="sweep")
+                    c["sweep_text"] = gr.Markdown(elem_id="sweep-text")
+                    c["sweep_table"] = gr.Dataframe(label="flip rate: pruned answer differs from the full answer",
+                                                    interactive=False, elem_id="sweep-table")
+                    c["sweep_items"] = gr.Dataframe(label="items that flip: the budgets at which each method flips them",
+                                                    interactive=False, elem_id="sweep-items")
+                    c["sweep_files"] = gr.File(label="rows (CSV), summary (CSV) and everything (JSON)",
+                                               file_count="multiple", elem_id="sweep-files")
                 with gr.Tab("Compare methods"):
                     c["compare_methods"] = gr.CheckboxGroup(methods, value=["iwp", "iwp-magnitude", "fastv", "divprune"],
                                                             label="methods")

@@ -6,7 +6,7 @@ code paths as the browser: ``/run`` and ``/update`` return the views of
 :data:`dualview.app.layout.VIEWS` (in that order; views an event leaves unchanged are skipped),
 ``/answer``, ``/reanswer``, ``/inspect``, ``/clear_forced``, ``/pcmmr_step``, ``/classic_step``,
 ``/curves``, ``/curve_data``, ``/token_space``, ``/answer_all``, ``/compare``, ``/export``,
-``/example``. Per-visitor results live in ``gr.State``; the model is shared through one
+``/example``, ``/sweep``. Per-visitor results live in ``gr.State``; the model is shared through one
 :class:`~dualview.app.models.ModelHolder`.
 """
 
@@ -155,6 +155,18 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         event(c["compare_button"].click, lambda chosen, state: handlers.compare(state, chosen),
               [c["compare_methods"], c["state"]], ("compare",), api_name="compare")
         event(c["export_button"].click, handlers.export, [c["state"]], ("files", "command"), api_name="export")
+
+        # -- sweep of the examples: one at a time on the server, bounded by dualview.sweep.MAX_APP_RUNS --
+        sweep_views = ("sweep_text", "sweep_table", "sweep_items", "sweep_files")
+
+        @user_errors
+        def sweep(progress=gr.Progress(), *values):
+            model, layer, methods, budgets, seeds, *param_values = values
+            result = handlers.sweep(holder, examples, model, layer, methods, budgets, seeds, param_values, progress)
+            return [result.get(name, gr.skip()) for name in sweep_views]
+
+        c["sweep_button"].click(sweep, [c["model"], c["layer"], c["sweep_methods"], c["sweep_budgets"], c["sweep_seeds"],
+                                        *params], [c[name] for name in sweep_views], api_name="sweep", concurrency_limit=1)
 
         # -- examples -------------------------------------------------------------------------------
         example_views = ("image", "prompt", "example")
