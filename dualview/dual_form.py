@@ -251,10 +251,14 @@ def _rank_of(sigma_sq: Tensor) -> tuple[Tensor, Tensor]:
     """Effective rank ``exp(entropy of σ²/Σσ²)`` and stable rank ``Σσ²/σ₁²`` of ``[Hkv, dv]`` σ² (0 for W = 0)."""
     tiny = torch.finfo(torch.float64).tiny
     energy = sigma_sq.sum(dim=-1)
-    p = sigma_sq / energy.clamp_min(tiny)[:, None]
+    # divide by the energy itself, however small (a subnormal energy clamped up to `tiny` would
+    # give shares below 1 for a single σ and an effective rank above the dimension)
+    p = sigma_sq / torch.where(energy > 0, energy, torch.ones_like(energy))[:, None]
     entropy = -(p * torch.log(p.clamp_min(tiny))).sum(dim=-1)
     effective = torch.where(energy > 0, torch.exp(entropy), torch.zeros_like(entropy))
-    stable = torch.where(energy > 0, energy / sigma_sq.amax(dim=-1).clamp_min(tiny), torch.zeros_like(energy))
+    largest = sigma_sq.amax(dim=-1)
+    stable = torch.where(energy > 0, energy / torch.where(largest > 0, largest, torch.ones_like(largest)),
+                         torch.zeros_like(energy))
     return effective, stable
 
 

@@ -258,3 +258,13 @@ def test_implicit_weight_measures_equal_the_full_gram(kept_share):
         torch.testing.assert_close(getattr(got, name), expected, rtol=1e-9, atol=1e-12, msg=name)
     everything = df.ImplicitWeight(k, v, candidates).measure(torch.ones(candidates.numel(), dtype=torch.bool))
     assert torch.equal(everything.weight_error, torch.zeros(2)) and torch.equal(everything.visual_weight_error, torch.zeros(2))
+
+
+def test_effective_rank_of_a_subnormal_kept_weight_stays_within_its_dimension():
+    # the kept token's kernel value exp(1 - 729) is subnormal in float64: its rank-1 W_S must
+    # still count as rank 1, not more (shares were once divided by an energy clamped up to `tiny`)
+    k = torch.tensor([[[1.0], [27.0]]])
+    v = torch.ones(1, 2, 1)
+    keep = torch.tensor([True, False])
+    assert df.effective_rank(k, v, keep) == 1.0
+    assert df.stable_rank(k, v, keep) == 1.0
