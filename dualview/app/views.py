@@ -88,7 +88,7 @@ def space_figure(state: AppState):
 
 def token_numbers(state: AppState, token: int) -> dict:
     """The analysis's dual-form numbers of ``token`` plus its round and its last PC-MMR score."""
-    numbers = state.analysis.token_numbers(token)
+    numbers = state.analysis.token_numbers(token, state.query)
     scores = state.trace("pcmmr").scores
     last = float(scores[-1][token]) if scores else float("nan")
     numbers.update({"round": int(state.rounds()[token]), "penalised_score": None if math.isnan(last) else last})
@@ -119,9 +119,7 @@ def teaching_text(state: AppState) -> str:
         "W=\\sum_i \\Delta W_i,\\;\\Delta W_i=\\varphi(k_i)^\\top v_i$; here "
         f"$\\log\\lVert\\Delta W_{{{n['token']}}}\\rVert_F = \\tfrac12 k_i\\!\\cdot\\!k_i/\\sqrt d+\\log\\lVert v_i\\rVert"
         f" = {n['update_norm_log']:.3f}$ (mean over heads).",
-        "2. Information magnitude: $P_i=\\kappa(q_T,k_i)\\,\\lVert v_i\\rVert$ with "
-        f"$q_T\\!\\cdot\\!k_i/\\sqrt d={n['kernel_logit']:.3f}$, $\\lVert v_i\\rVert={n['value_norm']:.3f}$ "
-        f"→ $P_i={n['magnitude']:.4f}$ (per head scaled so the largest is 1, then averaged).",
+        *magnitude_lines(n),
         "3. Information duplication: $\\bar S^2_{ij}=\\mathrm{mean}_h\\big(\\cos(v_i,v_j)\\,"
         "e^{-\\lVert k_i-k_j\\rVert^2/2\\sqrt d}\\big)^2$; its closest duplicate is token "
         f"{n['partner']} with $\\bar S^2={n['partner_duplication']:.3f}$; mean of its 8 largest: "
@@ -136,6 +134,28 @@ def teaching_text(state: AppState) -> str:
         f"{debug['dropped_part']:.4f}, normaliser {debug['normaliser_part']:.4f} (of $\\lVert A\\rVert$); "
         "see *Debug the answer*.",
     ])
+
+
+def magnitude_lines(n: dict) -> list[str]:
+    """Step 2 of the teaching panel: P_i and, per query head, every number that recomputes it by
+    hand (method.md §2; ``n`` is :meth:`~dualview.engine.analysis.Analysis.token_numbers`)."""
+    rows = [f"| {h['head']} | {h['kv_head']} | {h['logit']:.4f} | {h['shift']:.4f} | {h['kernel']:.5g} | "
+            f"{h['value_norm']:.5g} | {h['product']:.5g} |" for h in n["per_head"]]
+    return [
+        "2. Information magnitude: $P_i=\\kappa(q_T,k_i)\\,\\lVert v_i\\rVert$, with $q_T$ the mean query of the "
+        f"`{n['query']}` rows, computed per query head $h$ in log space and shifted so that the head's largest is 1: "
+        "$P^h_i=\\exp(q_T\\!\\cdot\\!k_i/\\sqrt d-c_h)\\,\\lVert v_i\\rVert_h$ with "
+        "$c_h=\\max_j\\big(q_T\\!\\cdot\\!k_j/\\sqrt d+\\log\\lVert v_j\\rVert_h\\big)$ over the visual tokens; "
+        f"then $P_i=\\mathrm{{mean}}_h P^h_i={n['magnitude']:.5g}$. (The hover's means over heads, "
+        f"$q_T\\!\\cdot\\!k_i/\\sqrt d={n['kernel_logit']:.3f}$ and $\\lVert v_i\\rVert={n['value_norm']:.3f}$, do not "
+        "give $P_i$: the shift differs per head.)",
+        "",
+        "| head | KV head | q_T·k_i/√d | shift c_h | exp(q_T·k_i/√d − c_h) | ‖v_i‖ of the KV head | product P^h_i |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        f"| **mean** | | | | | | **{n['magnitude']:.5g}** |",
+        "",
+    ]
 
 
 def answers_text(state: AppState) -> str:
@@ -184,6 +204,13 @@ def status_text(state: AppState) -> str:
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
             f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (measures at layer {state.analysis.layer}) · “{state.request.prompt}”"
             + ("" if state.analysis.geometry.spatial else f"\n\n**Note:** {state.analysis.geometry.note}"))
+
+
+def error_status(sentence: str, state: AppState | None) -> str:
+    """The status after a refused event: the sentence, then the unchanged status of ``state`` (the
+    analysis every view still shows), or a hint when there is none yet."""
+    shown = status_text(state) if state is not None else "Nothing analysed yet: pick an example or press **Run**."
+    return f"**Not done:** {sentence} The views below are unchanged.\n\n{shown}"
 
 
 def summary(state: AppState) -> dict:

@@ -116,3 +116,35 @@ def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder
     assert result["kept"] == shown["kept"] and result["weight_error"] == shown["measures"]["weight_error"]
     assert result["pruned_answer"]["text"] == shown["answers"]["pruned"]
     assert result["full_answer"]["text"] == shown["answers"]["full"]
+
+
+def displayed_heads(teaching: str) -> list[tuple[float, float, float]]:
+    """(logit, shift, ‖v‖) of every per-head row of the teaching panel's magnitude table."""
+    rows = []
+    for line in teaching.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].isdigit():
+            rows.append((float(cells[2]), float(cells[3]), float(cells[5])))
+    return rows
+
+
+@pytest.mark.parametrize("query, token", [("text", 0), ("last", 37), ("token:1", 150)])
+def test_the_teaching_panel_shows_what_recomputes_the_magnitude_by_hand(holder, example, query, token):
+    """Issue 16 item 2: from the displayed per-head logit, shift and ‖v‖ alone, exp(logit − shift)·‖v‖
+    averaged over the heads gives the analysis's own P_i (for the query rows chosen)."""
+    import math
+    import re
+
+    names = [f"{'+'.join(m)}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
+    values = [None] * len(names)
+    values[names.index("iwp+iwp-magnitude+mmr.query")] = query
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", values, None)["state"]
+    teaching = handlers.inspect(state, token, "inspect")["teaching"]
+    heads = displayed_heads(teaching)
+    assert len(heads) == state.analysis.projections.q_pre.shape[0]
+    by_hand = sum(math.exp(logit - shift) * norm for logit, shift, norm in heads) / len(heads)
+    expected = float(state.analysis.magnitude_for(query)[token])
+    assert by_hand == pytest.approx(expected, rel=2e-3)
+    shown = float(re.search(r"P_i=\\mathrm\{mean\}_h P\^h_i=([0-9.e-]+)\$", teaching).group(1))
+    assert shown == pytest.approx(expected, rel=1e-4)
+    assert f"`{query}` rows" in teaching
