@@ -24,7 +24,7 @@ from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
 
 
-from dualview.budget import resolve_budget
+from dualview.budget import as_scalar, resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
 from dualview.validation import MAX_SEARCH_CALLS, parse_layer, validate_choice, validate_request
@@ -41,6 +41,8 @@ def _controls() -> tuple:
 
 PARAM_CONTROLS = _controls()
 """Every method's parameters, in the order of the page's parameter controls."""
+CLICK_MODES = ("inspect", "force keep", "force drop")
+"""What a click on a patch (or ``/inspect``) does to the token."""
 
 
 def params_from_controls(values) -> dict[str, dict]:
@@ -253,9 +255,13 @@ def compare(state: AppState | None, chosen) -> dict:
 def inspect(state: AppState | None, token, mode: str) -> dict:
     """Select a token; in force modes toggle it in the forced keep / drop set."""
     state = require(state)
-    if token is None or isinstance(token, bool) or not float(token).is_integer() \
+    if mode not in CLICK_MODES:
+        raise DualviewError(f"A click's mode is {', '.join(repr(m) for m in CLICK_MODES[:-1])} or "
+                            f"{CLICK_MODES[-1]!r}, not {mode!r}.")
+    token = as_scalar(token)
+    if isinstance(token, bool) or not isinstance(token, (int, float)) or not float(token).is_integer() \
             or not 0 <= int(token) < state.num_visual:
-        raise DualviewError(f"Token {token} does not exist: this image has tokens 0 to {state.num_visual - 1}.")
+        raise DualviewError(f"Token {token!r} does not exist: this image has tokens 0 to {state.num_visual - 1}.")
     state.selected = int(token)
     state.toggle_forced(state.selected, mode)
     return {"state": state, "token": state.selected, "row": views.row_figure(state), "teaching": views.teaching_text(state),
