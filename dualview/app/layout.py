@@ -20,6 +20,8 @@ CSS = """
 .teach {font-size: 0.95em}
 """
 PLAY_INTERVAL_S = 0.9
+STEP_LABEL = "step (0-based): step s shows round s + 1 of the title"
+"""The animation sliders' label (issue 16 item 7): the slider counts from 0, the frame titles from 1."""
 VIEWS = ("state", "status", "magnitude", "duplication", "kept", "row", "teaching", "picker", "token",
          "pcmmr_plot", "pcmmr_step", "classic_plot", "classic_step", "budget", "command", "summary", "space_kind",
          "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map")
@@ -163,9 +165,9 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                 for which, tab, text, label, interval in (
                         ("pcmmr", "PC-MMR step by step", "One frame per round: kept tokens coloured by the round that "
                          "took them, this round's chunk outlined in cyan, the remaining tokens' penalised scores as a "
-                         "heat-map.", "round (0-based)", PLAY_INTERVAL_S),
+                         "heat-map.", STEP_LABEL, PLAY_INTERVAL_S),
                         ("classic", "Classic MMR", "Classic MMR for comparison: one token per step (computed when "
-                         "this tab opens: at thousands of tokens it is the costliest selection).", "step (0-based)",
+                         "this tab opens: at thousands of tokens it is the costliest selection).", STEP_LABEL,
                          PLAY_INTERVAL_S / 3)):
                     prefix = "mmr" if which == "classic" else which
                     with gr.Tab(tab, elem_id=f"tab-{prefix}") as c[f"{which}_tab"]:

@@ -218,13 +218,15 @@ class AppState:
         return apply_overrides(self.selection.kept.tolist(), self.forced_keep, self.forced_drop)
 
     def rounds(self) -> np.ndarray:
-        """``[Nv]`` round that kept each token (forced keeps: one past the last round), −1 dropped."""
+        """``[Nv]`` round (0-based) that kept each token, −1 dropped, ``FORCED_KEEP_ROUND`` (−2) kept
+        only because the user forced it (no round took it)."""
+        from dualview.figures.maps import FORCED_KEEP_ROUND
+
         rounds = self.selection.round_of(self.num_visual).numpy().copy()
         rounds[self.forced_drop] = -1
-        extra = len(self.selection.chunks)
         for i in self.forced_keep:
             if rounds[i] < 0:
-                rounds[i] = extra
+                rounds[i] = FORCED_KEEP_ROUND
         return rounds
 
     def measures(self) -> dict:

@@ -150,7 +150,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             result = handlers.pick(state, *evt.index, mode)
             return [result.get(name, gr.skip()) for name in INSPECT_VIEWS]
 
-        c["picker"].select(user_errors(pick, INSPECT_VIEWS), [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS], api_name=False)
+        # every click counts (the default drops clicks made while one is processed): queued, in order
+        c["picker"].select(user_errors(pick, INSPECT_VIEWS), [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS],
+                           api_name=False, trigger_mode="multiple", show_progress="hidden")
         event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "summary"),
               api_name="clear_forced")
 

@@ -45,7 +45,7 @@ def kept_figure(state: AppState):
     return figures.kept_map(state.layout, state.rounds(), image=state.display_image,
                             hover={"magnitude": state.analysis.magnitude_for(state.query).numpy()},
                             title=f"Kept: {len(kept)} / {state.num_visual} ({state.request.method})",
-                            num_rounds=len(state.selection.chunks) + (1 if state.forced_keep else 0),
+                            num_rounds=len(state.selection.chunks),
                             selected=state.selected, evidence=state.evidence_boxes(),
                             forced={"keep": state.forced_keep, "drop": state.forced_drop})
 

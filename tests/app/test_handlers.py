@@ -148,3 +148,22 @@ def test_the_teaching_panel_shows_what_recomputes_the_magnitude_by_hand(holder, 
     shown = float(re.search(r"P_i=\\mathrm\{mean\}_h P\^h_i=([0-9.e-]+)\$", teaching).group(1))
     assert shown == pytest.approx(expected, rel=1e-4)
     assert f"`{query}` rows" in teaching
+
+
+def test_forced_patches_are_called_forced_not_a_further_round(holder, example):
+    """Issue 16 item 7: a patch kept only because the user forced it is no "round 7" anywhere."""
+    import numpy as np
+
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    rounds = len(state.selection.chunks)
+    dropped = next(t for t in range(state.num_visual) if t not in state.kept())
+    shown = handlers.inspect(state, dropped, "force keep")
+    names = [trace.name for trace in shown["space"].data]
+    assert "forced keep" in names and f"round {rounds + 1}" not in names
+    forced = [t for t in shown["kept"].data if t.name == "forced keep" and t.type == "heatmap"]
+    assert forced and all("forced by you" in t.hovertemplate and "round" not in t.hovertemplate for t in forced)
+    for layer in (t for t in shown["kept"].data if t.name == "kept"):
+        assert np.nanmax(np.asarray(layer.z, dtype=float)) <= rounds - 1
+        assert layer.colorbar.ticktext[-1] == str(rounds) or not layer.showscale
+    assert shown["summary"]["rounds"][dropped] == -2 and dropped in shown["summary"]["kept"]
+    assert "kept because you forced it" in shown["teaching"]
