@@ -79,7 +79,8 @@ def selection_views(state: AppState) -> dict:
             "per_head": views.per_head_text(state),
             "pcmmr_plot": views.step_figure(state, "pcmmr", 0),
             "pcmmr_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "pcmmr") - 1), value=0),
-            "classic_plot": None, "classic_step": gr.update(minimum=0, maximum=1, value=0)}
+            "classic_plot": None, "classic_step": gr.update(minimum=0, maximum=1, value=0),
+            "compare_note": views.compare_note(state), "table_note": views.table_note(state)}
 
 
 def classic_view(state: AppState | None) -> dict:
@@ -98,7 +99,7 @@ def analysis_views(state: AppState) -> dict:
             "picker": state.picker_image, "token": state.selected,
             "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
             "space_kind": state.space_kind, "answers": views.answers_text(state),
-            "curves": None, "method_table": None}
+            "curves": None, "method_table": None, "compare": None}
 
 
 # --- Run and re-selection --------------------------------------------------------------------
@@ -209,7 +210,8 @@ def answer_every_method(holder: ModelHolder, state: AppState | None) -> dict:
         rows.append([name, int(selection.kept.numel()), result.text, agree,
                      round(state.analysis.weight_error(selection.kept), 4), round(result.prefill_seconds, 4)])
     state.derived.method_answers = rows
-    return {"state": state, "method_table": rows}
+    state.derived.method_answers_for = state.choice_key()
+    return {"state": state, "method_table": rows, "table_note": views.table_note(state)}
 
 
 # --- curves, token space, comparison ---------------------------------------------------------
@@ -245,8 +247,37 @@ def compare(state: AppState | None, chosen) -> dict:
         raise DualviewError("Tick at least one method to compare.")
     kept = {m: state.select(m).kept.tolist() for m in chosen}
     errors = {m: state.analysis.weight_error(k) for m, k in kept.items()}
-    return {"compare": figures.compare_kept(state.layout, kept, image=state.display_image, errors=errors,
+    state.derived.compared_for = state.choice_key()
+    return {"compare_note": views.compare_note(state), "compare": figures.compare_kept(state.layout, kept, image=state.display_image, errors=errors,
                                             title=f"Kept masks at {state.budget} of {state.num_visual} tokens")}
+
+
+# --- inputs only Run applies ----------------------------------------------------------------
+
+
+def input_changed(state: AppState | None, which: str, value=None) -> dict:
+    """A Run input changed on the page (``which`` in :data:`views.RUN_INPUTS`; ``value``: the new
+    prompt, model or layer; a new image is always a change): every view is marked stale, or unmarked
+    when the input is back to the analysed one. Nothing without an analysis."""
+    if state is None:
+        return {}
+    if which == "prompt":
+        changed = (value or "").strip() != state.request.prompt
+    elif which == "model":
+        changed = ((value or "").strip() or "builtin") != state.model_name
+    elif which == "layer":
+        from dualview.engine.session import default_layer
+
+        try:
+            layer = parse_layer(value, state.analysis.num_layers)
+        except DualviewError:
+            layer = -1  # not a layer: whatever Run will say, not this analysis
+        changed = (default_layer(state.analysis.num_layers) if layer is None else layer) != state.analysis.layer
+    else:
+        changed = True
+    state.mark_changed(which, changed)
+    return {"state": state, "status": views.status_text(state), "answers": views.answers_text(state),
+            "compare_note": views.compare_note(state), "table_note": views.table_note(state)}
 
 
 # --- patches ---------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ STEP_LABEL = "step (0-based): step s shows round s + 1 of the title"
 """The animation sliders' label (issue 16 item 7): the slider counts from 0, the frame titles from 1."""
 VIEWS = ("state", "status", "magnitude", "duplication", "kept", "row", "teaching", "picker", "token",
          "pcmmr_plot", "pcmmr_step", "classic_plot", "classic_step", "budget", "command", "summary", "space_kind",
-         "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map")
+         "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map",
+         "compare", "compare_note", "table_note")
 """The views a Run fills, in the order of ``/run``'s outputs (``state`` is not sent to API clients)."""
 
 
@@ -199,12 +200,14 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["curve_data"] = gr.JSON(visible=False)
                 with gr.Tab("Every method"):
                     c["answer_all"] = gr.Button("Answer with every method at this budget")
+                    c["table_note"] = gr.Markdown(elem_id="table-note")
                     c["method_table"] = gr.Dataframe(headers=["method", "kept", "answer", "agrees with full",
                                                               "weight error", "prefill s"], interactive=False)
                 with gr.Tab("Compare methods"):
                     c["compare_methods"] = Choices(methods, value=["iwp", "iwp-magnitude", "fastv", "divprune"],
                                                             label="methods")
                     c["compare_button"] = gr.Button("Compare kept masks")
+                    c["compare_note"] = gr.Markdown(elem_id="compare-note")
                     c["compare"] = gr.Plot(elem_id="compare")
                 with gr.Tab("Export"):
                     gr.Markdown("Every figure saves itself as PNG from the camera icon of its toolbar.")

@@ -79,7 +79,9 @@ class Derived:
             restoration: (kept set, layer, :class:`~dualview.engine.attribution.Restoration`) of the
             last "what brings the answer back" search; debugged: (kept set, query, debug measures)
             of the last kept set; figures: maps that depend only on the analysis and the query
-            (and the inspected token), by key; drawn_query: the query the page's query maps show.
+            (and the inspected token), by key; drawn_query: the query the page's query maps show;
+            compared_for / method_answers_for: the :meth:`AppState.choice_key` the kept-mask
+            comparison / the every-method table were made for (None: not made).
     """
 
     layout: dict | None = None
@@ -98,6 +100,8 @@ class Derived:
     debugged: tuple | None = None
     figures: dict = field(default_factory=dict)
     drawn_query: str | None = None
+    compared_for: tuple | None = None
+    method_answers_for: tuple | None = None
 
 
 @dataclass
@@ -110,7 +114,9 @@ class AppState:
         params: every method's parameters, by method name; example: sidecar of a shipped example
             the image is, or None; forced_keep / forced_drop: the user's overrides (visual-token
             indices); selected: the inspected token; space_kind: what the PCA projects;
-        prompt_tokens: the instruction tokens as text (what ``token:i`` of the query choice indexes).
+        prompt_tokens: the instruction tokens as text (what ``token:i`` of the query choice indexes);
+        changed: the Run inputs (``"image"``, ``"prompt"``, ``"model"``, ``"layer"``) changed on
+            the page since this analysis: every view still shows the analysed ones until Run.
     """
 
     model_name: str
@@ -123,6 +129,7 @@ class AppState:
     selected: int = 0
     space_kind: str = "keys"
     prompt_tokens: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
     derived: Derived = field(default_factory=Derived)
 
     # -- what was asked -------------------------------------------------------------------
@@ -252,6 +259,18 @@ class AppState:
         if key not in self.derived.figures:
             self.derived.figures[key] = make()
         return self.derived.figures[key]
+
+    def choice_key(self) -> tuple:
+        """What a view made on demand from this analysis depends on besides it: the budget and
+        every method's parameters (the comparison and the every-method table record it)."""
+        return self.budget, tuple(sorted((m, tuple(sorted(p.items()))) for m, p in self.params.items()))
+
+    def mark_changed(self, which: str, changed: bool) -> None:
+        """Record that the Run input ``which`` now differs (``changed``) or again equals the analysed one."""
+        if changed and which not in self.changed:
+            self.changed.append(which)
+        elif not changed and which in self.changed:
+            self.changed.remove(which)
 
     # -- curves ---------------------------------------------------------------------------
     def curve_budgets(self) -> list[int]:

@@ -178,9 +178,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
               [c["restore_calls"], c["state"]], ("state", "restore_text", "restore_map", "first_order_map", "restore_curve"),
               api_name="restore")
         event(c["answer_all"].click, lambda state: handlers.answer_every_method(holder, state), [c["state"]],
-              ("state", "method_table"), api_name="answer_all")
+              ("state", "method_table", "table_note"), api_name="answer_all")
         event(c["compare_button"].click, lambda chosen, state: handlers.compare(state, chosen),
-              [c["compare_methods"], c["state"]], ("compare",), api_name="compare")
+              [c["compare_methods"], c["state"]], ("compare", "compare_note"), api_name="compare")
         event(c["export_button"].click, handlers.export, [c["state"]], ("files", "command"), api_name="export")
 
         # -- examples -------------------------------------------------------------------------------
@@ -195,6 +195,16 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         event(c["example_name"].submit, lambda name: handlers.example_by_name(examples, name), [c["example_name"]],
               example_views, api_name="example")
         c["image"].upload(lambda: None, None, [c["example"]], api_name=False)
+
+        # -- inputs only Run applies: a change marks every view stale until Run ----------------------
+        changed_views = ("state", "status", "answers", "compare_note", "table_note")
+        for trigger in (c["image"].upload, c["image"].clear):
+            event(trigger, lambda state: handlers.input_changed(state, "image"), [c["state"]], changed_views,
+                  show_progress="hidden")
+        for name in ("prompt", "model", "layer"):
+            event(c[name].input, functools.partial(lambda which, value, state: handlers.input_changed(state, which, value),
+                                                   name), [c[name], c["state"]], changed_views,
+                  show_progress="hidden", trigger_mode="always_last")
 
         if examples:
             chain(event(demo.load, run, run_inputs, VIEWS), [curves_step])

@@ -163,10 +163,10 @@ def answers_text(state: AppState) -> str:
     if ans is None:
         return "*Answers appear here after Run.*"
     if not state.answers_current():
-        return "*The kept set changed: its answers are being computed (or press Re-answer).*"
+        return changed_text(state) + "*The kept set changed: its answers are being computed (or press Re-answer).*"
     agree = "the answers **agree**" if ans.agree else "**the answers differ**"
     lines = [
-        "| | full (all tokens) | pruned |",
+        changed_text(state) + "| | full (all tokens) | pruned |",
         "|---|---|---|",
         f"| answer | **{ans.full_text or '∅'}** | **{ans.pruned_text or '∅'}** |",
         f"| tokens after the pruning layer | {ans.prompt_tokens} | {ans.kept_tokens} |",
@@ -193,12 +193,49 @@ def answers_text(state: AppState) -> str:
     return "\n".join(lines)
 
 
+RUN_INPUTS = {"image": "image", "prompt": "prompt", "model": "model", "layer": "pruning layer"}
+"""The inputs only Run applies, as the stale notices name them."""
+
+
+def changed_text(state: AppState) -> str:
+    """The stale notice when Run inputs changed on the page since this analysis ('' otherwise)."""
+    if not state.changed:
+        return ""
+    names = [RUN_INPUTS[name] for name in state.changed]
+    which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"**Stale: the {which} changed since the last Run.** Every view still shows the analysed image and "
+            f"prompt “{state.request.prompt}” (model {state.model_name}, layer {state.analysis.layer}); "
+            "press **Run** to update them.\n\n")
+
+
+def _made_for(state: AppState, made_for: tuple | None, what: str, button: str) -> str:
+    """The caption of a view made on demand: what it shows, or that it no longer matches."""
+    if made_for is None:
+        return f"*Press {button} to make it for the current budget.*"
+    budget = made_for[0]
+    if state.changed:
+        return f"**Stale:** {what} at {budget} tokens for the previous inputs; press **Run**, then {button}."
+    if made_for != state.choice_key():
+        now = f"the budget is now {state.budget}" if budget != state.budget else "the method parameters changed"
+        return f"**Stale:** {what} at {budget} tokens; {now}: press {button} to update."
+    return f"{what} at {budget} of {state.num_visual} tokens (current)."
+
+
+def compare_note(state: AppState) -> str:
+    return _made_for(state, state.derived.compared_for, "Kept masks", "*Compare kept masks*")
+
+
+def table_note(state: AppState) -> str:
+    return _made_for(state, state.derived.method_answers_for, "Every method's answers",
+                     "*Answer with every method at this budget*")
+
+
 def status_text(state: AppState) -> str:
     m = state.measures()
     forced = ""
     if state.forced_keep or state.forced_drop:
         forced = f" (forced: +{len(state.forced_keep)} / −{len(state.forced_drop)})"
-    return (f"**{state.request.method}** keeps **{len(state.kept())}** of {state.num_visual} visual tokens{forced} "
+    return (changed_text(state) + f"**{state.request.method}** keeps **{len(state.kept())}** of {state.num_visual} visual tokens{forced} "
             f"({100 * len(state.kept()) / state.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "

@@ -165,7 +165,8 @@ def test_animation_steps_and_export(app):
 def test_every_method_answers_at_the_budget(app):
     client = connect(app)
     run(client, app, budget=6)
-    table = client.predict(api_name="/answer_all")
+    table, note = client.predict(api_name="/answer_all")
+    assert note == "Every method's answers at 6 of 196 tokens (current)."
     rows = table["data"]
     methods = {row[0] for row in rows}
     assert {"iwp", "iwp-magnitude", "fastv", "divprune", "random", "oracle", "mmr"} <= methods

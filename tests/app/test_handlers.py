@@ -167,3 +167,29 @@ def test_forced_patches_are_called_forced_not_a_further_round(holder, example):
         assert layer.colorbar.ticktext[-1] == str(rounds) or not layer.showscale
     assert shown["summary"]["rounds"][dropped] == -2 and dropped in shown["summary"]["kept"]
     assert "kept because you forced it" in shown["teaching"]
+
+
+def test_every_view_says_when_it_no_longer_matches_the_inputs(holder, example):
+    """Issue 16 item 6: a new prompt, picture, model or layer without Run marks every view stale
+    (naming the input, saying Run updates them), also after a budget move; the comparison and the
+    every-method table say which budget they were made for once it moves."""
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    assert "Stale" not in handlers.update(state, "iwp", 20, [])["status"]
+    assert handlers.compare(state, ["iwp", "random"])["compare_note"] == "Kept masks at 20 of 196 tokens (current)."
+    moved = handlers.update(state, "iwp", 30, [])
+    assert moved["compare_note"] == "**Stale:** Kept masks at 20 tokens; the budget is now 30: press *Compare kept masks* to update."
+    assert "at 30 of 196" in handlers.compare(state, ["iwp"])["compare_note"]
+
+    for which, value in (("prompt", "what colour is the square?"), ("layer", "2"), ("model", "other"), ("image", None)):
+        shown = handlers.input_changed(state, which, value)
+        name = {"layer": "pruning layer"}.get(which, which)
+        for view in ("status", "answers"):
+            assert shown[view].startswith(f"**Stale: the {name} changed since the last Run.**"), (which, view)
+            assert "press **Run** to update them" in shown[view]
+        assert shown["compare_note"].startswith("**Stale:**") and "press **Run**" in shown["compare_note"]
+        assert "Stale: the" in handlers.update(state, "iwp", 25, [])["status"]  # a budget move keeps the mark
+        handlers.input_changed(state, which, {"prompt": f"  {example['question']} ", "layer": "", "model": "builtin",
+                                              "image": None}[which])
+        assert ("Stale" in handlers.update(state, "iwp", 25, [])["status"]) == (which == "image")
+    fresh = handlers.run(holder, example["path"], "what colour is the square?", "builtin", "iwp", 20, "", [], None)
+    assert "Stale" not in fresh["status"] and fresh["compare"] is None
