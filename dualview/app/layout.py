@@ -12,6 +12,7 @@ import base64
 import gradio as gr
 
 from dualview.app.handlers import CLICK_MODES, PARAM_CONTROLS, preset_labels
+from dualview.figures.picker import LEGEND as PICKER_LEGEND
 
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CSS = """
@@ -149,7 +150,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                         c["kept"] = gr.Plot(label="kept", elem_id="map-kept")
                     with gr.Row():
                         with gr.Column(scale=1, min_width=240):
-                            c["picker"] = gr.Image(label="Pick a patch (click)", type="pil", interactive=False,
+                            c["picker"] = gr.Image(label=f"Pick a patch (click) · {PICKER_LEGEND}", type="pil", interactive=False,
                                                    height=300, elem_id="picker")
                             c["click_mode"] = ChoiceRadio(list(CLICK_MODES), value="inspect",
                                                        label="A click on a patch will…", elem_id="click-mode")

@@ -68,7 +68,8 @@ class Derived:
 
     Attributes:
         layout: the token geometry as plain data (figures draw it); display: (the picture the maps
-            draw underneath as a JPEG data URL, the picker's smaller image, its scale), made once;
+            draw underneath as a JPEG data URL, the picker's picture with the token grid, its scale:
+            picker pixels per image pixel), made once;
         selection: the chosen method's Selection; pcmmr / classic: the traced PC-MMR and classic
             MMR selections of the two animations; measured: (kept set, measures) of the last
             kept set measured; curves: (method, params) -> measure -> values over
@@ -154,16 +155,10 @@ class AppState:
 
     def _display(self) -> tuple:
         if self.derived.display is None:
-            from PIL import Image
-
             from dualview.figures import display_image
-            from dualview.figures.maps import DISPLAY_SIDE
+            from dualview.figures.picker import picker_picture
 
-            image = self.request.image
-            scale = min(1.0, DISPLAY_SIDE / max(image.size))
-            picker = image if scale == 1.0 else image.resize(
-                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
-            self.derived.display = (display_image(image), picker, scale)
+            self.derived.display = (display_image(self.request.image), *picker_picture(self.request.image, self.layout))
         return self.derived.display
 
     @property
@@ -173,8 +168,14 @@ class AppState:
 
     @property
     def picker_image(self):
-        """The image the patch picker shows (display size; :meth:`token_at_display` maps clicks back)."""
-        return self._display()[1]
+        """The patch picker's picture: the image at the picker's size (tiny ones scaled up) with the
+        token grid, the selected token and the forced patches marked (:meth:`token_at_display`
+        maps clicks back)."""
+        from dualview.figures.picker import mark_picker
+
+        _, picture, scale = self._display()
+        return mark_picker(picture, self.layout, scale, selected=self.selected, keep=self.forced_keep,
+                           drop=self.forced_drop)
 
     def token_at_display(self, x: float, y: float) -> int | None:
         """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""

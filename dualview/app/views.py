@@ -15,6 +15,7 @@ import numpy as np
 import dualview
 from dualview import figures
 from dualview.app.state import CURVE_METHODS, AppState
+from dualview.figures.picker import preprocessing_note
 from dualview.methods import get_method
 
 
@@ -240,7 +241,7 @@ def status_text(state: AppState) -> str:
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
             f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (measures at layer {state.analysis.layer}) · “{state.request.prompt}”"
-            + ("" if state.analysis.geometry.spatial else f"\n\n**Note:** {state.analysis.geometry.note}"))
+            + (f"\n\n**Note:** {note}" if (note := preprocessing_note(state.layout)) else ""))
 
 
 def error_status(sentence: str, state: AppState | None) -> str:
