@@ -201,8 +201,8 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         for trigger in (c["image"].upload, c["image"].clear):
             event(trigger, lambda state: handlers.input_changed(state, "image"), [c["state"]], changed_views,
                   show_progress="hidden")
-        for name in ("prompt", "model", "layer"):
-            event(c[name].input, functools.partial(lambda which, value, state: handlers.input_changed(state, which, value),
+        for name in ("prompt", "model", "layer"):  # on any change (typed, pasted, set): compared with the analysed one
+            event(c[name].change, functools.partial(lambda which, value, state: handlers.input_changed(state, which, value),
                                                    name), [c[name], c["state"]], changed_views,
                   show_progress="hidden", trigger_mode="always_last")
 
