@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -96,7 +97,7 @@ def analysis_views(state: AppState) -> dict:
     """Every view of a new analysis (the curves follow in :func:`curves_if_stale`)."""
     return {**selection_views(state), "share_map": views.update_share_figure(state),
             "duplication": views.duplication_figure(state), "row": views.row_figure(state),
-            "picker": state.picker_image, "token": state.selected,
+            "picker": shown_picker(state), "token": state.selected,
             "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
             "space_kind": state.space_kind, "answers": views.answers_text(state),
             "curves": None, "method_table": None, "compare": None}
@@ -298,17 +299,38 @@ def inspect(state: AppState | None, token, mode: str) -> dict:
     return {"state": state, "token": state.selected, "row": views.row_figure(state), "teaching": views.teaching_text(state),
             "kept": views.kept_figure(state), "magnitude": views.magnitude_figure(state),
             "duplication": views.duplication_figure(state), "status": views.status_text(state),
-            "summary": views.summary(state), "space": views.space_figure(state), "per_head": views.per_head_text(state),
-            "picker": state.picker_image}
+            "summary": views.summary(state), "space": views.space_figure(state), "per_head": views.per_head_text(state)}
 
 
 def pick(state: AppState | None, x: float, y: float, mode: str) -> dict:
-    """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there."""
+    """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there. The picker's
+    own picture is not redrawn here (a new picture loading under the pointer swallows the next
+    clicks): :func:`refresh_picker` redraws it once the clicks pause."""
     state = require(state)
     hit = state.token_at_display(float(x), float(y))
     if hit is None:
         raise DualviewError("That point is outside every visual token's patch (e.g. a centre-cropped border).")
+    state.derived.last_click = time.monotonic()
     return inspect(state, hit, mode)
+
+
+PICKER_PAUSE_S = 1.2
+"""The picker's marks are redrawn once no patch was picked for this long (see :func:`pick`)."""
+
+
+def shown_picker(state: AppState):
+    """The picker's picture with the current marks, recorded as shown."""
+    state.derived.picker_shown = state.picker_key()
+    return state.picker_image
+
+
+def refresh_picker(state: AppState | None) -> dict:
+    """The picker's picture when its marks are out of date and the clicks paused (nothing otherwise:
+    called by a timer)."""
+    if state is None or state.derived.picker_shown == state.picker_key() \
+            or time.monotonic() - state.derived.last_click < PICKER_PAUSE_S:
+        return {}
+    return {"picker": shown_picker(state)}
 
 
 def clear_forced(state: AppState | None) -> dict:
@@ -316,7 +338,7 @@ def clear_forced(state: AppState | None) -> dict:
     state.forced_keep.clear()
     state.forced_drop.clear()
     return {"state": state, "kept": views.kept_figure(state), "status": views.status_text(state),
-            "picker": state.picker_image, "summary": views.summary(state)}
+            "picker": shown_picker(state), "summary": views.summary(state)}
 
 
 # --- animations ------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ CSS = """
 .teach {font-size: 0.95em}
 """
 PLAY_INTERVAL_S = 0.9
+PICKER_REFRESH_S = 0.5
+"""How often the page asks whether the picker's marks need redrawing (handlers.refresh_picker)."""
 STEP_LABEL = "step (0-based): step s shows round s + 1 of the title"
 """The animation sliders' label (issue 16 item 7): the slider counts from 0, the frame titles from 1."""
 VIEWS = ("state", "status", "magnitude", "duplication", "kept", "row", "teaching", "picker", "token",
@@ -152,6 +154,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                         with gr.Column(scale=1, min_width=240):
                             c["picker"] = gr.Image(label=f"Pick a patch (click) · {PICKER_LEGEND}", type="pil", interactive=False,
                                                    height=300, elem_id="picker")
+                            c["picker_timer"] = gr.Timer(PICKER_REFRESH_S)
                             c["click_mode"] = ChoiceRadio(list(CLICK_MODES), value="inspect",
                                                        label="A click on a patch will…", elem_id="click-mode")
                             c["token"] = Number(value=0, precision=0, label="Selected token", elem_id="token")

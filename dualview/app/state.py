@@ -82,7 +82,9 @@ class Derived:
             of the last kept set; figures: maps that depend only on the analysis and the query
             (and the inspected token), by key; drawn_query: the query the page's query maps show;
             compared_for / method_answers_for: the :meth:`AppState.choice_key` the kept-mask
-            comparison / the every-method table were made for (None: not made).
+            comparison / the every-method table were made for (None: not made); picker_shown: the
+            :meth:`AppState.picker_key` of the picture the picker shows; last_click: when the
+            last patch was picked (``time.monotonic()``).
     """
 
     layout: dict | None = None
@@ -103,6 +105,8 @@ class Derived:
     drawn_query: str | None = None
     compared_for: tuple | None = None
     method_answers_for: tuple | None = None
+    picker_shown: tuple | None = None
+    last_click: float = 0.0
 
 
 @dataclass
@@ -176,6 +180,10 @@ class AppState:
         _, picture, scale = self._display()
         return mark_picker(picture, self.layout, scale, selected=self.selected, keep=self.forced_keep,
                            drop=self.forced_drop)
+
+    def picker_key(self) -> tuple:
+        """What the picker's marks show: the selected token and the forced patches."""
+        return self.selected, tuple(self.forced_keep), tuple(self.forced_drop)
 
     def token_at_display(self, x: float, y: float) -> int | None:
         """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""

@@ -29,7 +29,7 @@ __all__ = ["build_demo", "CSS", "VIEWS"]
 
 ANSWER_VIEWS = ("state", "answers", "summary")
 INSPECT_VIEWS = ("state", "token", "row", "teaching", "kept", "magnitude", "duplication", "status", "summary", "space",
-                 "per_head", "picker")
+                 "per_head")
 
 
 def sentence_of(error: Exception) -> str:
@@ -153,6 +153,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # every click counts (the default drops clicks made while one is processed): queued, in order
         c["picker"].select(user_errors(pick, INSPECT_VIEWS), [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS],
                            api_name=False, trigger_mode="multiple", show_progress="hidden")
+        event(c["picker_timer"].tick, handlers.refresh_picker, [c["state"]], ("picker",), show_progress="hidden")
         event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary"),
               api_name="clear_forced")
 

@@ -206,7 +206,9 @@ def test_stale_views_errors_rapid_clicks_and_legible_views(app_url, page, tmp_pa
     page.set_viewport_size({"width": 1500, "height": 1250})
     page.goto(url)
     expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)
-    expect(page.locator("#curves .js-plotly-plot")).to_be_attached(timeout=TIMEOUT_MS)  # the opening chain is done
+    page.get_by_role("tab", name="Low-rank error").click()  # the opening chain ends with the curves
+    expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_role("tab", name="Dual-form maps").click()
 
     # 6: a new picture without Run: the status and the answers say the views are stale
     dark = tmp_path / "dark.png"
@@ -246,7 +248,7 @@ def test_stale_views_errors_rapid_clicks_and_legible_views(app_url, page, tmp_pa
     washed = [washed_out(shot[int(y), int(x)]) for x, y in centres]
     assert sum(washed) == len(centres) - kept, (sum(washed), len(centres), kept)
 
-    # 7: sixteen clicks at a steady pace (two a second) in force-keep mode force sixteen patches
+    # 7: sixteen quick clicks (about five a second) in force-keep mode force sixteen patches
     page.locator("#click-mode").get_by_text("force keep").click()
     picker = page.locator("#picker img")
     picker.scroll_into_view_if_needed()
@@ -255,7 +257,7 @@ def test_stale_views_errors_rapid_clicks_and_legible_views(app_url, page, tmp_pa
         for c in (2, 5, 8, 11):
             page.mouse.click(box["x"] + box["width"] * (c + 0.5) / 14, box["y"] + box["height"] * (r + 0.5) / 14,
                              delay=20)
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(150)
     expect(page.locator("#status")).to_contain_text("forced: +16 / −0", timeout=TIMEOUT_MS)
 
     # 8: the error curves: one legend entry per method, each method one colour in every panel

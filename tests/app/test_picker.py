@@ -39,8 +39,8 @@ def test_the_picker_marks_the_grid_the_selected_and_the_forced_patches(holder):
     grid = np.asarray(state.picker_image)
     cell = PICKER_SIDE / 14
     assert grid[int(cell * 5) + 3, int(cell) - 1].max() > 0 and grid[int(cell * 5) + 3, int(cell) + 4].max() == 0  # lines
-    shown = handlers.inspect(state, 30, "force keep")
-    picture = np.asarray(shown["picker"])
+    handlers.inspect(state, 30, "force keep")
+    picture = np.asarray(handlers.refresh_picker(state)["picker"])
     x0, y0 = (round(v * PICKER_SIDE / 64) for v in state.layout["boxes"][30][:2])
     assert tuple(picture[y0 + 1, x0 + 1]) == SELECTED_COLOR[:3]  # selected drawn last, over the forced mark
     handlers.inspect(state, 31, "inspect")
@@ -72,3 +72,15 @@ def test_real_geometries_say_how_the_processor_changed_the_picture(tmp_path):
     assert len(layout["boxes"]) == 7209
     assert "The base view changes the aspect ratio" in onevision and "crops the picture" not in onevision
     assert len(clickable_tokens(layout)) == 729 and "type a token number for the other 6480" in onevision
+
+
+def test_the_picker_is_redrawn_once_the_clicks_pause(holder):
+    """A new picture loading under the pointer swallows clicks (issue 16 item 7): a pick leaves the
+    picture alone, the timer's refresh redraws it only after a pause, once per change."""
+    state = handlers.run(holder, noise(64, 64), PROMPT, "builtin", "iwp", 20, "", [], None)["state"]
+    assert handlers.refresh_picker(state) == {}  # Run showed the current marks
+    assert "picker" not in handlers.pick(state, 100.0, 100.0, "force keep")
+    assert handlers.refresh_picker(state) == {}  # clicked just now
+    state.derived.last_click -= handlers.PICKER_PAUSE_S
+    assert handlers.refresh_picker(state)["picker"].size == (PICKER_SIDE, PICKER_SIDE)
+    assert handlers.refresh_picker(state) == {}  # drawn once
