@@ -93,12 +93,31 @@ def value_norms(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v.to(_compute_dtype(v)), dim=-1)
 
 
+def magnitude_terms(q_text: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-head parts of :func:`magnitude` (method.md §2), so that anyone can recompute it:
+    ``P^h_i = exp(logit_hi − shift_h) · ‖v_i‖_h`` and ``P_i = mean_h P^h_i``.
+
+    Args: as :func:`magnitude`.
+    Returns:
+        logits ``[H, N]`` (``q_T·k_i/√d``), value norms ``[H, N]`` (``‖v_i‖`` of the KV head each
+        query head reads), shifts ``[H]`` (each head's maximum over the N tokens of
+        ``logit + log‖v‖``; 0 where that is not finite).
+    """
+    _check_kv(k, v)
+    logits = kernel_logits(q_text, k)  # [H, N]
+    group = q_text.shape[0] // k.shape[0]
+    norms = value_norms(v).to(logits.dtype).repeat_interleave(group, dim=0)  # [H, N]
+    shift = (logits + torch.log(norms)).max(dim=1).values
+    return logits, norms, torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+
+
 def magnitude(q_text: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Information magnitude ``P_i = κ(q_T, k_i) · ‖v_i‖`` (method.md §2), mean over query heads.
 
     Per head the score is computed in log space, ``logit + log‖v‖``, and exponentiated after
     subtracting the head's maximum over the N tokens, so each head's values lie in (0, 1]
-    (0 only for a zero value vector) and nothing overflows in any input dtype.
+    (0 only for a zero value vector) and nothing overflows in any input dtype
+    (:func:`magnitude_terms` gives the parts).
 
     Args:
         q_text: ``[H, T, d]`` pre-RoPE queries of the text tokens.
@@ -107,14 +126,8 @@ def magnitude(q_text: Tensor, k: Tensor, v: Tensor) -> Tensor:
     Returns:
         ``[N]`` float32 (float64 for float64 input).
     """
-    _check_kv(k, v)
-    logits = kernel_logits(q_text, k)  # [H, N]
-    group = q_text.shape[0] // k.shape[0]
-    log_v = torch.log(value_norms(v).to(logits.dtype)).repeat_interleave(group, dim=0)  # [H, N]
-    log_p = logits + log_v
-    head_max = log_p.max(dim=1, keepdim=True).values
-    head_max = torch.where(torch.isfinite(head_max), head_max, torch.zeros_like(head_max))
-    return torch.exp(log_p - head_max).mean(dim=0)
+    logits, norms, shift = magnitude_terms(q_text, k, v)
+    return torch.exp(logits + torch.log(norms) - shift[:, None]).mean(dim=0)
 
 
 def update_log_norms(k: Tensor, v: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -24,7 +25,7 @@ from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
 
 
-from dualview.budget import resolve_budget
+from dualview.budget import as_scalar, resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
 from dualview.validation import MAX_SEARCH_CALLS, parse_layer, validate_choice, validate_request
@@ -41,6 +42,8 @@ def _controls() -> tuple:
 
 PARAM_CONTROLS = _controls()
 """Every method's parameters, in the order of the page's parameter controls."""
+CLICK_MODES = ("inspect", "force keep", "force drop")
+"""What a click on a patch (or ``/inspect``) does to the token."""
 
 
 def params_from_controls(values) -> dict[str, dict]:
@@ -77,7 +80,8 @@ def selection_views(state: AppState) -> dict:
             "per_head": views.per_head_text(state),
             "pcmmr_plot": views.step_figure(state, "pcmmr", 0),
             "pcmmr_step": gr.update(minimum=0, maximum=max(1, views.steps_of(state, "pcmmr") - 1), value=0),
-            "classic_plot": None, "classic_step": gr.update(minimum=0, maximum=1, value=0)}
+            "classic_plot": None, "classic_step": gr.update(minimum=0, maximum=1, value=0),
+            "compare_note": views.compare_note(state), "table_note": views.table_note(state)}
 
 
 def classic_view(state: AppState | None) -> dict:
@@ -93,10 +97,10 @@ def analysis_views(state: AppState) -> dict:
     """Every view of a new analysis (the curves follow in :func:`curves_if_stale`)."""
     return {**selection_views(state), "share_map": views.update_share_figure(state),
             "duplication": views.duplication_figure(state), "row": views.row_figure(state),
-            "picker": state.picker_image, "token": state.selected,
+            "picker": shown_picker(state), "token": state.selected,
             "budget": gr.update(minimum=1, maximum=state.num_visual, value=state.budget),
             "space_kind": state.space_kind, "answers": views.answers_text(state),
-            "curves": None, "method_table": None}
+            "curves": None, "method_table": None, "compare": None}
 
 
 # --- Run and re-selection --------------------------------------------------------------------
@@ -207,7 +211,8 @@ def answer_every_method(holder: ModelHolder, state: AppState | None) -> dict:
         rows.append([name, int(selection.kept.numel()), result.text, agree,
                      round(state.analysis.weight_error(selection.kept), 4), round(result.prefill_seconds, 4)])
     state.derived.method_answers = rows
-    return {"state": state, "method_table": rows}
+    state.derived.method_answers_for = state.choice_key()
+    return {"state": state, "method_table": rows, "table_note": views.table_note(state)}
 
 
 # --- curves, token space, comparison ---------------------------------------------------------
@@ -243,8 +248,37 @@ def compare(state: AppState | None, chosen) -> dict:
         raise DualviewError("Tick at least one method to compare.")
     kept = {m: state.select(m).kept.tolist() for m in chosen}
     errors = {m: state.analysis.weight_error(k) for m, k in kept.items()}
-    return {"compare": figures.compare_kept(state.layout, kept, image=state.display_image, errors=errors,
+    state.derived.compared_for = state.choice_key()
+    return {"compare_note": views.compare_note(state), "compare": figures.compare_kept(state.layout, kept, image=state.display_image, errors=errors,
                                             title=f"Kept masks at {state.budget} of {state.num_visual} tokens")}
+
+
+# --- inputs only Run applies ----------------------------------------------------------------
+
+
+def input_changed(state: AppState | None, which: str, value=None) -> dict:
+    """A Run input changed on the page (``which`` in :data:`views.RUN_INPUTS`; ``value``: the new
+    prompt, model or layer; a new image is always a change): every view is marked stale, or unmarked
+    when the input is back to the analysed one. Nothing without an analysis."""
+    if state is None:
+        return {}
+    if which == "prompt":
+        changed = (value or "").strip() != state.request.prompt
+    elif which == "model":
+        changed = ((value or "").strip() or "builtin") != state.model_name
+    elif which == "layer":
+        from dualview.engine.session import default_layer
+
+        try:
+            layer = parse_layer(value, state.analysis.num_layers)
+        except DualviewError:
+            layer = -1  # not a layer: whatever Run will say, not this analysis
+        changed = (default_layer(state.analysis.num_layers) if layer is None else layer) != state.analysis.layer
+    else:
+        changed = True
+    state.mark_changed(which, changed)
+    return {"state": state, "status": views.status_text(state), "answers": views.answers_text(state),
+            "compare_note": views.compare_note(state), "table_note": views.table_note(state)}
 
 
 # --- patches ---------------------------------------------------------------------------------
@@ -253,9 +287,13 @@ def compare(state: AppState | None, chosen) -> dict:
 def inspect(state: AppState | None, token, mode: str) -> dict:
     """Select a token; in force modes toggle it in the forced keep / drop set."""
     state = require(state)
-    if token is None or isinstance(token, bool) or not float(token).is_integer() \
+    if mode not in CLICK_MODES:
+        raise DualviewError(f"A click's mode is {', '.join(repr(m) for m in CLICK_MODES[:-1])} or "
+                            f"{CLICK_MODES[-1]!r}, not {mode!r}.")
+    token = as_scalar(token)
+    if isinstance(token, bool) or not isinstance(token, (int, float)) or not float(token).is_integer() \
             or not 0 <= int(token) < state.num_visual:
-        raise DualviewError(f"Token {token} does not exist: this image has tokens 0 to {state.num_visual - 1}.")
+        raise DualviewError(f"Token {token!r} does not exist: this image has tokens 0 to {state.num_visual - 1}.")
     state.selected = int(token)
     state.toggle_forced(state.selected, mode)
     return {"state": state, "token": state.selected, "row": views.row_figure(state), "teaching": views.teaching_text(state),
@@ -265,12 +303,34 @@ def inspect(state: AppState | None, token, mode: str) -> dict:
 
 
 def pick(state: AppState | None, x: float, y: float, mode: str) -> dict:
-    """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there."""
+    """A click at pixel (x, y) of the picker image: :func:`inspect` of the token there. The picker's
+    own picture is not redrawn here (a new picture loading under the pointer swallows the next
+    clicks): :func:`refresh_picker` redraws it once the clicks pause."""
     state = require(state)
     hit = state.token_at_display(float(x), float(y))
     if hit is None:
         raise DualviewError("That point is outside every visual token's patch (e.g. a centre-cropped border).")
+    state.derived.last_click = time.monotonic()
     return inspect(state, hit, mode)
+
+
+PICKER_PAUSE_S = 1.2
+"""The picker's marks are redrawn once no patch was picked for this long (see :func:`pick`)."""
+
+
+def shown_picker(state: AppState):
+    """The picker's picture with the current marks, recorded as shown."""
+    state.derived.picker_shown = state.picker_key()
+    return state.picker_image
+
+
+def refresh_picker(state: AppState | None) -> dict:
+    """The picker's picture when its marks are out of date and the clicks paused (nothing otherwise:
+    called by a timer)."""
+    if state is None or state.derived.picker_shown == state.picker_key() \
+            or time.monotonic() - state.derived.last_click < PICKER_PAUSE_S:
+        return {}
+    return {"picker": shown_picker(state)}
 
 
 def clear_forced(state: AppState | None) -> dict:
@@ -278,7 +338,7 @@ def clear_forced(state: AppState | None) -> dict:
     state.forced_keep.clear()
     state.forced_drop.clear()
     return {"state": state, "kept": views.kept_figure(state), "status": views.status_text(state),
-            "summary": views.summary(state)}
+            "picker": shown_picker(state), "summary": views.summary(state)}
 
 
 # --- animations ------------------------------------------------------------------------------

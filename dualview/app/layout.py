@@ -11,7 +11,8 @@ import base64
 
 import gradio as gr
 
-from dualview.app.handlers import PARAM_CONTROLS, preset_labels
+from dualview.app.handlers import CLICK_MODES, PARAM_CONTROLS, preset_labels
+from dualview.figures.picker import LEGEND as PICKER_LEGEND
 
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CSS = """
@@ -20,9 +21,14 @@ CSS = """
 .teach {font-size: 0.95em}
 """
 PLAY_INTERVAL_S = 0.9
+PICKER_REFRESH_S = 0.5
+"""How often the page asks whether the picker's marks need redrawing (handlers.refresh_picker)."""
+STEP_LABEL = "step (0-based): step s shows round s + 1 of the title"
+"""The animation sliders' label (issue 16 item 7): the slider counts from 0, the frame titles from 1."""
 VIEWS = ("state", "status", "magnitude", "duplication", "kept", "row", "teaching", "picker", "token",
          "pcmmr_plot", "pcmmr_step", "classic_plot", "classic_step", "budget", "command", "summary", "space_kind",
-         "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map")
+         "answers", "curves", "space", "method_table", "per_head", "debug", "attention_map", "share_map",
+         "compare", "compare_note", "table_note")
 """The views a Run fills, in the order of ``/run``'s outputs (``state`` is not sent to API clients)."""
 
 
@@ -41,14 +47,56 @@ class ImageUpload(gr.Image):
         return payload.path
 
 
+# Components whose value reaches the handler as sent: the validator (or the handler) gives its one
+# sentence for a value outside the choices or the range, the same one the CLI gives, and nothing is
+# rounded first (gradio's own checks would answer API clients in other words and round 1.5 to 2).
+# Each draws with its parent's front end (``is_template``); gradio wants each class in source.
+
+
 class RangeSlider(gr.Slider):
-    """``gr.Slider`` whose value reaches the handler unchecked: the range that matters (the visual
-    tokens of the loaded model and image, the rounds of a selection) is only known after a Run and
-    differs per visitor, so the validator checks it (one sentence), not the slider as built."""
+    """``gr.Slider``, unchecked: its range (the visual tokens of the loaded model and image, the
+    rounds of a selection) is known only after a Run and differs per visitor, or it is a method
+    parameter the validator checks."""
 
-    is_template = True  # gradio: draw it with gr.Slider's front end
+    is_template = True
 
-    def preprocess(self, payload: float) -> float:
+    def preprocess(self, payload):
+        return payload
+
+
+class Choice(gr.Dropdown):
+    """``gr.Dropdown``, unchecked: a method or model name the validator / model holder checks."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class ChoiceRadio(gr.Radio):
+    """``gr.Radio``, unchecked: a choice the handler checks."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Choices(gr.CheckboxGroup):
+    """``gr.CheckboxGroup``, unchecked: method names the handler checks."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Number(gr.Number):
+    """``gr.Number``, unchecked and unrounded: a token or a count the handler checks."""
+
+    is_template = True
+
+    def preprocess(self, payload):
         return payload
 
 
@@ -57,9 +105,9 @@ def _param_control(methods: tuple, param):
     if param.is_choice:
         return gr.Textbox(value=param.default, label=f"{label}: {param.bounds}")
     if param.integer and param.high - param.low > 256:
-        return gr.Number(value=param.default, precision=0, minimum=param.low, maximum=param.high, label=label)
+        return Number(value=param.default, precision=0, minimum=param.low, maximum=param.high, label=label)
     step = 1 if param.integer else (param.high - param.low) / 200
-    return gr.Slider(param.low, param.high, value=param.default, step=step, label=label)
+    return RangeSlider(param.low, param.high, value=param.default, step=step, label=label)
 
 
 def build_layout(examples: list[dict], methods: list[str], default_model: str, models: list[str],
@@ -81,14 +129,14 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                                      sources=["upload", "clipboard"], height=220, elem_id="input-image")
             c["prompt"] = gr.Textbox(label="Prompt", value=first["question"] if first else "", lines=1, elem_id="prompt")
             with gr.Row():
-                c["method"] = gr.Dropdown(methods, value="iwp", label="Method", elem_id="method", scale=2)
+                c["method"] = Choice(methods, value="iwp", label="Method", elem_id="method", scale=2)
                 c["run"] = gr.Button("Run", variant="primary", elem_id="run", scale=1)
             c["budget"] = RangeSlider(1, 196, value=69, step=1, label="Budget (kept visual tokens)", elem_id="budget")
-            c["preset"] = gr.Radio(preset_labels(), label="Paper budgets", elem_id="preset")
+            c["preset"] = ChoiceRadio(preset_labels(), label="Paper budgets", elem_id="preset")
             c["status"] = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
             c["gallery"] = gr.Gallery(label="Examples (click one)", value=[(e["path"], e["question"]) for e in examples],
                                       columns=4, height=170, allow_preview=False, elem_id="examples")
-            c["model"] = gr.Dropdown(models, value=default_model, allow_custom_value=allow_any_model, elem_id="model",
+            c["model"] = Choice(models, value=default_model, allow_custom_value=allow_any_model, elem_id="model",
                                      label="Model" + (" (or type a directory or a Hugging Face id on disk)"
                                                       if allow_any_model else ""))
             c["layer"] = gr.Textbox(value="", label="Pruning layer (empty: the paper's default)", elem_id="layer")
@@ -104,11 +152,12 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                         c["kept"] = gr.Plot(label="kept", elem_id="map-kept")
                     with gr.Row():
                         with gr.Column(scale=1, min_width=240):
-                            c["picker"] = gr.Image(label="Pick a patch (click)", type="pil", interactive=False,
+                            c["picker"] = gr.Image(label=f"Pick a patch (click) · {PICKER_LEGEND}", type="pil", interactive=False,
                                                    height=300, elem_id="picker")
-                            c["click_mode"] = gr.Radio(["inspect", "force keep", "force drop"], value="inspect",
+                            c["picker_timer"] = gr.Timer(PICKER_REFRESH_S)
+                            c["click_mode"] = ChoiceRadio(list(CLICK_MODES), value="inspect",
                                                        label="A click on a patch will…", elem_id="click-mode")
-                            c["token"] = gr.Number(value=0, precision=0, label="Selected token", elem_id="token")
+                            c["token"] = Number(value=0, precision=0, label="Selected token", elem_id="token")
                             with gr.Row():
                                 c["reanswer"] = gr.Button("Re-answer with forced patches", elem_id="reanswer")
                                 c["clear_forced"] = gr.Button("Clear forced patches")
@@ -116,14 +165,14 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                             c["row"] = gr.Plot(label="duplication row", elem_id="map-row")
                         with gr.Column(scale=1, min_width=240):
                             c["space"] = gr.Plot(label="token space (hover: linked to the kept map)", elem_id="space")
-                            c["space_kind"] = gr.Radio(["keys", "values"], value="keys", label="PCA of the tokens'")
+                            c["space_kind"] = ChoiceRadio(["keys", "values"], value="keys", label="PCA of the tokens'")
                     c["teaching"] = gr.Markdown(latex_delimiters=LATEX, elem_classes=["teach"], elem_id="teaching")
                 for which, tab, text, label, interval in (
                         ("pcmmr", "PC-MMR step by step", "One frame per round: kept tokens coloured by the round that "
                          "took them, this round's chunk outlined in cyan, the remaining tokens' penalised scores as a "
-                         "heat-map.", "round (0-based)", PLAY_INTERVAL_S),
+                         "heat-map.", STEP_LABEL, PLAY_INTERVAL_S),
                         ("classic", "Classic MMR", "Classic MMR for comparison: one token per step (computed when "
-                         "this tab opens: at thousands of tokens it is the costliest selection).", "step (0-based)",
+                         "this tab opens: at thousands of tokens it is the costliest selection).", STEP_LABEL,
                          PLAY_INTERVAL_S / 3)):
                     prefix = "mmr" if which == "classic" else which
                     with gr.Tab(tab, elem_id=f"tab-{prefix}") as c[f"{which}_tab"]:
@@ -140,7 +189,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                         c["attention_map"] = gr.Plot(label="attention received", elem_id="map-attention")
                         c["share_map"] = gr.Plot(label="update share", elem_id="map-share")
                     with gr.Row():
-                        c["restore_calls"] = gr.Number(value=64, precision=0, minimum=1, maximum=512,
+                        c["restore_calls"] = Number(value=64, precision=0, minimum=1, maximum=512,
                                                        label="forward passes the search may spend")
                         c["restore_button"] = gr.Button("What brings the answer back?", elem_id="restore")
                     c["restore_text"] = gr.Markdown(elem_id="restore-text")
@@ -155,6 +204,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["curve_data"] = gr.JSON(visible=False)
                 with gr.Tab("Every method"):
                     c["answer_all"] = gr.Button("Answer with every method at this budget")
+                    c["table_note"] = gr.Markdown(elem_id="table-note")
                     c["method_table"] = gr.Dataframe(headers=["method", "kept", "answer", "agrees with full",
                                                               "weight error", "prefill s"], interactive=False)
                 with gr.Tab("Sweep", elem_id="tab-sweep"):
@@ -183,9 +233,10 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["sweep_files"] = gr.File(label="rows (CSV), summary (CSV) and everything (JSON)",
                                                file_count="multiple", elem_id="sweep-files")
                 with gr.Tab("Compare methods"):
-                    c["compare_methods"] = gr.CheckboxGroup(methods, value=["iwp", "iwp-magnitude", "fastv", "divprune"],
+                    c["compare_methods"] = Choices(methods, value=["iwp", "iwp-magnitude", "fastv", "divprune"],
                                                             label="methods")
                     c["compare_button"] = gr.Button("Compare kept masks")
+                    c["compare_note"] = gr.Markdown(elem_id="compare-note")
                     c["compare"] = gr.Plot(elem_id="compare")
                 with gr.Tab("Export"):
                     gr.Markdown("Every figure saves itself as PNG from the camera icon of its toolbar.")

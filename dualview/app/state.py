@@ -68,7 +68,8 @@ class Derived:
 
     Attributes:
         layout: the token geometry as plain data (figures draw it); display: (the picture the maps
-            draw underneath as a JPEG data URL, the picker's smaller image, its scale), made once;
+            draw underneath as a JPEG data URL, the picker's picture with the token grid, its scale:
+            picker pixels per image pixel), made once;
         selection: the chosen method's Selection; pcmmr / classic: the traced PC-MMR and classic
             MMR selections of the two animations; measured: (kept set, measures) of the last
             kept set measured; curves: (method, params) -> measure -> values over
@@ -79,7 +80,11 @@ class Derived:
             restoration: (kept set, layer, :class:`~dualview.engine.attribution.Restoration`) of the
             last "what brings the answer back" search; debugged: (kept set, query, debug measures)
             of the last kept set; figures: maps that depend only on the analysis and the query
-            (and the inspected token), by key; drawn_query: the query the page's query maps show.
+            (and the inspected token), by key; drawn_query: the query the page's query maps show;
+            compared_for / method_answers_for: the :meth:`AppState.choice_key` the kept-mask
+            comparison / the every-method table were made for (None: not made); picker_shown: the
+            :meth:`AppState.picker_key` of the picture the picker shows; last_click: when the
+            last patch was picked (``time.monotonic()``).
     """
 
     layout: dict | None = None
@@ -98,6 +103,10 @@ class Derived:
     debugged: tuple | None = None
     figures: dict = field(default_factory=dict)
     drawn_query: str | None = None
+    compared_for: tuple | None = None
+    method_answers_for: tuple | None = None
+    picker_shown: tuple | None = None
+    last_click: float = 0.0
 
 
 @dataclass
@@ -110,7 +119,9 @@ class AppState:
         params: every method's parameters, by method name; example: sidecar of a shipped example
             the image is, or None; forced_keep / forced_drop: the user's overrides (visual-token
             indices); selected: the inspected token; space_kind: what the PCA projects;
-        prompt_tokens: the instruction tokens as text (what ``token:i`` of the query choice indexes).
+        prompt_tokens: the instruction tokens as text (what ``token:i`` of the query choice indexes);
+        changed: the Run inputs (``"image"``, ``"prompt"``, ``"model"``, ``"layer"``) changed on
+            the page since this analysis: every view still shows the analysed ones until Run.
     """
 
     model_name: str
@@ -123,6 +134,7 @@ class AppState:
     selected: int = 0
     space_kind: str = "keys"
     prompt_tokens: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
     derived: Derived = field(default_factory=Derived)
 
     # -- what was asked -------------------------------------------------------------------
@@ -147,16 +159,10 @@ class AppState:
 
     def _display(self) -> tuple:
         if self.derived.display is None:
-            from PIL import Image
-
             from dualview.figures import display_image
-            from dualview.figures.maps import DISPLAY_SIDE
+            from dualview.figures.picker import picker_picture
 
-            image = self.request.image
-            scale = min(1.0, DISPLAY_SIDE / max(image.size))
-            picker = image if scale == 1.0 else image.resize(
-                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
-            self.derived.display = (display_image(image), picker, scale)
+            self.derived.display = (display_image(self.request.image), *picker_picture(self.request.image, self.layout))
         return self.derived.display
 
     @property
@@ -166,8 +172,18 @@ class AppState:
 
     @property
     def picker_image(self):
-        """The image the patch picker shows (display size; :meth:`token_at_display` maps clicks back)."""
-        return self._display()[1]
+        """The patch picker's picture: the image at the picker's size (tiny ones scaled up) with the
+        token grid, the selected token and the forced patches marked (:meth:`token_at_display`
+        maps clicks back)."""
+        from dualview.figures.picker import mark_picker
+
+        _, picture, scale = self._display()
+        return mark_picker(picture, self.layout, scale, selected=self.selected, keep=self.forced_keep,
+                           drop=self.forced_drop)
+
+    def picker_key(self) -> tuple:
+        """What the picker's marks show: the selected token and the forced patches."""
+        return self.selected, tuple(self.forced_keep), tuple(self.forced_drop)
 
     def token_at_display(self, x: float, y: float) -> int | None:
         """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""
@@ -218,13 +234,15 @@ class AppState:
         return apply_overrides(self.selection.kept.tolist(), self.forced_keep, self.forced_drop)
 
     def rounds(self) -> np.ndarray:
-        """``[Nv]`` round that kept each token (forced keeps: one past the last round), −1 dropped."""
+        """``[Nv]`` round (0-based) that kept each token, −1 dropped, ``FORCED_KEEP_ROUND`` (−2) kept
+        only because the user forced it (no round took it)."""
+        from dualview.figures.maps import FORCED_KEEP_ROUND
+
         rounds = self.selection.round_of(self.num_visual).numpy().copy()
         rounds[self.forced_drop] = -1
-        extra = len(self.selection.chunks)
         for i in self.forced_keep:
             if rounds[i] < 0:
-                rounds[i] = extra
+                rounds[i] = FORCED_KEEP_ROUND
         return rounds
 
     def measures(self) -> dict:
@@ -250,6 +268,18 @@ class AppState:
         if key not in self.derived.figures:
             self.derived.figures[key] = make()
         return self.derived.figures[key]
+
+    def choice_key(self) -> tuple:
+        """What a view made on demand from this analysis depends on besides it: the budget and
+        every method's parameters (the comparison and the every-method table record it)."""
+        return self.budget, tuple(sorted((m, tuple(sorted(p.items()))) for m, p in self.params.items()))
+
+    def mark_changed(self, which: str, changed: bool) -> None:
+        """Record that the Run input ``which`` now differs (``changed``) or again equals the analysed one."""
+        if changed and which not in self.changed:
+            self.changed.append(which)
+        elif not changed and which in self.changed:
+            self.changed.remove(which)
 
     # -- curves ---------------------------------------------------------------------------
     def curve_budgets(self) -> list[int]:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from dualview.app import handlers
+from dualview.app import handlers, views
 from dualview.app.examples import load_examples
 from dualview.app.layout import CSS, VIEWS, build_layout
 from dualview.app.models import ModelHolder
+from dualview.app.state import AppState
 from dualview.errors import DualviewError
 from dualview.methods import method_names
 
@@ -31,20 +32,44 @@ INSPECT_VIEWS = ("state", "token", "row", "teaching", "kept", "magnitude", "dupl
                  "per_head")
 
 
-def user_errors(function):
-    """Show a DualviewError (or any unexpected failure) as one sentence, never a traceback."""
+def sentence_of(error: Exception) -> str:
+    """The one sentence a visitor sees for ``error`` (a DualviewError's own, else a short summary)."""
+    if isinstance(error, (DualviewError, gr.Error)):
+        return str(error.message if isinstance(error, gr.Error) else error)
+    return f"Something went wrong ({type(error).__name__}: {str(error)[:200]})."
+
+
+def from_the_page() -> bool:
+    """Whether the running event came from the page in a browser (not from an API client such as
+    ``gradio_client``, which marks its calls ``x-gradio-user: api``)."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-gradio-user") != "api" and "mozilla" in headers.get("user-agent", "").lower()
+
+
+def user_errors(function, outputs: tuple[str, ...] = ()):
+    """Show a DualviewError (or any unexpected failure) as one sentence, never a traceback.
+
+    API clients get it as the call's error. On the page an error must not touch the views (gradio
+    would put every output in its red error state, the budget slider included, and leave it there):
+    a toast says the sentence, the status (when among ``outputs``) says it above the previous
+    analysis's status, and every other output is skipped, so the views and the state stay as they
+    were. ``outputs``: the view names ``function``'s result fills, in order."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except gr.Error:
-            raise
-        except DualviewError as error:
-            raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:  # noqa: BLE001 - the page must stay usable
-            raise gr.Error(f"Something went wrong ({type(error).__name__}: {str(error)[:200]}).",
-                           print_exception=False) from None
+            sentence = sentence_of(error)
+            if not outputs or not from_the_page():
+                raise gr.Error(sentence, print_exception=False) from None
+            gr.Warning(sentence)
+            state = next((a for a in args if isinstance(a, AppState)), None)
+            chosen = [views.error_status(sentence, state) if name == "status" else gr.skip() for name in outputs]
+            return chosen[0] if len(chosen) == 1 else chosen
 
     return wrapper
 
@@ -62,13 +87,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             """``handler(*input values) -> {view: value}`` as a Gradio function of the ``outputs``
             views (those the handler leaves out are skipped), errors shown as one sentence."""
 
-            @user_errors
             def call(*values):
                 result = handler(*values)
                 chosen = [result.get(name, gr.skip()) for name in outputs]
                 return chosen[0] if len(chosen) == 1 else chosen
 
-            return call
+            return user_errors(call, outputs)
 
         def event(trigger, handler, inputs: list, outputs: tuple[str, ...], **kwargs):
             kwargs.setdefault("api_name", False)
@@ -90,10 +114,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         def answer_step(api_name=False):
             return then(lambda state: handlers.answer(holder, state), [c["state"]], ANSWER_VIEWS, api_name=api_name)
 
-        run_inputs = [c["image"], c["prompt"], c["model"], c["method"], c["budget"], c["layer"], *params, c["example"]]
+        # the state goes in only so that an error can repeat the previous analysis's status
+        run_inputs = [c["image"], c["prompt"], c["model"], c["method"], c["budget"], c["layer"], *params, c["example"],
+                      c["state"]]
 
         def run(image, prompt, model, method, budget, layer, *rest):
-            *param_values, example = rest
+            *param_values, example, _previous = rest
             return handlers.run(holder, image, prompt, model, method, budget, layer, param_values, example)
 
         update_inputs = [c["method"], c["budget"], c["with_oracle"], *params, c["state"]]
@@ -110,7 +136,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         for trigger in [c["method"].input] + [control.release if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
             chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden"), reselect)
-        preset = c["preset"].input(user_errors(lambda choice, state: handlers.preset_budget(choice, state)),
+        preset = c["preset"].input(user_errors(lambda choice, state: handlers.preset_budget(choice, state), ("budget",)),
                                    [c["preset"], c["state"]], [c["budget"]], api_name=False)
         chain(preset, [then(update, update_inputs, VIEWS, show_progress="hidden"), *reselect])
         event(c["reanswer"].click, lambda state: handlers.answer(holder, state), [c["state"]], ANSWER_VIEWS,
@@ -120,13 +146,15 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         event(c["token"].submit, lambda token, mode, state: handlers.inspect(state, token, mode),
               [c["token"], c["click_mode"], c["state"]], INSPECT_VIEWS, api_name="inspect")
 
-        @user_errors
         def pick(mode, state, evt: gr.SelectData):
             result = handlers.pick(state, *evt.index, mode)
             return [result.get(name, gr.skip()) for name in INSPECT_VIEWS]
 
-        c["picker"].select(pick, [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS], api_name=False)
-        event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "summary"),
+        # every click counts (the default drops clicks made while one is processed): queued, in order
+        c["picker"].select(user_errors(pick, INSPECT_VIEWS), [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS],
+                           api_name=False, trigger_mode="multiple", show_progress="hidden")
+        event(c["picker_timer"].tick, handlers.refresh_picker, [c["state"]], ("picker",), show_progress="hidden")
+        event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary"),
               api_name="clear_forced")
 
         # -- animations: server-driven frames (a slider and a timer) --------------------------------
@@ -151,9 +179,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
               [c["restore_calls"], c["state"]], ("state", "restore_text", "restore_map", "first_order_map", "restore_curve"),
               api_name="restore")
         event(c["answer_all"].click, lambda state: handlers.answer_every_method(holder, state), [c["state"]],
-              ("state", "method_table"), api_name="answer_all")
+              ("state", "method_table", "table_note"), api_name="answer_all")
         event(c["compare_button"].click, lambda chosen, state: handlers.compare(state, chosen),
-              [c["compare_methods"], c["state"]], ("compare",), api_name="compare")
+              [c["compare_methods"], c["state"]], ("compare", "compare_note"), api_name="compare")
         event(c["export_button"].click, handlers.export, [c["state"]], ("files", "command"), api_name="export")
 
         # -- sweep of the examples: one at a time on the server, bounded by dualview.sweep.MAX_APP_RUNS --
@@ -171,16 +199,25 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # -- examples -------------------------------------------------------------------------------
         example_views = ("image", "prompt", "example")
 
-        @user_errors
         def choose(evt: gr.SelectData):
             chosen = examples[evt.index]
             return chosen["path"], chosen["question"], chosen
 
-        chain(c["gallery"].select(choose, None, [c[n] for n in example_views], api_name=False),
+        chain(c["gallery"].select(user_errors(choose, example_views), None, [c[n] for n in example_views], api_name=False),
               [then(run, run_inputs, VIEWS), curves_step])
         event(c["example_name"].submit, lambda name: handlers.example_by_name(examples, name), [c["example_name"]],
               example_views, api_name="example")
         c["image"].upload(lambda: None, None, [c["example"]], api_name=False)
+
+        # -- inputs only Run applies: a change marks every view stale until Run ----------------------
+        changed_views = ("state", "status", "answers", "compare_note", "table_note")
+        for trigger in (c["image"].upload, c["image"].clear):
+            event(trigger, lambda state: handlers.input_changed(state, "image"), [c["state"]], changed_views,
+                  show_progress="hidden")
+        for name in ("prompt", "model", "layer"):  # on any change (typed, pasted, set): compared with the analysed one
+            event(c[name].change, functools.partial(lambda which, value, state: handlers.input_changed(state, which, value),
+                                                   name), [c[name], c["state"]], changed_views,
+                  show_progress="hidden", trigger_mode="always_last")
 
         if examples:
             chain(event(demo.load, run, run_inputs, VIEWS), [curves_step])

@@ -15,6 +15,7 @@ import numpy as np
 import dualview
 from dualview import figures
 from dualview.app.state import CURVE_METHODS, AppState
+from dualview.figures.picker import preprocessing_note
 from dualview.methods import get_method
 
 
@@ -45,7 +46,7 @@ def kept_figure(state: AppState):
     return figures.kept_map(state.layout, state.rounds(), image=state.display_image,
                             hover={"magnitude": state.analysis.magnitude_for(state.query).numpy()},
                             title=f"Kept: {len(kept)} / {state.num_visual} ({state.request.method})",
-                            num_rounds=len(state.selection.chunks) + (1 if state.forced_keep else 0),
+                            num_rounds=len(state.selection.chunks),
                             selected=state.selected, evidence=state.evidence_boxes(),
                             forced={"keep": state.forced_keep, "drop": state.forced_drop})
 
@@ -88,7 +89,7 @@ def space_figure(state: AppState):
 
 def token_numbers(state: AppState, token: int) -> dict:
     """The analysis's dual-form numbers of ``token`` plus its round and its last PC-MMR score."""
-    numbers = state.analysis.token_numbers(token)
+    numbers = state.analysis.token_numbers(token, state.query)
     scores = state.trace("pcmmr").scores
     last = float(scores[-1][token]) if scores else float("nan")
     numbers.update({"round": int(state.rounds()[token]), "penalised_score": None if math.isnan(last) else last})
@@ -119,9 +120,7 @@ def teaching_text(state: AppState) -> str:
         "W=\\sum_i \\Delta W_i,\\;\\Delta W_i=\\varphi(k_i)^\\top v_i$; here "
         f"$\\log\\lVert\\Delta W_{{{n['token']}}}\\rVert_F = \\tfrac12 k_i\\!\\cdot\\!k_i/\\sqrt d+\\log\\lVert v_i\\rVert"
         f" = {n['update_norm_log']:.3f}$ (mean over heads).",
-        "2. Information magnitude: $P_i=\\kappa(q_T,k_i)\\,\\lVert v_i\\rVert$ with "
-        f"$q_T\\!\\cdot\\!k_i/\\sqrt d={n['kernel_logit']:.3f}$, $\\lVert v_i\\rVert={n['value_norm']:.3f}$ "
-        f"→ $P_i={n['magnitude']:.4f}$ (per head scaled so the largest is 1, then averaged).",
+        *magnitude_lines(n),
         "3. Information duplication: $\\bar S^2_{ij}=\\mathrm{mean}_h\\big(\\cos(v_i,v_j)\\,"
         "e^{-\\lVert k_i-k_j\\rVert^2/2\\sqrt d}\\big)^2$; its closest duplicate is token "
         f"{n['partner']} with $\\bar S^2={n['partner_duplication']:.3f}$; mean of its 8 largest: "
@@ -138,15 +137,37 @@ def teaching_text(state: AppState) -> str:
     ])
 
 
+def magnitude_lines(n: dict) -> list[str]:
+    """Step 2 of the teaching panel: P_i and, per query head, every number that recomputes it by
+    hand (method.md §2; ``n`` is :meth:`~dualview.engine.analysis.Analysis.token_numbers`)."""
+    rows = [f"| {h['head']} | {h['kv_head']} | {h['logit']:.4f} | {h['shift']:.4f} | {h['kernel']:.5g} | "
+            f"{h['value_norm']:.5g} | {h['product']:.5g} |" for h in n["per_head"]]
+    return [
+        "2. Information magnitude: $P_i=\\kappa(q_T,k_i)\\,\\lVert v_i\\rVert$, with $q_T$ the mean query of the "
+        f"`{n['query']}` rows, computed per query head $h$ in log space and shifted so that the head's largest is 1: "
+        "$P^h_i=\\exp(q_T\\!\\cdot\\!k_i/\\sqrt d-c_h)\\,\\lVert v_i\\rVert_h$ with "
+        "$c_h=\\max_j\\big(q_T\\!\\cdot\\!k_j/\\sqrt d+\\log\\lVert v_j\\rVert_h\\big)$ over the visual tokens; "
+        f"then $P_i=\\mathrm{{mean}}_h P^h_i={n['magnitude']:.5g}$. (The hover's means over heads, "
+        f"$q_T\\!\\cdot\\!k_i/\\sqrt d={n['kernel_logit']:.3f}$ and $\\lVert v_i\\rVert={n['value_norm']:.3f}$, do not "
+        "give $P_i$: the shift differs per head.)",
+        "",
+        "| head | KV head | q_T·k_i/√d | shift c_h | exp(q_T·k_i/√d − c_h) | ‖v_i‖ of the KV head | product P^h_i |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        f"| **mean** | | | | | | **{n['magnitude']:.5g}** |",
+        "",
+    ]
+
+
 def answers_text(state: AppState) -> str:
     ans = state.derived.answers
     if ans is None:
         return "*Answers appear here after Run.*"
     if not state.answers_current():
-        return "*The kept set changed: its answers are being computed (or press Re-answer).*"
+        return changed_text(state) + "*The kept set changed: its answers are being computed (or press Re-answer).*"
     agree = "the answers **agree**" if ans.agree else "**the answers differ**"
     lines = [
-        "| | full (all tokens) | pruned |",
+        changed_text(state) + "| | full (all tokens) | pruned |",
         "|---|---|---|",
         f"| answer | **{ans.full_text or '∅'}** | **{ans.pruned_text or '∅'}** |",
         f"| tokens after the pruning layer | {ans.prompt_tokens} | {ans.kept_tokens} |",
@@ -173,17 +194,61 @@ def answers_text(state: AppState) -> str:
     return "\n".join(lines)
 
 
+RUN_INPUTS = {"image": "image", "prompt": "prompt", "model": "model", "layer": "pruning layer"}
+"""The inputs only Run applies, as the stale notices name them."""
+
+
+def changed_text(state: AppState) -> str:
+    """The stale notice when Run inputs changed on the page since this analysis ('' otherwise)."""
+    if not state.changed:
+        return ""
+    names = [RUN_INPUTS[name] for name in state.changed]
+    which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"**Stale: the {which} changed since the last Run.** Every view still shows the analysed image and "
+            f"prompt “{state.request.prompt}” (model {state.model_name}, layer {state.analysis.layer}); "
+            "press **Run** to update them.\n\n")
+
+
+def _made_for(state: AppState, made_for: tuple | None, what: str, button: str) -> str:
+    """The caption of a view made on demand: what it shows, or that it no longer matches."""
+    if made_for is None:
+        return f"*Press {button} to make it for the current budget.*"
+    budget = made_for[0]
+    if state.changed:
+        return f"**Stale:** {what} at {budget} tokens for the previous inputs; press **Run**, then {button}."
+    if made_for != state.choice_key():
+        now = f"the budget is now {state.budget}" if budget != state.budget else "the method parameters changed"
+        return f"**Stale:** {what} at {budget} tokens; {now}: press {button} to update."
+    return f"{what} at {budget} of {state.num_visual} tokens (current)."
+
+
+def compare_note(state: AppState) -> str:
+    return _made_for(state, state.derived.compared_for, "Kept masks", "*Compare kept masks*")
+
+
+def table_note(state: AppState) -> str:
+    return _made_for(state, state.derived.method_answers_for, "Every method's answers",
+                     "*Answer with every method at this budget*")
+
+
 def status_text(state: AppState) -> str:
     m = state.measures()
     forced = ""
     if state.forced_keep or state.forced_drop:
         forced = f" (forced: +{len(state.forced_keep)} / −{len(state.forced_drop)})"
-    return (f"**{state.request.method}** keeps **{len(state.kept())}** of {state.num_visual} visual tokens{forced} "
+    return (changed_text(state) + f"**{state.request.method}** keeps **{len(state.kept())}** of {state.num_visual} visual tokens{forced} "
             f"({100 * len(state.kept()) / state.num_visual:.1f} %) · ‖W−W_S‖/‖W‖ = {m['weight_error']:.4f} · "
             f"effective rank {m['effective_rank']:.2f} · visual part only: {m['visual_weight_error']:.4f}, "
             f"rank {m['visual_effective_rank']:.2f} · attention-output error {m['attention_error']:.4f} · "
             f"prunes from layer {state.prune_layer} of {state.analysis.num_layers} (measures at layer {state.analysis.layer}) · “{state.request.prompt}”"
-            + ("" if state.analysis.geometry.spatial else f"\n\n**Note:** {state.analysis.geometry.note}"))
+            + (f"\n\n**Note:** {note}" if (note := preprocessing_note(state.layout)) else ""))
+
+
+def error_status(sentence: str, state: AppState | None) -> str:
+    """The status after a refused event: the sentence, then the unchanged status of ``state`` (the
+    analysis every view still shows), or a hint when there is none yet."""
+    shown = status_text(state) if state is not None else "Nothing analysed yet: pick an example or press **Run**."
+    return f"**Not done:** {sentence} The views below are unchanged.\n\n{shown}"
 
 
 def summary(state: AppState) -> dict:

@@ -283,22 +283,39 @@ class Analysis:
         the average over KV heads. Float32; a share near 1 means one update dominates W."""
         return self.implicit_weight.update_share().float()
 
-    def token_numbers(self, token: int) -> dict:
+    def token_numbers(self, token: int, query: str = DEFAULT_QUERY) -> dict:
         """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:
-        its kernel logit, κ, ‖v‖, magnitude, ``log ‖ΔW_i‖_F`` (mean over KV heads), duplication and
-        its closest duplicate (``partner``)."""
+        its kernel logit (mean over query heads), ‖v‖ (mean over KV heads), magnitude with ``q_T``
+        from the ``query`` rows, ``log ‖ΔW_i‖_F`` (mean over KV heads), duplication and its closest
+        duplicate (``partner``); ``per_head``: one dict per query head with what recomputes the
+        magnitude by hand (method.md §2, :func:`dualview.dual_form.magnitude_terms`): ``kv_head``,
+        ``logit`` (q_T·k_i/√d), ``shift`` (the head's max over visual tokens of logit + log‖v‖),
+        ``kernel`` = exp(logit − shift), ``value_norm`` (‖v_i‖ of that KV head) and
+        ``product`` = kernel · value_norm; ``magnitude`` is the mean of the products."""
         row = self.duplication_row(token)
         partner_row = row.clone()
         partner_row[token] = -1.0
         partner = int(torch.argmax(partner_row)) if self.num_visual > 1 else token
-        logit = float(self.kernel_logit[token])
         update = dual_form.update_log_norms(self.visual_keys[:, token:token + 1], self.visual_values[:, token:token + 1])
+        p, visual = self.projections, self.prepared.visual_positions
+        logits, norms, shifts = dual_form.magnitude_terms(p.q_pre[:, self.query_rows(canonical_query(query))],
+                                                          p.k_pre[:, visual], p.v[:, visual])
+        group = logits.shape[0] // p.k_pre.shape[0]
+        per_head = []
+        for h in range(logits.shape[0]):
+            logit, shift, norm = float(logits[h, token]), float(shifts[h]), float(norms[h, token])
+            kernel = math.exp(logit - shift)
+            per_head.append({"head": h, "kv_head": h // group, "logit": logit, "shift": shift, "kernel": kernel,
+                             "value_norm": norm, "product": kernel * norm})
+        logit = float(logits[:, token].mean())
         return {
             "token": token,
+            "query": canonical_query(query),
             "kernel_logit": logit,
             "kappa": math.exp(min(logit, 700.0)),
             "value_norm": float(self.value_norm[token]),
-            "magnitude": float(self.magnitude[token]),
+            "magnitude": float(self.magnitude_for(query)[token]),
+            "per_head": per_head,
             "update_norm_log": float(update.mean()),
             "token_duplication": float(self.token_duplication[token]),
             "partner": partner,

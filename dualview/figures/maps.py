@@ -24,6 +24,9 @@ DROPPED_COLOR = "rgba(245,245,245,0.82)"
 """Dropped tokens are washed out (light, nearly opaque): kept ones stay legible on dark and light
 scenes alike, whatever colour their round has."""
 SINGLE_ROUND_COLOR = "rgb(0,200,120)"
+FORCED_KEEP_ROUND = -2
+"""The round of a token kept only because the user forced it (no round of the method took it)."""
+FORCED_KEEP_COLOR = "rgb(255,140,0)"
 CHUNK_OUTLINE = "#00e5ff"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
@@ -262,17 +265,25 @@ def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: s
     (the title says so: the legend of the mask).
 
     Args:
-        rounds: ``[Nv]`` round (0-based) per kept token, −1 for dropped (``Selection.round_of``).
+        rounds: ``[Nv]`` round (0-based) per kept token, −1 for dropped (``Selection.round_of``),
+            :data:`FORCED_KEEP_ROUND` for a token kept only because the user forced it.
         num_rounds: colour count (default: max round + 1); forced: ``{"keep": [...], "drop": [...]}``
             tokens the user forced, outlined.
     """
     rounds = np.asarray(rounds, dtype=int).reshape(-1)
-    fig, grids, refs, panel_of = _base_figure(layout, image, f"{title} · washed out: dropped" if title else title)
+    forced_only = rounds == FORCED_KEEP_ROUND
+    legend = " · washed out: dropped" + (" · orange: forced keep" if forced_only.any() else "")
+    fig, grids, refs, panel_of = _base_figure(layout, image, f"{title}{legend}" if title else title)
     custom, template = _hover(dict(hover or {}, round=rounds + 1), rounds.size)
+    forced_template = _hover(hover, rounds.size)[1].replace("<extra>", "<br>kept: forced by you<extra>")
     colors = round_colors(num_rounds or int(rounds.max()) + 1 if rounds.max() >= 0 else 1)
     for p, (grid, ref) in enumerate(zip(grids, refs)):
-        fig.add_trace(_dropped_layer(grid, rounds < 0, custom, template, ref))
+        fig.add_trace(_dropped_layer(grid, rounds == -1, custom, template, ref))
         fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and len(colors) > 1))
+        if forced_only.any():
+            fig.add_trace(_heat(grid, np.where(forced_only, 0.0, np.nan), custom, forced_template, ref,
+                                colorscale=[[0, FORCED_KEEP_COLOR], [1, FORCED_KEEP_COLOR]], opacity=0.8,
+                                showscale=False, name="forced keep"))
     boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
     fig.update_layout(shapes=_evidence_shapes(evidence, refs))
     for key, color in (("keep", "#ffffff"), ("drop", "#ff3030")):

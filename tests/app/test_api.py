@@ -165,7 +165,8 @@ def test_animation_steps_and_export(app):
 def test_every_method_answers_at_the_budget(app):
     client = connect(app)
     run(client, app, budget=6)
-    table = client.predict(api_name="/answer_all")
+    table, note = client.predict(api_name="/answer_all")
+    assert note == "Every method's answers at 6 of 196 tokens (current)."
     rows = table["data"]
     methods = {row[0] for row in rows}
     assert {"iwp", "iwp-magnitude", "fastv", "divprune", "random", "oracle", "mmr"} <= methods
@@ -176,12 +177,9 @@ def test_bad_input_is_refused_with_one_sentence(app):
     client = connect(app)
     with pytest.raises(AppError, match="Run an analysis first"):
         client.predict("iwp", 5, False, 2, 2, 5.0, api_name="/update")
-    # sliders refuse values outside their range before the validator sees them (gradio's own sentence)
     for kwargs, message in [(dict(prompt="   "), "prompt is empty"), (dict(budget=0), "keeps no token"),
-                            (dict(method="magic"), "not in the list of choices|Unknown method"),
                             (dict(layer="99"), "pruning layer must be a whole number from 0 to"),
                             (dict(layer="two"), "pruning layer must be a whole number"),
-                            (dict(lam=-1.0), "less than minimum"),
                             (dict(budget=10_000), "more than the 196 visual tokens")]:
         with pytest.raises(AppError, match=message):
             run(client, app, **kwargs)
@@ -215,3 +213,39 @@ def test_full_answers_are_the_models_and_the_ground_truth_where_the_model_knows_
         assert out[SUMMARY]["answers"]["full"] == direct, path.stem
         known += direct == meta["answer"]
     assert known >= 1
+
+
+def test_choices_and_ranges_reach_the_validator_so_the_api_gets_its_sentence(app):
+    """Gradio's own component checks (a method not in the dropdown, a slider out of range, a
+    Number's rounding) must not answer first: the API gets exactly the sentence the validator, the
+    CLI's too, gives for the same value (issue 16)."""
+    from PIL import Image
+
+    from dualview.app import handlers
+    from dualview.errors import DualviewError
+    from dualview.validation import validate_request
+
+    def sentence(call) -> str:
+        with pytest.raises(DualviewError) as refused:
+            call()
+        return str(refused.value)
+
+    image = Image.new("RGB", (8, 8))
+    client = connect(app)
+    for kwargs, params in [(dict(method="magic"), {}), (dict(lam=-1.0), {"lam": -1.0}), (dict(lam=101.0), {"lam": 101.0}),
+                           (dict(b0=0), {"b0": 0}), (dict(b0=2.5), {"b0": 2.5}), (dict(g=17), {"growth": 17}), (dict(g=1.5), {"growth": 1.5})]:
+        expected = sentence(lambda: validate_request(image, "q", 5, method=kwargs.get("method", "iwp"),
+                                                     params={"b0": 2, "growth": 2, "lam": 5.0} | params))
+        with pytest.raises(AppError) as refused:
+            run(client, app, **kwargs)
+        assert str(refused.value) == expected, kwargs
+    run(client, app)
+    for token in (1.5, -1):
+        with pytest.raises(AppError) as refused:
+            client.predict(token, "inspect", api_name="/inspect")
+        assert f"Token {token!r} does not exist" in str(refused.value)  # not rounded to a token first
+    with pytest.raises(AppError, match="A click's mode is 'inspect', 'force keep' or 'force drop', not 'peek'."):
+        client.predict(3, "peek", api_name="/inspect")
+    with pytest.raises(AppError) as refused:
+        client.predict(["iwp", "magic"], api_name="/compare")
+    assert str(refused.value) == sentence(lambda: handlers.get_method("magic"))

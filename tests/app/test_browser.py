@@ -73,6 +73,38 @@ def heatmap_count(page, elem_id: str) -> int:
     return page.locator(f"#{elem_id} .hm image").count()
 
 
+def full_answer_logprob(page) -> float:
+    """log p(full answer) with every token, as the answers table shows it."""
+    text = page.locator("#answers").inner_text()
+    return float(re.search(r"log p\(full answer\)\s+(-?[0-9.]+)", text).group(1))
+
+
+TOKEN_CENTRES = """() => {
+  const gd = document.querySelector('#map-kept .js-plotly-plot');
+  const r = gd.getBoundingClientRect();
+  return gd.layout.meta.dv_boxes.map(([x0, y0, x1, y1], token) => {
+    const suffix = gd.layout.meta.dv_xref[token].slice(1);
+    const xa = gd._fullLayout['xaxis' + suffix], ya = gd._fullLayout['yaxis' + suffix];
+    return [r.left + xa._offset + xa.l2p((x0 + x1) / 2), r.top + ya._offset + ya.l2p((y0 + y1) / 2)];
+  });
+}"""
+PICTURE_BOX = """() => {  // the picture inside the picker's <img> (object-fit: contain centres it)
+  const img = document.querySelector('#picker img'), r = img.getBoundingClientRect();
+  const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+  const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
+  return {x: r.left + (r.width - w) / 2, y: r.top + (r.height - h) / 2, width: w, height: h};
+}"""
+CURVE_COLOURS = """() => {
+  const gd = document.querySelector('#curves .js-plotly-plot');
+  return gd.data.filter(t => t.mode === 'lines+markers').map(t => [t.name, t.line.color]);
+}"""
+
+
+def washed_out(pixel) -> bool:
+    """A light grey pixel: how the kept map washes out a dropped token."""
+    return min(pixel) > 190 and max(pixel) - min(pixel) < 30
+
+
 def test_the_whole_page_in_a_browser(app_url, page):
     url, examples = app_url
     page.goto(url)
@@ -85,6 +117,8 @@ def test_the_whole_page_in_a_browser(app_url, page):
     page.locator("#run").click()
     expect(page.locator("#status")).to_contain_text("“what letter is written?”", timeout=TIMEOUT_MS)
     expect(page.locator("#teaching")).to_contain_text("Token 0")
+    # item 1: the model's own answer is scored from its generated ids (near 0, not -17 for an [UNK])
+    assert full_answer_logprob(page) > -1.0
     for elem_id in ("map-magnitude", "map-duplication", "map-kept"):
         expect(page.locator(f"#{elem_id} .js-plotly-plot")).to_be_visible()
         assert heatmap_count(page, elem_id) >= 1, f"{elem_id} drew no heat-map"
@@ -156,3 +190,82 @@ def test_run_is_above_the_fold_and_the_answer_beside_the_maps_at_1280_by_800(app
     assert answers["y"] < 800 and page.locator("#answers").is_visible() and page.locator("#map-kept").is_visible()
     assert kept_map["x"] > 300  # in the maps column, beside the inputs
     assert "✅" not in page.locator("#answers").inner_text() and "⚠" not in page.locator("#answers").inner_text()
+
+
+def test_stale_views_errors_rapid_clicks_and_legible_views(app_url, page, tmp_path):
+    """Issue 16 items 6 (a new picture or prompt without Run marks the views stale), 5 (a Run
+    refused for an empty prompt leaves the maps and the budget slider working and says the
+    sentence), 7 (sixteen quick clicks force sixteen patches), 10 (on a dark scene every dropped
+    token is washed out and no kept one is) and 8 (one legend entry and one colour per method)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url, examples = app_url
+    page.set_viewport_size({"width": 1500, "height": 1250})
+    page.goto(url)
+    expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)
+    page.get_by_role("tab", name="Low-rank error").click()  # the opening chain ends with the curves
+    expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_role("tab", name="Dual-form maps").click()
+
+    # 6: a new picture without Run: the status and the answers say the views are stale
+    dark = tmp_path / "dark.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 40, (224, 224, 3), dtype=np.uint8)).save(dark)
+    page.locator("#input-image input[type=file]").set_input_files(str(dark))
+    expect(page.locator("#status")).to_contain_text("Stale: the image changed since the last Run")
+    expect(page.locator("#answers")).to_contain_text("press Run to update them")
+
+    # 5: Run with an empty prompt: one sentence, the maps stay, the slider still re-selects
+    page.locator("#prompt textarea").fill("   ")
+    expect(page.locator("#status")).to_contain_text("Stale: the image and prompt changed")
+    page.locator("#run").click()
+    expect(page.locator("#status")).to_contain_text("Not done: The prompt is empty")
+    expect(page.locator(".toast-body").filter(has_text="prompt is empty").first).to_be_visible()
+    for elem_id in ("map-magnitude", "map-kept"):
+        assert heatmap_count(page, elem_id) >= 1, f"{elem_id} lost its map"
+    count = kept_count(page)
+    slider = page.locator("#budget input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.1, box["y"] + box["height"] / 2)
+    expect(page.locator("#status")).not_to_contain_text(f"keeps {count} of", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_contain_text("Stale: the image and prompt changed")
+
+    # a Run on the dark picture clears the marks
+    page.locator("#prompt textarea").fill("how many objects are there?")
+    page.locator("#run").click()
+    expect(page.locator("#status")).to_contain_text("“how many objects are there?”", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).not_to_contain_text("Stale")
+
+    # 10: every dropped token washed out, no kept one, on the dark scene (rendered pixels)
+    page.locator("#map-kept").scroll_into_view_if_needed()
+    expect(page.locator("#map-kept .gtitle")).to_contain_text("washed out: dropped")
+    kept = kept_count(page)
+    centres = page.evaluate(TOKEN_CENTRES)
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+    washed = [washed_out(shot[int(y), int(x)]) for x, y in centres]
+    assert sum(washed) == len(centres) - kept, (sum(washed), len(centres), kept)
+
+    # 7: sixteen quick clicks (about five a second) in force-keep mode force sixteen patches
+    page.locator("#click-mode").get_by_text("force keep").click()
+    picker = page.locator("#picker img")
+    picker.scroll_into_view_if_needed()
+    box = page.evaluate(PICTURE_BOX)
+    for r in (1, 4, 7, 10):
+        for c in (2, 5, 8, 11):
+            page.mouse.click(box["x"] + box["width"] * (c + 0.5) / 14, box["y"] + box["height"] * (r + 0.5) / 14,
+                             delay=20)
+            page.wait_for_timeout(150)
+    expect(page.locator("#status")).to_contain_text("forced: +16 / −0", timeout=TIMEOUT_MS)
+
+    # 8: the error curves: one legend entry per method, each method one colour in every panel
+    page.get_by_role("tab", name="Low-rank error").click()
+    expect(page.locator("#curves .js-plotly-plot")).to_be_visible(timeout=TIMEOUT_MS)
+    colours: dict = {}
+    for name, colour in page.evaluate(CURVE_COLOURS):
+        colours.setdefault(name, set()).add(colour)
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)
+    expect(page.locator("#curves .legend .traces")).to_have_count(len(colours))

@@ -49,6 +49,7 @@ def test_the_status_line_says_when_the_map_is_not_spatial():
     for geometry in (geo.strip((40, 30), 8, "Shown in token order."), geo.fixed_grid((40, 30), 2, (0, 0, 40, 30))):
         state = SimpleNamespace(measures=lambda: measures, forced_keep=[], forced_drop=[], kept=lambda: [0, 1],
                                 num_visual=geometry.num_visual, request=SimpleNamespace(method="iwp", prompt="p"),
-                                analysis=SimpleNamespace(layer=1, num_layers=4, geometry=geometry), prune_layer=1)
+                                analysis=SimpleNamespace(layer=1, num_layers=4, geometry=geometry), prune_layer=1,
+                                changed=[], layout=geometry.to_dict())
         text = status_text(state)
         assert ("**Note:** Shown in token order." in text) == (not geometry.spatial)

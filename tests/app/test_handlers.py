@@ -116,3 +116,80 @@ def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder
     assert result["kept"] == shown["kept"] and result["weight_error"] == shown["measures"]["weight_error"]
     assert result["pruned_answer"]["text"] == shown["answers"]["pruned"]
     assert result["full_answer"]["text"] == shown["answers"]["full"]
+
+
+def displayed_heads(teaching: str) -> list[tuple[float, float, float]]:
+    """(logit, shift, ‖v‖) of every per-head row of the teaching panel's magnitude table."""
+    rows = []
+    for line in teaching.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].isdigit():
+            rows.append((float(cells[2]), float(cells[3]), float(cells[5])))
+    return rows
+
+
+@pytest.mark.parametrize("query, token", [("text", 0), ("last", 37), ("token:1", 150)])
+def test_the_teaching_panel_shows_what_recomputes_the_magnitude_by_hand(holder, example, query, token):
+    """Issue 16 item 2: from the displayed per-head logit, shift and ‖v‖ alone, exp(logit − shift)·‖v‖
+    averaged over the heads gives the analysis's own P_i (for the query rows chosen)."""
+    import math
+    import re
+
+    names = [f"{'+'.join(m)}.{p.name}" for m, p in handlers.PARAM_CONTROLS]
+    values = [None] * len(names)
+    values[names.index("iwp+iwp-magnitude+mmr.query")] = query
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", values, None)["state"]
+    teaching = handlers.inspect(state, token, "inspect")["teaching"]
+    heads = displayed_heads(teaching)
+    assert len(heads) == state.analysis.projections.q_pre.shape[0]
+    by_hand = sum(math.exp(logit - shift) * norm for logit, shift, norm in heads) / len(heads)
+    expected = float(state.analysis.magnitude_for(query)[token])
+    assert by_hand == pytest.approx(expected, rel=2e-3)
+    shown = float(re.search(r"P_i=\\mathrm\{mean\}_h P\^h_i=([0-9.e-]+)\$", teaching).group(1))
+    assert shown == pytest.approx(expected, rel=1e-4)
+    assert f"`{query}` rows" in teaching
+
+
+def test_forced_patches_are_called_forced_not_a_further_round(holder, example):
+    """Issue 16 item 7: a patch kept only because the user forced it is no "round 7" anywhere."""
+    import numpy as np
+
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    rounds = len(state.selection.chunks)
+    dropped = next(t for t in range(state.num_visual) if t not in state.kept())
+    shown = handlers.inspect(state, dropped, "force keep")
+    names = [trace.name for trace in shown["space"].data]
+    assert "forced keep" in names and f"round {rounds + 1}" not in names
+    forced = [t for t in shown["kept"].data if t.name == "forced keep" and t.type == "heatmap"]
+    assert forced and all("forced by you" in t.hovertemplate and "round" not in t.hovertemplate for t in forced)
+    for layer in (t for t in shown["kept"].data if t.name == "kept"):
+        assert np.nanmax(np.asarray(layer.z, dtype=float)) <= rounds - 1
+        assert layer.colorbar.ticktext[-1] == str(rounds) or not layer.showscale
+    assert shown["summary"]["rounds"][dropped] == -2 and dropped in shown["summary"]["kept"]
+    assert "kept because you forced it" in shown["teaching"]
+
+
+def test_every_view_says_when_it_no_longer_matches_the_inputs(holder, example):
+    """Issue 16 item 6: a new prompt, picture, model or layer without Run marks every view stale
+    (naming the input, saying Run updates them), also after a budget move; the comparison and the
+    every-method table say which budget they were made for once it moves."""
+    state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
+    assert "Stale" not in handlers.update(state, "iwp", 20, [])["status"]
+    assert handlers.compare(state, ["iwp", "random"])["compare_note"] == "Kept masks at 20 of 196 tokens (current)."
+    moved = handlers.update(state, "iwp", 30, [])
+    assert moved["compare_note"] == "**Stale:** Kept masks at 20 tokens; the budget is now 30: press *Compare kept masks* to update."
+    assert "at 30 of 196" in handlers.compare(state, ["iwp"])["compare_note"]
+
+    for which, value in (("prompt", "what colour is the square?"), ("layer", "2"), ("model", "other"), ("image", None)):
+        shown = handlers.input_changed(state, which, value)
+        name = {"layer": "pruning layer"}.get(which, which)
+        for view in ("status", "answers"):
+            assert shown[view].startswith(f"**Stale: the {name} changed since the last Run.**"), (which, view)
+            assert "press **Run** to update them" in shown[view]
+        assert shown["compare_note"].startswith("**Stale:**") and "press **Run**" in shown["compare_note"]
+        assert "Stale: the" in handlers.update(state, "iwp", 25, [])["status"]  # a budget move keeps the mark
+        handlers.input_changed(state, which, {"prompt": f"  {example['question']} ", "layer": "", "model": "builtin",
+                                              "image": None}[which])
+        assert ("Stale" in handlers.update(state, "iwp", 25, [])["status"]) == (which == "image")
+    fresh = handlers.run(holder, example["path"], "what colour is the square?", "builtin", "iwp", 20, "", [], None)
+    assert "Stale" not in fresh["status"] and fresh["compare"] is None

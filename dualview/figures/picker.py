@@ -1,0 +1,117 @@
+"""The patch picker: the picture with the token grid a click picks from, the selected and the forced
+patches marked, and a sentence on how the model's preprocessing changed the picture.
+
+Plain PIL images and token layouts (``Geometry.to_dict()``) in, PIL images and text out; the app
+maps a click at picker pixel (x, y) back to original pixels (x / scale, y / scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PICKER_SIDE = 512
+"""Longer side of the picker picture in pixels, whatever the upload's size (an 8 x 8 upload is
+scaled up, nearest neighbour, so that its patches can be clicked)."""
+GRID_COLOR = (255, 255, 255, 110)
+SELECTED_COLOR = (255, 43, 214, 255)
+KEEP_COLOR = (40, 220, 90, 255)
+DROP_COLOR = (255, 48, 48, 255)
+LEGEND = "grid: the patches a click picks · magenta: selected · green: forced keep · red: forced drop"
+STRETCH_TOLERANCE = 0.05
+"""A patch whose width / height in the original picture is off 1 by more than this is stretched."""
+COVER_TOLERANCE = 0.97
+"""A view whose boxes span less than this share of the picture's width or height crops it."""
+
+
+def picker_scale(size: tuple[int, int], side: int = PICKER_SIDE) -> float:
+    """Picker pixels per original pixel for an image of ``size`` (width, height)."""
+    return side / max(size)
+
+
+def clickable_tokens(layout: dict) -> np.ndarray:
+    """The tokens whose boxes a click can reach: a click picks the lowest-index token whose box holds
+    it (the first view first), so a later view's token is reachable only outside the earlier views'
+    extent (``[K]`` token indices; every token for a single view)."""
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    views = np.asarray(layout["view"], dtype=int)
+    reachable, covered = [], None
+    for v in sorted(set(views.tolist())):
+        mine = np.nonzero(views == v)[0]
+        if covered is None:
+            reachable.append(mine)
+        else:
+            cx, cy = (boxes[mine, 0] + boxes[mine, 2]) / 2, (boxes[mine, 1] + boxes[mine, 3]) / 2
+            outside = (cx < covered[0]) | (cx >= covered[2]) | (cy < covered[1]) | (cy >= covered[3])
+            reachable.append(mine[outside])
+        extent = [boxes[mine, 0].min(), boxes[mine, 1].min(), boxes[mine, 2].max(), boxes[mine, 3].max()]
+        covered = extent if covered is None else [min(covered[0], extent[0]), min(covered[1], extent[1]),
+                                                  max(covered[2], extent[2]), max(covered[3], extent[3])]
+    return np.concatenate(reachable) if reachable else np.zeros(0, dtype=int)
+
+
+def picker_picture(image: Image.Image, layout: dict, side: int = PICKER_SIDE) -> tuple[Image.Image, float]:
+    """The picture at :func:`picker_scale` (nearest neighbour when scaled up, so tiny images stay
+    sharp) with the outlines of :func:`clickable_tokens` drawn on it, and the scale. Made once per
+    analysis; :func:`mark_picker` adds the marks that change."""
+    scale = picker_scale(image.size, side)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    picture = image.convert("RGB").resize(size, resample).convert("RGBA")
+    if layout.get("spatial", True):
+        grid = Image.new("RGBA", size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(grid)
+        boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4) * scale
+        for x0, y0, x1, y1 in boxes[clickable_tokens(layout)]:
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=GRID_COLOR, width=1)
+        picture = Image.alpha_composite(picture, grid)
+    return picture.convert("RGB"), scale
+
+
+def mark_picker(picture: Image.Image, layout: dict, scale: float, *, selected: int | None = None,
+                keep=(), drop=()) -> Image.Image:
+    """A copy of ``picture`` (from :func:`picker_picture`) with the forced keeps (green), forced
+    drops (red) and the selected token (magenta) outlined; token indices as in ``layout``."""
+    marked = picture.copy()
+    draw = ImageDraw.Draw(marked)
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4) * scale
+    for tokens, color, width in ((keep, KEEP_COLOR, 3), (drop, DROP_COLOR, 3),
+                                 ([] if selected is None else [selected], SELECTED_COLOR, 3)):
+        for t in tokens:
+            x0, y0, x1, y1 = boxes[int(t)]
+            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=width)
+    return marked
+
+
+def preprocessing_note(layout: dict) -> str:
+    """One sentence per way the model's preprocessing changed the picture, read off the token
+    boxes (a patch is square for the model): stretched (a view's patches are not square in the
+    original picture: resized to a square or to a fixed grid) and cropped (a view spans less than
+    the picture); and which tokens a click can pick when views overlap. Empty when none applies;
+    the layout's own note when its boxes are not image regions."""
+    if not layout.get("spatial", True):
+        return layout.get("note", "")
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    views = np.asarray(layout["view"], dtype=int)
+    width, height = layout["image_size"]
+    sentences = []
+    for v, described in enumerate(layout["views"]):
+        mine = boxes[views == v]
+        if not mine.size:
+            continue
+        name = f"the {described['name']} view" if len(layout["views"]) > 1 else "the model's view"
+        w, h = float(np.median(mine[:, 2] - mine[:, 0])), float(np.median(mine[:, 3] - mine[:, 1]))
+        if abs(w / max(h, 1e-9) - 1) > STRETCH_TOLERANCE:
+            sentences.append(f"{name[0].upper() + name[1:]} changes the aspect ratio: each of its square patches covers a "
+                             f"{w:.3g} x {h:.3g} px piece of this {width} x {height} picture (the processor resizes "
+                             "it to its own grid).")
+        span_x = (mine[:, 2].max() - mine[:, 0].min()) / width
+        span_y = (mine[:, 3].max() - mine[:, 1].min()) / height
+        if min(span_x, span_y) < COVER_TOLERANCE:
+            sentences.append(f"{name[0].upper() + name[1:]} crops the picture: it sees {100 * span_x:.0f} % of its width "
+                             f"and {100 * span_y:.0f} % of its height; clicks outside it pick nothing.")
+    reachable = clickable_tokens(layout).size
+    if reachable < boxes.shape[0]:
+        sentences.append(f"A click picks among the {reachable} tokens of the grid drawn on the picker (the first view "
+                         f"on top); type a token number for the other {boxes.shape[0] - reachable}.")
+    return " ".join(sentences)
