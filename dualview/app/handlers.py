@@ -325,12 +325,15 @@ def shown_picker(state: AppState):
 
 
 def refresh_picker(state: AppState | None) -> dict:
-    """The picker's picture when its marks are out of date and the clicks paused (nothing otherwise:
-    called by a timer)."""
-    if state is None or state.derived.picker_shown == state.picker_key() \
-            or time.monotonic() - state.derived.last_click < PICKER_PAUSE_S:
+    """Called by the picker's timer, which a click switches on: nothing while clicks go on (less than
+    ``PICKER_PAUSE_S`` since the last), then the picture with its marks (when they are out of date)
+    and the timer switched off, so an idle page sends no requests."""
+    if state is not None and time.monotonic() - state.derived.last_click < PICKER_PAUSE_S:
         return {}
-    return {"picker": shown_picker(state)}
+    stop = {"picker_timer": gr.Timer(active=False)}
+    if state is None or state.derived.picker_shown == state.picker_key():
+        return stop
+    return {"picker": shown_picker(state), **stop}
 
 
 def clear_forced(state: AppState | None) -> dict:

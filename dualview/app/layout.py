@@ -154,7 +154,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                         with gr.Column(scale=1, min_width=240):
                             c["picker"] = gr.Image(label=f"Pick a patch (click) · {PICKER_LEGEND}", type="pil", interactive=False,
                                                    height=300, elem_id="picker")
-                            c["picker_timer"] = gr.Timer(PICKER_REFRESH_S)
+                            c["picker_timer"] = gr.Timer(PICKER_REFRESH_S, active=False)  # on from a click to the redraw
                             c["click_mode"] = ChoiceRadio(list(CLICK_MODES), value="inspect",
                                                        label="A click on a patch will…", elem_id="click-mode")
                             c["token"] = Number(value=0, precision=0, label="Selected token", elem_id="token")

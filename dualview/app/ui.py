@@ -152,8 +152,10 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
 
         # every click counts (the default drops clicks made while one is processed): queued, in order
         c["picker"].select(user_errors(pick, INSPECT_VIEWS), [c["click_mode"], c["state"]], [c[n] for n in INSPECT_VIEWS],
-                           api_name=False, trigger_mode="multiple", show_progress="hidden")
-        event(c["picker_timer"].tick, handlers.refresh_picker, [c["state"]], ("picker",), show_progress="hidden")
+                           api_name=False, trigger_mode="multiple", show_progress="hidden"
+                           ).then(lambda: gr.Timer(active=True), None, [c["picker_timer"]], api_name=False)
+        event(c["picker_timer"].tick, handlers.refresh_picker, [c["state"]], ("picker", "picker_timer"),
+              show_progress="hidden")
         event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary"),
               api_name="clear_forced")
 

@@ -253,12 +253,16 @@ def test_stale_views_errors_rapid_clicks_and_legible_views(app_url, page, tmp_pa
     picker = page.locator("#picker img")
     picker.scroll_into_view_if_needed()
     box = page.evaluate(PICTURE_BOX)
+    unmarked = picker.get_attribute("src")
     for r in (1, 4, 7, 10):
         for c in (2, 5, 8, 11):
             page.mouse.click(box["x"] + box["width"] * (c + 0.5) / 14, box["y"] + box["height"] * (r + 0.5) / 14,
                              delay=20)
             page.wait_for_timeout(150)
     expect(page.locator("#status")).to_contain_text("forced: +16 / −0", timeout=TIMEOUT_MS)
+    # once the clicks pause, the picker's timer redraws the picture with the forced marks
+    page.wait_for_function("src => document.querySelector('#picker img').src !== src", arg=unmarked,
+                           timeout=TIMEOUT_MS)
 
     # 8: the error curves: one legend entry per method, each method one colour in every panel
     page.get_by_role("tab", name="Low-rank error").click()

@@ -76,11 +76,14 @@ def test_real_geometries_say_how_the_processor_changed_the_picture(tmp_path):
 
 def test_the_picker_is_redrawn_once_the_clicks_pause(holder):
     """A new picture loading under the pointer swallows clicks (issue 16 item 7): a pick leaves the
-    picture alone, the timer's refresh redraws it only after a pause, once per change."""
+    picture alone, the timer (switched on by a click) redraws it only after a pause, once per change,
+    and switches itself off so an idle page polls nothing."""
     state = handlers.run(holder, noise(64, 64), PROMPT, "builtin", "iwp", 20, "", [], None)["state"]
-    assert handlers.refresh_picker(state) == {}  # Run showed the current marks
+    assert set(handlers.refresh_picker(state)) == {"picker_timer"}  # Run showed the current marks: off
     assert "picker" not in handlers.pick(state, 100.0, 100.0, "force keep")
-    assert handlers.refresh_picker(state) == {}  # clicked just now
+    assert handlers.refresh_picker(state) == {}  # clicked just now: keep ticking
     state.derived.last_click -= handlers.PICKER_PAUSE_S
-    assert handlers.refresh_picker(state)["picker"].size == (PICKER_SIDE, PICKER_SIDE)
-    assert handlers.refresh_picker(state) == {}  # drawn once
+    redrawn = handlers.refresh_picker(state)
+    assert redrawn["picker"].size == (PICKER_SIDE, PICKER_SIDE)
+    assert redrawn["picker_timer"].active is False
+    assert set(handlers.refresh_picker(state)) == {"picker_timer"}  # drawn once
