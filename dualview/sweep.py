@@ -9,7 +9,7 @@ the same rows.
 
 A row (:data:`COLUMNS`) says what was asked (item, method, budget as given, seed), what was kept
 (count, pruning layer, a digest of the kept set), both answers, whether the answer flipped
-(:func:`same_answer`), whether each answer is correct when an expected answer is known, log p of
+(:func:`dualview.answers.same_answer`), whether each answer is correct when an expected answer is known, log p of
 the full answer with every token and under the kept set (scored from the full answer's own
 token ids), and the kept set's weight error, effective rank, attention error
 (:meth:`Analysis.measures`) and kept attention mass (:meth:`Analysis.debug_measures`, the rows of
@@ -33,12 +33,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dualview.answers import same_answer
 from dualview.budget import resolve_budget
 from dualview.errors import DualviewError
 from dualview.validation import parse_layer, validate_request
 
 __all__ = ["Item", "Run", "Sweep", "plan", "run_sweep", "items_from_file", "items_from_examples", "parse_list",
-           "parse_seeds", "shared_params", "same_answer", "MAX_RUNS", "MAX_APP_RUNS", "APP_EXCLUDED", "DEFAULT_METHODS",
+           "parse_seeds", "shared_params", "MAX_RUNS", "MAX_APP_RUNS", "APP_EXCLUDED", "DEFAULT_METHODS",
            "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "COLUMNS"]
 
 MAX_RUNS = 2000
@@ -86,12 +87,6 @@ class Run:
     budget: str
     seed: int | None
     params: dict = field(default_factory=dict)
-
-
-def same_answer(first: str, second: str) -> bool:
-    """Whether two answers are the same after whitespace normalisation and case folding (the
-    app's "agrees with full" rule): ``"Red "`` and ``"red"`` agree, ``"red"`` and ``"blue"`` do not."""
-    return " ".join(first.split()).casefold() == " ".join(second.split()).casefold()
 
 
 def parse_list(value, what: str) -> list[str]:

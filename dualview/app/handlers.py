@@ -23,8 +23,7 @@ from dualview import figures
 from dualview.app import views
 from dualview.app.models import ModelHolder
 from dualview.app.state import MAX_NEW_TOKENS, ORACLE_MAX_LENGTH, PRESETS, Answers, AppState
-
-
+from dualview.answers import same_answer
 from dualview.budget import as_scalar, resolve_budget
 from dualview.errors import DualviewError
 from dualview.methods import all_methods, get_method, method_names
@@ -207,7 +206,7 @@ def answer_every_method(holder: ModelHolder, state: AppState | None) -> dict:
         with holder.lock:
             result = session.answer(state.analysis.prepared, keep=selection.kept, layer=method.prune_layer(state.analysis),
                                     max_new_tokens=MAX_NEW_TOKENS)
-        agree = "" if full is None else ("yes" if result.text.strip().lower() == full.strip().lower() else "no")
+        agree = "" if full is None else ("yes" if same_answer(result.text, full) else "no")
         rows.append([name, int(selection.kept.numel()), result.text, agree,
                      round(state.analysis.weight_error(selection.kept), 4), round(result.prefill_seconds, 4)])
     state.derived.method_answers = rows

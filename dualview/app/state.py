@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dualview.answers import same_answer
 from dualview.budget import resolve_budget
 from dualview.methods import Method, all_methods, get_method
 from dualview.selection import Selection, apply_overrides
@@ -51,7 +52,7 @@ class Answers:
 
     @property
     def agree(self) -> bool:
-        return self.full_text.strip().lower() == self.pruned_text.strip().lower()
+        return same_answer(self.full_text, self.pruned_text)
 
     def to_dict(self) -> dict:
         return {"full": self.full_text, "pruned": self.pruned_text, "agree": self.agree,

@@ -14,6 +14,7 @@ import numpy as np
 
 import dualview
 from dualview import figures
+from dualview.answers import same_answer
 from dualview.app.state import CURVE_METHODS, AppState
 from dualview.figures.picker import preprocessing_note
 from dualview.methods import get_method
@@ -180,8 +181,8 @@ def answers_text(state: AppState) -> str:
     if state.example:
         truth = state.example.get("answer")
         lines.append(f"\nGround truth of this example: **{truth}** (full answer "
-                     f"{'right' if ans.full_text.strip().lower() == str(truth).lower() else 'wrong'}, pruned answer "
-                     f"{'right' if ans.pruned_text.strip().lower() == str(truth).lower() else 'wrong'}).")
+                     f"{'right' if same_answer(ans.full_text, truth) else 'wrong'}, pruned answer "
+                     f"{'right' if same_answer(ans.pruned_text, truth) else 'wrong'}).")
         evidence = state.evidence_tokens()
         if evidence:
             kept_evidence = sorted(set(evidence) & set(state.kept()))

@@ -15,6 +15,7 @@ from PIL import Image
 
 import dualview
 from dualview import sweep
+from dualview.answers import same_answer
 from dualview.errors import DualviewError
 from dualview.methods import get_method
 from tests.engine_tiny import gradient_image, scaled_shapes_dir
@@ -179,7 +180,7 @@ def test_csv_and_json_agree(swept, tmp_path):
 
 
 def test_same_answer_ignores_case_and_spacing_only():
-    assert sweep.same_answer(" Red  car", "red car") and not sweep.same_answer("red", "blue")
+    assert same_answer(" Red  car", "red car") and not same_answer("red", "blue")
 
 
 @pytest.mark.parametrize("call, message", [
