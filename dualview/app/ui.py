@@ -55,8 +55,9 @@ def user_errors(function, outputs: tuple[str, ...] = ()):
     API clients get it as the call's error. On the page an error must not touch the views (gradio
     would put every output in its red error state, the budget slider included, and leave it there):
     a toast says the sentence, the status (when among ``outputs``) says it above the previous
-    analysis's status, and every other output is skipped, so the views and the state stay as they
-    were. ``outputs``: the view names ``function``'s result fills, in order."""
+    analysis's status, the budget control (when among them) goes back to the budget the views show,
+    and every other output is skipped, so the views and the state stay as they were.
+    ``outputs``: the view names ``function``'s result fills, in order."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -68,7 +69,10 @@ def user_errors(function, outputs: tuple[str, ...] = ()):
                 raise gr.Error(sentence, print_exception=False) from None
             gr.Warning(sentence)
             state = next((a for a in args if isinstance(a, AppState)), None)
-            chosen = [views.error_status(sentence, state) if name == "status" else gr.skip() for name in outputs]
+            shown = {"status": views.error_status(sentence, state)}
+            if state is not None:
+                shown["budget"] = state.budget
+            chosen = [shown.get(name, gr.skip()) for name in outputs]
             return chosen[0] if len(chosen) == 1 else chosen
 
     return wrapper
@@ -131,11 +135,14 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # -- Run, and every re-selection: one chain each, written once ------------------------------
         chain(event(c["run"].click, run, run_inputs, VIEWS, api_name="run", concurrency_limit=2), [curves_step])
         reselect = [answer_step(), curves_step]
-        chain(event(c["budget"].release, update, update_inputs, VIEWS, api_name="update", show_progress="hidden"),
-              [answer_step("answer"), curves_step])
-        for trigger in [c["method"].input] + [control.release if isinstance(control, gr.Slider) else control.submit
+        # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
+        # `release` misses the keys and reports a typed value before clamping it); only the latest waits
+        chain(event(c["budget"].input, update, update_inputs, VIEWS, api_name="update", show_progress="hidden",
+                    trigger_mode="always_last"), [answer_step("answer"), curves_step])
+        for trigger in [c["method"].input] + [control.input if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
-            chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden"), reselect)
+            chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden", trigger_mode="always_last"),
+                  reselect)
         preset = c["preset"].input(user_errors(lambda choice, state: handlers.preset_budget(choice, state), ("budget",)),
                                    [c["preset"], c["state"]], [c["budget"]], api_name=False)
         chain(preset, [then(update, update_inputs, VIEWS, show_progress="hidden"), *reselect])

@@ -147,6 +147,23 @@ def test_the_whole_page_in_a_browser(app_url, page):
     expect(page.locator("#map-kept .gtitle")).to_contain_text(f"Kept: {new_count} /")
     expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)  # the chained answer
 
+    # a budget typed in the slider's box, or moved by the arrow keys, re-selects too; a budget the
+    # model does not have is refused and the control goes back to the budget the views show
+    number = page.locator("#budget input[type=number]")
+    number.fill("30")
+    expect(page.locator("#status")).to_contain_text("keeps 30 of", timeout=TIMEOUT_MS)
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#status")).to_contain_text("keeps 32 of", timeout=TIMEOUT_MS)
+    expect(page.locator("#map-kept .gtitle")).to_contain_text("Kept: 32 /")
+    number.fill("500")
+    expect(page.locator(".toast-body").filter(has_text="500").first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(number).to_have_value("32", timeout=TIMEOUT_MS)
+    number.press("Tab")
+    expect(number).to_have_value("32")
+    expect(page.locator("#status")).to_contain_text("keeps 32 of")
+
     # hover a token in the token space: the same token is outlined on the kept map, and back
     page.locator("#space").scroll_into_view_if_needed()
     x, y = page.evaluate(POINT_OF_FIRST_KEPT)
