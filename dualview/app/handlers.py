@@ -298,7 +298,8 @@ def inspect(state: AppState | None, token, mode: str) -> dict:
     return {"state": state, "token": state.selected, "row": views.row_figure(state), "teaching": views.teaching_text(state),
             "kept": views.kept_figure(state), "magnitude": views.magnitude_figure(state),
             "duplication": views.duplication_figure(state), "status": views.status_text(state),
-            "summary": views.summary(state), "space": views.space_figure(state), "per_head": views.per_head_text(state)}
+            "summary": views.summary(state), "space": views.space_figure(state), "per_head": views.per_head_text(state),
+            "answers": views.answers_text(state)}
 
 
 def pick(state: AppState | None, x: float, y: float, mode: str) -> dict:
@@ -340,7 +341,7 @@ def clear_forced(state: AppState | None) -> dict:
     state.forced_keep.clear()
     state.forced_drop.clear()
     return {"state": state, "kept": views.kept_figure(state), "status": views.status_text(state),
-            "picker": shown_picker(state), "summary": views.summary(state)}
+            "picker": shown_picker(state), "summary": views.summary(state), "answers": views.answers_text(state)}
 
 
 # --- animations ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ __all__ = ["build_demo", "CSS", "VIEWS"]
 
 ANSWER_VIEWS = ("state", "answers", "summary")
 INSPECT_VIEWS = ("state", "token", "row", "teaching", "kept", "magnitude", "duplication", "status", "summary", "space",
-                 "per_head")
+                 "per_head", "answers")
 
 
 def sentence_of(error: Exception) -> str:
@@ -163,7 +163,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
                            ).then(lambda: gr.Timer(active=True), None, [c["picker_timer"]], api_name=False)
         event(c["picker_timer"].tick, handlers.refresh_picker, [c["state"]], ("picker", "picker_timer"),
               show_progress="hidden")
-        event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary"),
+        event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary", "answers"),
               api_name="clear_forced")
 
         # -- animations: server-driven frames (a slider and a timer) --------------------------------

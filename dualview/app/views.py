@@ -165,7 +165,8 @@ def answers_text(state: AppState) -> str:
     if ans is None:
         return "*Answers appear here after Run.*"
     if not state.answers_current():
-        return changed_text(state) + "*The kept set changed: its answers are being computed (or press Re-answer).*"
+        return changed_text(state) + ("*The kept set changed: a budget, method or parameter move answers by itself (being computed); "
+                                     "after forcing patches press **Re-answer**.*")
     agree = "the answers **agree**" if ans.agree else "**the answers differ**"
     lines = [
         changed_text(state) + "| | full (all tokens) | pruned |",

@@ -133,13 +133,17 @@ def test_forcing_patches_changes_the_kept_set(app):
     out, _ = run(client, app, budget=5)
     kept = out[SUMMARY]["kept"]
     dropped = next(t for t in range(out[SUMMARY]["num_visual"]) if t not in kept)
-    summary = client.predict(kept[0], "force drop", api_name="/inspect")[7]
+    out = client.predict(kept[0], "force drop", api_name="/inspect")
+    summary, answers = out[7], out[-1]
     assert kept[0] not in summary["kept"] and summary["kept_count"] == 4
+    assert "press **Re-answer**" in answers  # the answers shown were made for the kept set before the click
     summary = client.predict(dropped, "force keep", api_name="/inspect")[7]
     assert dropped in summary["kept"] and summary["kept_count"] == 5
-    answered = client.predict(api_name="/reanswer")[-1]
-    assert answered["forced_keep"] == [dropped] and answered["forced_drop"] == [kept[0]]
-    assert client.predict(api_name="/clear_forced")[-1]["kept"] == kept
+    answered = client.predict(api_name="/reanswer")
+    assert answered[-1]["forced_keep"] == [dropped] and answered[-1]["forced_drop"] == [kept[0]]
+    assert "full (all tokens)" in answered[0]
+    cleared = client.predict(api_name="/clear_forced")
+    assert cleared[-2]["kept"] == kept and "press **Re-answer**" in cleared[-1]
 
 
 def test_animation_steps_and_export(app):
