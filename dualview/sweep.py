@@ -215,7 +215,11 @@ def _prompts_file(folder: Path, prompts) -> Path:
 
 def _records(path: Path) -> list[dict]:
     """The rows of a prompts file as dicts (CSV with a header row, or a JSON list of objects)."""
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DualviewError(f"The prompts file {path.name!r} is not UTF-8 text (byte {error.start}); save it as "
+                            "UTF-8.") from None
     if path.suffix.lower() == ".json":
         try:
             records = json.loads(text)
@@ -422,13 +426,13 @@ class Sweep:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         rows, summary, data = folder / "sweep.csv", folder / "sweep-summary.csv", folder / "sweep.json"
-        rows.write_text(self.csv_text())
+        rows.write_text(self.csv_text(), encoding="utf-8")
         table = self.flip_table()
-        with open(summary, "w", newline="") as handle:
+        with open(summary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(table)
-        data.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        data.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False), encoding="utf-8")
         return [str(rows), str(summary), str(data)]
 
 

@@ -245,6 +245,8 @@ def compare(state: AppState | None, chosen) -> dict:
     state = require(state)
     if not chosen:
         raise DualviewError("Tick at least one method to compare.")
+    if isinstance(chosen, str) or len(set(chosen)) != len(chosen):
+        raise DualviewError(f"Name each method to compare once, as a list: {chosen!r}.")
     kept = {m: state.select(m).kept.tolist() for m in chosen}
     errors = {m: state.analysis.weight_error(k) for m, k in kept.items()}
     state.derived.compared_for = state.choice_key()

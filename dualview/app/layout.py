@@ -217,7 +217,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                                 "square of the sequence). The CLI's `python -m dualview sweep` runs larger sweeps and "
                                 "folders of your own images.")
                     with gr.Row():
-                        c["sweep_methods"] = gr.CheckboxGroup([m for m in methods if m not in sweep.APP_EXCLUDED],
+                        c["sweep_methods"] = Choices([m for m in methods if m not in sweep.APP_EXCLUDED],
                                                               value=["iwp", "iwp-magnitude", "fastv", "random"],
                                                               label="methods", elem_id="sweep-methods")
                         c["sweep_budgets"] = gr.Textbox(", ".join(sweep.DEFAULT_BUDGETS), elem_id="sweep-budgets",

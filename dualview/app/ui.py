@@ -133,7 +133,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             return handlers.update(state, method, budget, param_values, with_oracle)
 
         # -- Run, and every re-selection: one chain each, written once ------------------------------
-        chain(event(c["run"].click, run, run_inputs, VIEWS, api_name="run", concurrency_limit=2), [curves_step])
+        # a Run pressed while one is running is not dropped (gradio's default for clicks): it runs next
+        chain(event(c["run"].click, run, run_inputs, VIEWS, api_name="run", concurrency_limit=2,
+                    trigger_mode="always_last"), [curves_step])
         reselect = [answer_step(), curves_step]
         # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
         # `release` misses the keys and reports a typed value before clamping it); only the latest waits
@@ -196,11 +198,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # -- sweep of the examples: one at a time on the server, bounded by dualview.sweep.MAX_APP_RUNS --
         sweep_views = ("sweep_text", "sweep_table", "sweep_items", "sweep_files")
 
-        @user_errors
         def sweep(progress=gr.Progress(), *values):
             model, layer, methods, budgets, seeds, *param_values = values
             result = handlers.sweep(holder, examples, model, layer, methods, budgets, seeds, param_values, progress)
             return [result.get(name, gr.skip()) for name in sweep_views]
+
+        sweep = user_errors(sweep, sweep_views)  # an error on the page leaves the last sweep's results
 
         c["sweep_button"].click(sweep, [c["model"], c["layer"], c["sweep_methods"], c["sweep_budgets"], c["sweep_seeds"],
                                         *params], [c[name] for name in sweep_views], api_name="sweep", concurrency_limit=1)

@@ -253,3 +253,5 @@ def test_choices_and_ranges_reach_the_validator_so_the_api_gets_its_sentence(app
     with pytest.raises(AppError) as refused:
         client.predict(["iwp", "magic"], api_name="/compare")
     assert str(refused.value) == sentence(lambda: handlers.get_method("magic"))
+    with pytest.raises(AppError, match=r"Name each method to compare once, as a list: \['iwp', 'iwp'\]."):
+        client.predict(["iwp", "iwp"], api_name="/compare")

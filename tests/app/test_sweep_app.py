@@ -58,7 +58,8 @@ def test_sweep_errors_are_one_sentence(served):
              ((["iwp", "random"], too_many, "0"),
               f"{len(examples)} items × 58 runs = {58 * len(examples)} pruned answers, more than the limit of "
               f"{sweep.MAX_APP_RUNS}"),
-             ((["iwp"], "11.1%", "0", "99"), "pruning layer must be a whole number from 0 to 7")]
+             ((["iwp"], "11.1%", "0", "99"), "pruning layer must be a whole number from 0 to 7"),
+             ((["iwp", "oracle"], "11.1%", "0"), "does not run oracle (its cost grows")]  # the handler's, not gradio's
     for args, message in cases:
         with pytest.raises(AppError) as error:
             call(client, *args[:3], layer=args[3] if len(args) > 3 else "")

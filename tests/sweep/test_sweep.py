@@ -194,6 +194,7 @@ def test_same_answer_ignores_case_and_spacing_only():
     (lambda f: sweep.items_from_file(f, f / "none.csv"), "has no rows"),
     (lambda f: sweep.items_from_file(f, f / "bad.json"), "is not valid JSON"),
     (lambda f: sweep.items_from_file(f, f / "dict.json"), "must hold a JSON list of objects"),
+    (lambda f: sweep.items_from_file(f, f / "latin1.csv"), "The prompts file 'latin1.csv' is not UTF-8 text"),
     (lambda f: sweep.plan(["iwp", "nope"], BUDGETS, SEEDS), "Unknown method 'nope'"),
     (lambda f: sweep.plan(["iwp", "iwp"], BUDGETS, SEEDS), "names iwp more than once"),
     (lambda f: sweep.plan([], BUDGETS, SEEDS), "at least one of its methods"),
@@ -218,6 +219,7 @@ def test_bad_input_gives_one_sentence(folder, call, message):
     (folder / "none.csv").write_text("image,prompt,expected\n")
     (folder / "bad.json").write_text("[{")
     (folder / "dict.json").write_text('{"image": "a.png"}')
+    (folder / "latin1.csv").write_bytes("image,prompt\na.png,où est la lettre?\n".encode("latin-1"))
     with pytest.raises(DualviewError) as error:
         call(folder)
     text = str(error.value)
