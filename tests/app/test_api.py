@@ -158,7 +158,7 @@ def test_animation_steps_and_export(app):
     assert payload["kept"] == out[SUMMARY]["kept"] and len(payload["pcmmr_round_scores"]) == len(chunks)
     assert len(payload["magnitude"]) == payload["num_visual"]
     html = open(next(p for p in paths if p.endswith(".html"))).read()
-    assert "Plotly.addFrames" in html and '<script src="http' not in html
+    assert "plotly_sliderchange" in html and "dv_anim" in html and '<script src="http' not in html
     assert command.startswith("python -m dualview answer") and "--budget 7" in command and "--param lam=5" in command
 
 
