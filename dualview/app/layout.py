@@ -120,7 +120,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["teaching"] = gr.Markdown(latex_delimiters=LATEX, elem_classes=["teach"], elem_id="teaching")
                 for which, tab, text, label, interval in (
                         ("pcmmr", "PC-MMR step by step", "One frame per round: kept tokens coloured by the round that "
-                         "took them, this round's chunk outlined in cyan, the remaining tokens' penalised scores as a "
+                         "took them, this round's chunk in cyan, the remaining tokens' penalised scores as a "
                          "heat-map (colour on a log scale: white is the round's largest score, black 10⁻⁴ of it or "
                          "less; hover for the score). Stepping and Play run in your browser.", "round (0-based)", PLAY_INTERVAL_S),
                         ("classic", "Classic MMR", "Classic MMR for comparison: one token per step (computed when "

@@ -22,7 +22,7 @@ from dualview.app.examples import load_examples
 from dualview.app.layout import CSS, VIEWS, build_layout
 from dualview.app.models import ModelHolder
 from dualview.errors import DualviewError
-from dualview.figures.maps import STEP_JS
+from dualview.figures import STEP_JS
 from dualview.methods import method_names
 
 __all__ = ["build_demo", "CSS", "VIEWS"]

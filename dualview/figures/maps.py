@@ -27,7 +27,7 @@ DROPPED_COLOR = "rgba(245,245,245,0.82)"
 """Dropped tokens are washed out (light, nearly opaque): kept ones stay legible on dark and light
 scenes alike, whatever colour their round has."""
 SINGLE_ROUND_COLOR = "rgb(0,200,120)"
-CHUNK_OUTLINE = "#00e5ff"
+CHUNK_COLOR = "rgb(0,229,255)"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
 DISPLAY_SIDE = 512
@@ -317,19 +317,19 @@ def _log_hot_scale(decades: int = 4, per_decade: int = 2) -> list:
 
 def _reveal_scale(total: int, step: int) -> list:
     """Colour scale of the kept layer (z = round, zmin −0.5, zmax ``total`` − 0.5) at ``step``:
-    round r ≤ step gets ``round_colors(total)[r]``, later rounds are transparent. O(1) stops."""
+    round r < step gets ``round_colors(total)[r]``, round ``step`` (the chunk just taken) the chunk
+    colour, later rounds are transparent. At most a dozen stops, whatever ``total``."""
+    low, cut = step / total, (step + 1) / total  # the band of round ``step``
     if total == 1:
-        return [[0.0, SINGLE_ROUND_COLOR], [1.0, SINGLE_ROUND_COLOR]]
-    cut = (step + 1) / total  # between the centres of rounds step and step + 1
+        return [[0.0, CHUNK_COLOR], [1.0, CHUNK_COLOR]]
 
-    def at(p):  # colour at normalised position p: round (p·total − 0.5) on the ramp
+    def at(p):  # ramp colour at normalised position p: round (p·total − 0.5)
         return _rgb(_viridis_at((p * total - 0.5) / (total - 1)))
 
     anchors = [(k / (len(_VIRIDIS) - 1) * (total - 1) + 0.5) / total for k in range(len(_VIRIDIS))]
-    scale = [[0.0, at(0.0)]] + [[p, at(p)] for p in anchors if p < cut]
-    if cut < 1.0:
-        return scale + [[cut, at(cut)], [cut, TRANSPARENT], [1.0, TRANSPARENT]]
-    return scale + [[1.0, at(1.0)]]
+    scale = ([[0.0, at(0.0)]] + [[p, at(p)] for p in anchors if p < low] + [[low, at(low)]]) if step else []
+    scale += [[low, CHUNK_COLOR], [cut, CHUNK_COLOR]]
+    return scale + ([[cut, TRANSPARENT], [1.0, TRANSPARENT]] if cut < 1.0 else [])
 
 
 def _outline_xy(boxes: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,13 +346,13 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
     """Every step of a greedy selection (PC-MMR rounds or MMR steps) in one figure, shown at ``step``.
 
     Per panel: the remaining tokens' scores as a heat-map (``name="remaining"``, z the raw score,
-    coloured on a log scale when ``per_step_scores``), the kept tokens coloured by the round that
-    took them (``"kept"``; one z array of rounds, each step's colour scale reveals rounds ≤ step) and
-    the step's chunk outlined (``"chunk"``). ``layout.meta["dv_anim"]`` carries what each step
-    changes, applied in the browser by :data:`STEP_JS`: the title, the kept layer's colour scale
-    (O(1)), the chunk's outline (O(chunk)) and, with ``per_step_scores`` (PC-MMR: about log₂ M
-    rounds), the remaining tokens' scores and their maximum (O(Nv) per round). Without it (classic
-    MMR: one step per kept token) the heat-map shows the scores of the first step throughout.
+    coloured on a log scale when ``per_step_scores``) and the kept tokens (``"kept"``; z the round
+    that took each, one array for every step): rounds before the step in their round colour, the
+    step's own chunk in :data:`CHUNK_COLOR`, later rounds transparent. ``layout.meta["dv_anim"]``
+    carries what each step changes, applied in the browser by :data:`STEP_JS`: the title, the kept
+    layer's colour scale (O(1)) and, with ``per_step_scores`` (PC-MMR: about log₂ M rounds), the
+    remaining tokens' scores and their maximum (O(Nv) per round). Without it (classic MMR: one step
+    per kept token) the heat-map shows the scores of the first step throughout.
 
     Args:
         layout: token layout (``Geometry.to_dict()``); chunks: per step, the token indices taken
@@ -367,8 +367,6 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
     for r, chunk in enumerate(chunks):
         rounds[np.asarray(chunk, dtype=int)] = r
     fig, grids, refs, panel_of = _base_figure(layout, image, "", height=height)
-    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    per_panel = [np.nonzero(panel_of == p)[0] for p in range(len(grids))]
     floored = list(floored) if floored else [0] * total
 
     def remaining(s: int) -> np.ndarray:  # [Nv] scores step s chose from, NaN for the tokens kept up to it
@@ -381,10 +379,6 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
         return (f"{label} · round {s + 1}/{total} · chunk of {len(chunks[s])} · kept {kept_count} · "
                 f"{floored[s]} floored")
 
-    def outline(s: int, p: int):
-        chunk = np.asarray(chunks[s], dtype=int).reshape(-1)
-        return _outline_xy(boxes, chunk[panel_of[chunk] == p])
-
     def peak(values: np.ndarray) -> float:
         finite = values[np.isfinite(values)]
         return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -392,7 +386,7 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
     token = np.arange(n, dtype=np.float32)
     first = remaining(0)
     finite = first[np.isfinite(first)]
-    indices = {"remaining": [], "kept": [], "chunk": []}
+    indices = {"remaining": [], "kept": []}
     shown = remaining(step)
     for p, (grid, ref) in enumerate(zip(grids, refs)):
         if per_step_scores:
@@ -404,35 +398,26 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
                             ref, colorscale=scale, zmin=zmin, zmax=zmax, opacity=0.6, showscale=False, name="remaining"))
         indices["kept"].append(len(fig.data))
         tick_step = max(1, math.ceil(total / 8))
-        fig.add_trace(_heat(grid, np.where(rounds >= 0, rounds, np.nan), np.stack([token, rounds + 1.0], axis=1),
-                            "token %{customdata[0]:.0f}<br>taken in round %{customdata[1]:.0f}<extra></extra>", ref,
+        fig.add_trace(_heat(grid, np.where(rounds >= 0, rounds, np.nan), token[:, None],
+                            "token %{customdata[0]:.0f}<br>taken at step %{z:.0f} (0-based)<extra></extra>", ref,
                             colorscale=_reveal_scale(total, step), zmin=-0.5, zmax=total - 0.5, opacity=0.8,
                             showscale=p == 0 and total > 1, name="kept",
                             colorbar=dict(title="round", thickness=12, len=0.9, x=1.0,
                                           tickvals=list(range(0, total, tick_step)),
                                           ticktext=[str(r + 1) for r in range(0, total, tick_step)])))
-    for p, ref in enumerate(refs):
-        indices["chunk"].append(len(fig.data))
-        x, y = outline(step, p)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(color=CHUNK_OUTLINE, width=3), name="chunk",
-                                 xaxis=ref[0], yaxis=ref[1], hoverinfo="skip", showlegend=False, connectgaps=False))
 
     def encoded(values: np.ndarray, p: int) -> dict:
         return to_typed_array_spec(grids[p].grid(values).astype(np.float32))
 
-    def plain(values: np.ndarray) -> list:
-        return [None if math.isnan(v) else round(float(v), 2) for v in values]
-
     steps = []
     for s in range(total):
-        xy = [outline(s, p) for p in range(len(grids))]
-        entry = {"title": title(s), "scale": _reveal_scale(total, s),
-                 "x": [plain(x) for x, _ in xy], "y": [plain(y) for _, y in xy]}
+        entry = {"title": title(s), "scale": _reveal_scale(total, s)}
         if per_step_scores:
             values = remaining(s)
             entry.update(z=[encoded(values, p) for p in range(len(grids))], zmax=peak(values))
         steps.append(entry)
-    fig.update_layout(title_text=title(step), meta=dict(fig.layout.meta, dv_anim=dict(traces=indices, steps=steps)))
+    fig.update_layout(title_text=title(step))
+    fig.layout.meta = dict(dv_anim=dict(traces=indices, steps=steps))  # (no linked hover here: no token boxes)
     return fig
 
 

@@ -7,7 +7,6 @@
   k = Math.max(0, Math.min(steps.length - 1, Math.round(Number(k) || 0)));
   const s = steps[k];
   traces.kept.forEach((i) => { gd.data[i].colorscale = s.scale; });
-  traces.chunk.forEach((i, p) => { gd.data[i].x = s.x[p]; gd.data[i].y = s.y[p]; });
   if (s.z) traces.remaining.forEach((i, p) => { gd.data[i].z = s.z[p]; gd.data[i].zmax = s.zmax; });
   gd.layout.title = Object.assign({}, gd.layout.title, {text: s.title});
   if (gd.layout.sliders && gd.layout.sliders.length) gd.layout.sliders[0].active = k;

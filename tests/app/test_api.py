@@ -148,8 +148,9 @@ def test_animation_steps_and_export(app):
     chunks = out[SUMMARY]["pcmmr"]["chunks"]
     frame = plot_json(client.predict(1, api_name="/pcmmr_step"))
     assert f"round 2/{len(chunks)}" in frame["layout"]["title"]["text"]
-    outline = [t for t in frame["data"] if t.get("name") == "chunk"]  # the newest chunk, outlined
-    assert sum(np.isnan(decode(t["x"]).astype(float)).sum() for t in outline) == len(chunks[1])
+    kept_layer = next(t for t in frame["data"] if t.get("name") == "kept")  # the newest chunk in the chunk colour
+    band = [stop[0] for stop in kept_layer["colorscale"] if stop[1] == "rgb(0,229,255)"]
+    assert band == [1 / len(chunks), 2 / len(chunks)]
     classic = plot_json(client.predict(6, api_name="/classic_step"))
     assert "classic MMR · round 7/7" in classic["layout"]["title"]["text"]
     files, command = client.predict(api_name="/export")

@@ -20,7 +20,8 @@ SHOWN = """(id) => {
   const finite = (z) => Array.from(z).reduce((n, row) => n + Array.from(row).filter(Number.isFinite).length, 0);
   const remaining = anim.traces.remaining.reduce((n, i) => n + finite(gd._fullData[i].z), 0);
   const scale = gd._fullData[anim.traces.kept[0]].colorscale;
-  return {title: gd._fullLayout.title.text, steps: anim.steps.length, tokens: gd.layout.meta.dv_boxes.length,
+  const cells = anim.traces.remaining.reduce((n, i) => n + gd._fullData[i].customdata.flat().filter((c) => Number.isFinite(c[0])).length, 0);
+  return {title: gd._fullLayout.title.text, steps: anim.steps.length, tokens: cells,
           remaining: remaining, transparent: /^rgba\(0, *0, *0, *0\)$/.test(scale[scale.length - 1][1]), last: scale[scale.length - 1][1]};
 }"""
 
@@ -88,3 +89,32 @@ def test_classic_mmr_steps_in_the_browser(app_url, page):
     set_step(page, "mmr", 4)
     expect(page.locator("#mmr-plot .gtitle")).to_contain_text(f"round 5/{total} · chunk of 1 · kept 5")
     assert calls == []
+
+
+def test_the_exported_animation_opens_offline_and_plays(page, tmp_path):
+    import torch
+
+    from dualview import figures
+    from dualview.engine.geometry import fixed_grid
+    from dualview.selection import pc_mmr
+
+    torch.manual_seed(0)
+    layout = fixed_grid((224, 224), 14, (0.0, 0.0, 224.0, 224.0)).to_dict()
+    features = torch.nn.functional.normalize(torch.randn(196, 6, dtype=torch.float64), dim=1)
+    selection = pc_mmr(torch.rand(196, dtype=torch.float64), (features @ features.T) ** 2, 60, b0=2, growth=2, lam=5.0)
+    animation = figures.selection_animation(layout, [c.tolist() for c in selection.chunks],
+                                            [s.numpy() for s in selection.scores], selection.floored)
+    path = tmp_path / "animation.html"
+    path.write_text(figures.animation_html(animation))
+    outside = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+               else (outside.append(route.request.url), route.abort()))
+    page.goto(path.as_uri())
+    total = len(selection.chunks)
+    expect(page.locator("#dv-animation .gtitle")).to_contain_text(f"round 1/{total}", timeout=TIMEOUT_MS)
+    page.locator(".updatemenu-button", has_text="Play").click()
+    expect(page.locator("#dv-animation .gtitle")).to_contain_text(f"round 3/{total}", timeout=10_000)
+    page.locator(".updatemenu-button", has_text="Pause").click()
+    shown = page.evaluate("() => document.querySelector('#dv-animation').layout.meta.dv_anim.steps.length")
+    assert shown == total and outside == []
+    page.unroute("**/*")
