@@ -486,8 +486,7 @@ def attention_output_error(
         float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output; when the
         full output is exactly zero the absolute ``‖A_S − A‖`` is returned.
     """
-    split = attention_split(q, k, v, keep, query_positions)
-    return float(_relative_norm(split.pruned - split.full, split.full))
+    return float(attention_split(q, k, v, keep, query_positions).relative_error)
 
 
 # --- kept attention mass and the normaliser (method.md §8, ours) --------------------------------
@@ -544,6 +543,11 @@ class AttentionSplit:
 
     def _relative(self, part: Tensor) -> Tensor:
         return _relative_norm(part, self.full, dim=(1, 2))
+
+    @property
+    def relative_error(self) -> Tensor:
+        """Scalar ``‖A − A_S‖_F / ‖A‖_F`` over every head, row and value dim (:func:`attention_output_error`)."""
+        return _relative_norm(self.pruned - self.full, self.full)
 
     @property
     def output_error(self) -> Tensor:

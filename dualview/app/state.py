@@ -267,8 +267,7 @@ class AppState:
             kept_sets = [self.select(chosen, budget).kept for budget in budgets]
         result: dict = {}
         for kept in kept_sets:
-            measured = dict(self.analysis.measures(kept), kept_mass=self.analysis.debug_measures(kept, self.query)["kept_mass"])
-            for name, value in measured.items():
+            for name, value in self.analysis.measures(kept, self.query).items():
                 result.setdefault(name, []).append(value)
         return result
 

@@ -208,10 +208,7 @@ class Analysis:
 
     def attention_error(self, kept) -> float:
         """Relative attention-output error of the text queries at this layer (causal)."""
-        text = self.prepared.text_positions
-        return dual_form.attention_output_error(self.projections.q_post[:, text], self.projections.k_post,
-                                                self.projections.v, self.sequence_keep(kept),
-                                                query_positions=text)
+        return float(self.attention_split(kept, DEFAULT_QUERY).relative_error)
 
     @property
     def sequence_kv(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -219,21 +216,28 @@ class Analysis:
         the ``[Nv]`` positions of the visual tokens (what the greedy oracle reads)."""
         return self.projections.k_post, self.projections.v, self.prepared.visual_positions
 
-    def measures(self, kept) -> dict:
+    def measures(self, kept, query: str | None = None) -> dict:
         """Every measure of a kept set that the app, the CLI and the benches report (one
         :meth:`weight_measures` call and one attention pass).
 
-        Args: kept: visual-token indices (0..Nv−1).
+        Args: kept: visual-token indices (0..Nv−1); query: with a query choice
+            (``text | last | all | token:i``), also that choice's ``kept_mass`` (as
+            :meth:`debug_measures` gives it), from the same attention pass when it is ``text``.
         Returns: ``weight_error``, ``effective_rank`` and ``stable_rank`` of W_S over the whole
         sequence (method.md §6), the error and effective rank over the visual tokens only
         (``visual_weight_error``, ``visual_effective_rank``), and the text queries'
         ``attention_error``; floats (means over KV heads).
         """
         m = self.weight_measures(kept)
-        return {"weight_error": float(m.weight_error.mean()), "effective_rank": float(m.effective_rank.mean()),
-                "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
-                "visual_effective_rank": float(m.visual_effective_rank.mean()),
-                "attention_error": self.attention_error(kept)}
+        text = self.attention_split(kept, DEFAULT_QUERY)
+        result = {"weight_error": float(m.weight_error.mean()), "effective_rank": float(m.effective_rank.mean()),
+                  "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
+                  "visual_effective_rank": float(m.visual_effective_rank.mean()),
+                  "attention_error": float(text.relative_error)}
+        if query is not None:
+            split = text if canonical_query(query) == DEFAULT_QUERY else self.attention_split(kept, query)
+            result["kept_mass"] = float(split.kept_mass_per_head.mean())
+        return result
 
     # -- debugging a pruned answer (method.md §8, ours) -----------------------------------------
     def attention_split(self, kept, query: str = DEFAULT_QUERY) -> dual_form.AttentionSplit:
