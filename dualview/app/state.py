@@ -301,7 +301,7 @@ class AppState:
 
         if kind not in self.derived.projections:
             source = self.analysis.visual_keys if kind == "keys" else self.analysis.visual_values
-            self.derived.projections[kind] = project_2d(source.permute(1, 0, 2).reshape(self.num_visual, -1).numpy())
+            self.derived.projections[kind] = project_2d(source.permute(1, 0, 2).reshape(self.num_visual, -1).cpu().numpy())
         return self.derived.projections[kind]
 
     # -- evidence and picking -------------------------------------------------------------

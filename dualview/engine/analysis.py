@@ -1,6 +1,11 @@
 """The analysis of one (model, image, prompt, layer): dual-form scores and kept-set measures.
 
-All tensors are float32 on CPU. S is the sequence length, Nv the number of visual tokens, H/Hkv
+The captured projections stay on the device they were made on (:func:`analysis_device`: the
+model's GPU when it has one) and the heavy maths (magnitude, duplication blocks, the implicit
+weight's Gram products, the attention split) runs there, float64 where exactness needs it; what
+views, methods and JSON read (per-token scores, per-head measures) is returned as float32 / float64
+on the CPU. On a CPU-only machine nothing moves. Untested on a GPU (none was available to this
+project). S is the sequence length, Nv the number of visual tokens, H/Hkv
 the query/KV heads, d the head dim. Visual-token indices (0..Nv-1) follow
 :class:`dualview.engine.geometry.Geometry`.
 """
@@ -20,6 +25,13 @@ from dualview.errors import DualviewError
 from dualview.queries import DEFAULT_QUERY, canonical_query, query_positions
 
 
+def analysis_device(device: torch.device | str) -> torch.device:
+    """Where an analysis of captures made on ``device`` runs: that device, except Apple's MPS
+    (no float64, which the exact measures need), where it is the CPU."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 @dataclass
 class Projections:
     """One decoder layer's attention inputs for the whole sequence.
@@ -33,6 +45,12 @@ class Projections:
     q_post: Tensor
     k_post: Tensor
     v: Tensor
+
+
+def on_analysis_device(projections: Projections) -> Projections:
+    """``projections`` with each tensor on its :func:`analysis_device` (a no-op on the CPU)."""
+    return Projections(*(t.to(analysis_device(t.device)) for t in
+                         (getattr(projections, f) for f in Projections.__dataclass_fields__)))
 
 
 def attention_received(q_post: Tensor, k_post: Tensor) -> Tensor:
@@ -85,8 +103,8 @@ class Analysis:
         p = projections
         self._magnitudes: dict[str, Tensor] = {}
         self.magnitude = self.magnitude_for(DEFAULT_QUERY)
-        self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0)
-        self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0)
+        self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0).cpu()
+        self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0).cpu()
         self._embeddings = embeddings
         self.fastv_layer = fastv_layer
         self._received = fastv_received
@@ -106,7 +124,7 @@ class Analysis:
         if query not in self._magnitudes:
             p, visual = self.projections, self.prepared.visual_positions
             rows = self.query_rows(query)
-            self._magnitudes[query] = dual_form.magnitude(p.q_pre[:, rows], p.k_pre[:, visual], p.v[:, visual]).float()
+            self._magnitudes[query] = dual_form.magnitude(p.q_pre[:, rows], p.k_pre[:, visual], p.v[:, visual]).float().cpu()
         return self._magnitudes[query]
 
     def _captured(self, value: Tensor | None, what: str) -> Tensor:
@@ -150,7 +168,7 @@ class Analysis:
     def duplication(self) -> Tensor:
         """``[Nv, Nv]`` information duplication S̄² (method.md §3): Nv² numbers; the views use
         :meth:`duplication_row` and :attr:`token_duplication` instead."""
-        return self.duplication_blocks.full().float()
+        return self.duplication_blocks.full().float().cpu()
 
     def duplication_row(self, token: int) -> Tensor:
         """``[Nv]`` row ``token`` of S̄²: which tokens duplicate visual token ``token`` (O(Nv))."""
@@ -160,7 +178,7 @@ class Analysis:
     @cached_property
     def token_duplication(self) -> Tensor:
         """``[Nv]`` mean of each token's 8 largest duplications with other tokens (blockwise)."""
-        return dual_form.token_duplication(self.duplication_blocks)
+        return dual_form.token_duplication(self.duplication_blocks).cpu()
 
     # -- kept sets ------------------------------------------------------------------------
     def sequence_keep(self, kept) -> Tensor:
@@ -182,13 +200,14 @@ class Analysis:
         return dual_form.ImplicitWeight(self.projections.k_post, self.projections.v, self.prepared.visual_positions)
 
     def weight_measures(self, kept) -> dual_form.WeightMeasures:
-        """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask)."""
+        """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask), on
+        the analysis's device (the float helpers below bring them to the CPU)."""
         return self.implicit_weight.measure(self.prepared.check_kept(kept))
 
     def _scoped(self, kept, scope: str, sequence: str, visual: str) -> Tensor:
         if scope not in self.SCOPES:
             raise DualviewError(f"Unknown scope {scope!r} for the implicit weight; use one of {', '.join(self.SCOPES)}.")
-        return getattr(self.weight_measures(kept), sequence if scope == "sequence" else visual)
+        return getattr(self.weight_measures(kept), sequence if scope == "sequence" else visual).cpu()
 
     def weight_error_per_head(self, kept, scope: str = "sequence") -> Tensor:
         """``[Hkv]`` relative error ``‖W − W_S‖_F / ‖W‖_F`` per KV head (method.md §6)."""
@@ -245,7 +264,7 @@ class Analysis:
         for the query rows ``query`` chooses, split into the dropped updates and the normaliser
         (:func:`dualview.dual_form.attention_split`, method.md §8.2–8.3): post-RoPE rows at their own
         positions (causal), keys and values of the whole sequence, S = every non-visual token plus
-        the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64."""
+        the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64 on the analysis's device."""
         rows = self.query_rows(query)
         p = self.projections
         return dual_form.attention_split(p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows)
@@ -279,13 +298,13 @@ class Analysis:
         rows = self.query_rows(query)
         p = self.projections
         weights = dual_form.attention_weights(p.q_post[:, rows], p.k_post, rows)  # [H, R, S]
-        return weights[:, :, self.prepared.visual_positions].mean(dim=1).float()
+        return weights[:, :, self.prepared.visual_positions].mean(dim=1).float().cpu()
 
     def update_share(self) -> Tensor:
         """``[Hkv, Nv]`` each visual token's ``‖ΔW_i‖_F / ‖W‖_F`` at this layer, W summed over the
         whole sequence (method.md §1, §6; :meth:`dualview.dual_form.ImplicitWeight.update_share`); ``.mean(0)`` for
         the average over KV heads. Float32; a share near 1 means one update dominates W."""
-        return self.implicit_weight.update_share().float()
+        return self.implicit_weight.update_share().float().cpu()
 
     def token_numbers(self, token: int) -> dict:
         """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:
