@@ -157,9 +157,12 @@ def app_events(url: str, model_dir: str, image_path: str, repeats: int) -> dict:
         record("classic step", lambda: client.predict(1, api_name="/classic_step"))
         record("curves", lambda: client.predict(False, api_name="/curves"))
         record("compare", lambda: client.predict(["iwp", "fastv", "divprune"], api_name="/compare"))
-        record("export", lambda: client.predict(api_name="/export"))
+        files, _ = record("export", lambda: client.predict(api_name="/export"))
+        samples["export"]["html"] = next(sent_bytes(f) for f in files if str(f.get("path", f) if isinstance(f, dict)
+                                                                            else f).endswith(".html"))
     return {name: {"median_s": statistics.median(e["seconds"]), "bytes": e["bytes"],
-                   "largest_output": e["largest_output"]} for name, e in samples.items()}
+                   "largest_output": e["largest_output"], **({"html": e["html"]} if "html" in e else {})}
+            for name, e in samples.items()}
 
 
 def measure(families=FAMILIES, sizes=SIZES, repeats: int = 1, phone: bool = True) -> list[dict]:
@@ -207,7 +210,7 @@ def markdown(rows: list[dict], record: dict) -> str:
              "repetition(s); random-noise images (the largest display JPEG); updates: budget move, method change, "
              "patch click, one PC-MMR step, one classic-MMR step.", "",
              "| family | image | visual tokens | engine s | Run s | Run / engine | slowest update s | curves s | "
-             "classic open s | Run MB | largest update MB | largest map MB | export MB | peak memory GB |",
+             "classic open s | Run MB | largest update MB | largest map MB | export MB (HTML) | peak memory GB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         app = r["app"]
@@ -217,10 +220,12 @@ def markdown(rows: list[dict], record: dict) -> str:
                      f"{app['curves']['median_s']:.1f} | {app['classic open']['median_s']:.1f} | "
                      f"{app['run']['bytes'] / 1e6:.2f} | {max(app[u]['bytes'] for u in updates) / 1e6:.2f} | "
                      f"{max(e['largest_output'] for n, e in app.items() if n != 'export') / 1e6:.2f} | "
-                     f"{app['export']['bytes'] / 1e6:.1f} | {r['peak_memory_bytes'] / 1024 ** 3:.2f} |")
+                     f"{app['export']['bytes'] / 1e6:.1f} ({app['export'].get('html', 0) / 1e6:.1f}) | "
+                     f"{r['peak_memory_bytes'] / 1024 ** 3:.2f} |")
     seven = record["seven_b_kept_bytes"]
-    lines += ["", "Export writes files: the JSON of everything shown and the PC-MMR animation as one offline HTML "
-              "page (the animation once, plotly.js gzip-compressed inside). Animation steps are counted as an API "
+    lines += ["", "Export writes files: the JSON of everything shown, the PC-MMR animation as one offline HTML "
+              "page (the animation once, plotly.js gzip-compressed inside; its size in brackets) and, for an "
+              "upload, the picture as PNG (the noise pictures are most of the total). Animation steps are counted as an API "
               "client gets them (a whole figure); in the page they send nothing (the steps live in the figure a "
               "selection sends). The peak memory is the whole process's (the app, the benchmark and every model "
               "loaded so far).", "",

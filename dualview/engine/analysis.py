@@ -102,6 +102,7 @@ class Analysis:
         visual, text = prepared.visual_positions, prepared.text_positions
         p = projections
         self._magnitudes: dict[str, Tensor] = {}
+        self._recent: dict = {}  # kind -> (kept set, result): the last kept set's measures, per kind
         self.magnitude = self.magnitude_for(DEFAULT_QUERY)
         self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0).cpu()
         self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0).cpu()
@@ -199,10 +200,20 @@ class Analysis:
         kept-set measure below reads it (method.md §6)."""
         return dual_form.ImplicitWeight(self.projections.k_post, self.projections.v, self.prepared.visual_positions)
 
+    def _last(self, kind, kept: Tensor, compute):
+        """``compute()`` for the kept set ``kept`` (checked indices), reused while the same set is
+        asked again (a page's views of one kept set read each measure several times)."""
+        key = torch.sort(kept).values
+        cached = self._recent.get(kind)
+        if cached is None or not torch.equal(cached[0], key):
+            self._recent[kind] = cached = (key, compute())
+        return cached[1]
+
     def weight_measures(self, kept) -> dual_form.WeightMeasures:
         """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask), on
         the analysis's device (the float helpers below bring them to the CPU)."""
-        return self.implicit_weight.measure(self.prepared.check_kept(kept))
+        kept = self.prepared.check_kept(kept)
+        return self._last("weight", kept, lambda: self.implicit_weight.measure(kept))
 
     def _scoped(self, kept, scope: str, sequence: str, visual: str) -> Tensor:
         if scope not in self.SCOPES:
@@ -265,9 +276,9 @@ class Analysis:
         (:func:`dualview.dual_form.attention_split`, method.md §8.2–8.3): post-RoPE rows at their own
         positions (causal), keys and values of the whole sequence, S = every non-visual token plus
         the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64 on the analysis's device."""
-        rows = self.query_rows(query)
-        p = self.projections
-        return dual_form.attention_split(p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows)
+        rows, p, kept = self.query_rows(query), self.projections, self.prepared.check_kept(kept)
+        return self._last(("split", canonical_query(query)), kept, lambda: dual_form.attention_split(
+            p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows))
 
     def debug_measures(self, kept, query: str = DEFAULT_QUERY) -> dict:
         """What a user debugging a pruned answer reads beside :meth:`measures` (method.md §8.2–8.3).

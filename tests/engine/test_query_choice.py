@@ -192,7 +192,10 @@ def test_measures_with_a_query_report_its_kept_mass_from_one_attention_pass():
     original = dual_form.attention_split
     dual_form.attention_split = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
-        analysis.measures(kept, "text")
+        fresh = torch.arange(1, analysis.num_visual, 5)  # a kept set not measured yet
+        analysis.measures(fresh, "text")
+        analysis.debug_measures(fresh, "text")  # the page's other view of the same set reuses it
+        analysis.measures(fresh.flip(0), "text")  # the same set in another order
     finally:
         dual_form.attention_split = original
     assert len(calls) == 1
