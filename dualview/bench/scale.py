@@ -212,6 +212,9 @@ def markdown(rows: list[dict], record: dict) -> str:
              "| family | image | visual tokens | engine s | Run s | Run / engine | slowest update s | curves s | "
              "classic open s | Run MB | largest update MB | largest map MB | export MB (HTML) | peak memory GB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def html(export: dict) -> str:  # runs before the HTML was reported apart lack it
+        return f"{export['html'] / 1e6:.1f}" if "html" in export else "—"
+
     for r in rows:
         app = r["app"]
         slowest = max(app[u]["median_s"] for u in updates)
@@ -220,7 +223,7 @@ def markdown(rows: list[dict], record: dict) -> str:
                      f"{app['curves']['median_s']:.1f} | {app['classic open']['median_s']:.1f} | "
                      f"{app['run']['bytes'] / 1e6:.2f} | {max(app[u]['bytes'] for u in updates) / 1e6:.2f} | "
                      f"{max(e['largest_output'] for n, e in app.items() if n != 'export') / 1e6:.2f} | "
-                     f"{app['export']['bytes'] / 1e6:.1f} ({app['export'].get('html', 0) / 1e6:.1f}) | "
+                     f"{app['export']['bytes'] / 1e6:.1f} ({html(app['export'])}) | "
                      f"{r['peak_memory_bytes'] / 1024 ** 3:.2f} |")
     seven = record["seven_b_kept_bytes"]
     lines += ["", "Export writes files: the JSON of everything shown, the PC-MMR animation as one offline HTML "
