@@ -113,7 +113,7 @@ def measure(repeats: int = 5) -> dict:
 
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"error: chromium is missing at {CHROMIUM} (apt-get install -y chromium).")
-    repeats = min(repeats, len(PROMPTS) // 2)
+    repeats = min(repeats, (len(PROMPTS) - 1) // 2)
     root = Path(tempfile.mkdtemp(prefix="dualview-browser-"))
     write_examples(root / "examples")
     onevision = str(build_tiny("llava_onevision", root / "ov", geometry="real"))
@@ -133,8 +133,10 @@ def measure(repeats: int = 5) -> dict:
                     expect(page.locator("#status")).to_contain_text("keeps", timeout=TIMEOUT_MS)
                 else:
                     page.locator("#input-image input[type=file]").set_input_files(str(picture))
-                runs = [_run(page, prompt, curves=False) for prompt in PROMPTS[:repeats]]
-                curves = [_run(page, prompt, curves=True) for prompt in PROMPTS[repeats:2 * repeats]]
+                shown = page.locator("#status").inner_text()
+                prompts = [p for p in PROMPTS if p not in shown]  # a new prompt each time, never the one shown
+                runs = [_run(page, prompt, curves=False) for prompt in prompts[:repeats]]
+                curves = [_run(page, prompt, curves=True) for prompt in prompts[repeats:2 * repeats]]
                 page.get_by_role("tab", name="Dual-form maps").click()
                 status = page.locator("#status").inner_text()
                 tokens[name] = int(status.split(" of ")[1].split(" ")[0])
@@ -177,12 +179,12 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5,
-                        help=f"repetitions of each event (at most {len(PROMPTS) // 2})")
+                        help=f"repetitions of each event (at most {(len(PROMPTS) - 1) // 2})")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    if not 1 <= args.repeats <= len(PROMPTS) // 2:
-        common.fail(f"--repeats must lie in 1..{len(PROMPTS) // 2}, not {args.repeats}.")
+    if not 1 <= args.repeats <= (len(PROMPTS) - 1) // 2:
+        common.fail(f"--repeats must lie in 1..{(len(PROMPTS) - 1) // 2}, not {args.repeats}.")
     if args.threads:
         torch.set_num_threads(args.threads)
     measured = measure(args.repeats)
