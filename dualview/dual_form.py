@@ -154,6 +154,7 @@ class DuplicationBlocks:
     Args:
         k: ``[Hkv, N, d]`` post-RoPE keys.
         v: ``[Hkv, N, dv]`` values.
+    The blocks are computed on the device of ``k`` (:attr:`device`).
     """
 
     def __init__(self, k: Tensor, v: Tensor):
@@ -167,22 +168,25 @@ class DuplicationBlocks:
         self._v_unit = torch.nn.functional.normalize(v.to(dtype), dim=-1)  # [Hkv, N, dv]
         self._scale = 2.0 * math.sqrt(k.shape[-1])
         self.n = k.shape[1]
+        self.device = k.device
 
     def block(self, rows: Tensor, cols: Tensor) -> Tensor:
-        """``S̄²[rows][:, cols]``: rows ``[R]``, cols ``[C]`` (index tensors) -> ``[R, C]``."""
+        """``S̄²[rows][:, cols]``: rows ``[R]``, cols ``[C]`` (index tensors) -> ``[R, C]``, computed on
+        :attr:`device` and returned on the device of ``rows`` (CPU for lists)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        cols = torch.as_tensor(cols, dtype=torch.long)
+        home = rows.device
+        rows, cols = rows.to(self.device), torch.as_tensor(cols, dtype=torch.long).to(self.device)
         # Columns against every token, then the rows: cheaper than gathering |rows| keys and values.
         sq_dist = self._k_sq[:, :, None] + self._k_sq[:, None, cols] - 2.0 * self._k @ self._k[:, cols].transpose(1, 2)
         cos_v = self._v_unit @ self._v_unit[:, cols].transpose(1, 2)
         sim_sq = cos_v.square_() * torch.exp(sq_dist.clamp_min_(0.0) * (-2.0 / self._scale))  # [Hkv, N, C]
         dup = sim_sq.mean(dim=0)[rows].clamp_(0.0, 1.0)
         dup[rows[:, None] == cols[None, :]] = 1.0
-        return dup
+        return dup.to(home)
 
     def full(self) -> Tensor:
-        """The whole ``[N, N]`` matrix, exactly symmetric."""
-        every = torch.arange(self.n)
+        """The whole ``[N, N]`` matrix, exactly symmetric (on :attr:`device`)."""
+        every = torch.arange(self.n, device=self.device)
         dup = self.block(every, every)
         return 0.5 * (dup + dup.T)
 
@@ -200,36 +204,38 @@ def token_duplication(duplication, top: int = 8, block: int = 512) -> Tensor:
             ``N × block`` entries exist at a time: memory O(N · block), never N × N).
         top: how many of the largest entries to average; block: columns per step.
     Returns:
-        ``[N]``; zeros when N = 1.
+        ``[N]`` float32 on the device of ``duplication``; zeros when N = 1.
     """
     if isinstance(duplication, Tensor):
-        n, read = duplication.shape[0], (lambda rows, cols: duplication[rows][:, cols])
+        n, device, read = duplication.shape[0], duplication.device, (lambda rows, cols: duplication[rows][:, cols])
     else:
-        n, read = duplication.n, duplication.block
-    every = torch.arange(n)
-    out = torch.zeros(n)
+        n, device, read = duplication.n, duplication.device, duplication.block
+    every = torch.arange(n, device=device)
+    out = torch.zeros(n, device=device)
     if n < 2:
         return out
     for start in range(0, n, block):
         cols = every[start:start + block]
         part = read(every, cols).float().clone()  # [N, C]: column j is row j (symmetric)
-        part[cols, torch.arange(cols.numel())] = float("-inf")
+        part[cols, torch.arange(cols.numel(), device=device)] = float("-inf")
         out[cols] = part.topk(min(top, n - 1), dim=0).values.mean(dim=0)
     return out
 
 
-def keep_mask(keep: Tensor, n: int) -> Tensor:
-    """A kept set as a bool mask ``[n]``, from a bool mask ``[n]`` or an index tensor."""
+def keep_mask(keep: Tensor, n: int, device: torch.device | str | None = None) -> Tensor:
+    """A kept set as a bool mask ``[n]``, from a bool mask ``[n]`` or an index tensor; on ``device``
+    (default: the device ``keep`` is on, CPU for lists)."""
     keep = torch.as_tensor(keep)
+    device = keep.device if device is None else device
     if keep.dtype == torch.bool:
         if keep.shape != (n,):
             raise ValueError(f"keep mask has shape {tuple(keep.shape)}, expected ({n},)")
-        return keep
+        return keep.to(device)
     keep = keep.long().reshape(-1)
     if keep.numel() and (keep.min() < 0 or keep.max() >= n):
         raise ValueError(f"kept indices must lie in [0, {n}), got {keep.min().item()}..{keep.max().item()}")
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[keep] = True
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[keep.to(device)] = True
     return mask
 
 
@@ -317,12 +323,14 @@ class ImplicitWeight:
         k: ``[Hkv, N, d]`` post-RoPE keys and v ``[Hkv, N, dv]`` values of every token of the sequence.
         candidates: ``[Nc]`` positions in 0..N−1 that kept sets choose from (index or bool mask).
         block: rows per kernel block (memory ``Hkv · block · N`` float64).
+    Everything is computed and kept on the device of ``k`` (float64: not on Apple's MPS, which has
+    none; move such tensors to the CPU first).
     """
 
     def __init__(self, k: Tensor, v: Tensor, candidates: Tensor, block: int = 1024):
         _check_kv(k, v)
         n = k.shape[1]
-        is_candidate = keep_mask(candidates, n)
+        is_candidate = keep_mask(candidates, n, k.device)
         self.block = block
         self.scale = 1.0 / math.sqrt(k.shape[-1])
         k64, v64 = k.to(torch.float64), v.to(torch.float64)
@@ -339,7 +347,7 @@ class ImplicitWeight:
 
     def _kernel_times(self, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
         """``K(rows, cols) @ values`` per head, the kernel made ``block`` rows at a time: ``[Hkv, R, dv]``."""
-        out = torch.zeros(rows.shape[0], rows.shape[1], values.shape[-1], dtype=torch.float64)
+        out = torch.zeros(rows.shape[0], rows.shape[1], values.shape[-1], dtype=torch.float64, device=rows.device)
         for start in range(0, rows.shape[1], self.block):
             part = rows[:, start:start + self.block]
             kernel = torch.exp(part @ cols.transpose(1, 2) * self.scale - self.shift[:, None, None])
@@ -352,8 +360,9 @@ class ImplicitWeight:
         return _symmetric(values.transpose(1, 2) @ self._kernel_times(keys, keys, values))
 
     def measure(self, keep) -> WeightMeasures:
-        """The measures of kept set K (bool mask ``[Nc]`` or indices into the candidates)."""
-        kept = keep_mask(keep, self.num_candidates)
+        """The measures of kept set K (bool mask ``[Nc]`` or indices into the candidates), on the
+        device the weight was built on."""
+        kept = keep_mask(keep, self.num_candidates, self.kc.device)
         inside, outside = torch.nonzero(kept).reshape(-1), torch.nonzero(~kept).reshape(-1)
         if inside.numel() <= outside.numel():
             m_kk = self._quadratic(inside)
@@ -396,7 +405,7 @@ def _trace(m: Tensor) -> Tensor:
 
 def _whole(k: Tensor, v: Tensor, keep: Tensor) -> WeightMeasures:
     """Measures of a kept set when every token is a candidate (nothing always kept)."""
-    return ImplicitWeight(k, v, torch.ones(k.shape[1], dtype=torch.bool)).measure(keep_mask(keep, k.shape[1]))
+    return ImplicitWeight(k, v, torch.ones(k.shape[1], dtype=torch.bool)).measure(keep_mask(keep, k.shape[1], k.device))
 
 
 def update_share(k: Tensor, v: Tensor) -> Tensor:
@@ -463,11 +472,11 @@ def _visible_logits(q: Tensor, k: Tensor, query_positions: Tensor | None) -> tup
     k64 = k.to(torch.float64).repeat_interleave(group, dim=0)
     logits = q.to(torch.float64) @ k64.transpose(1, 2) / math.sqrt(k.shape[-1])  # [H, R, N]
     if query_positions is None:
-        return logits, torch.ones(rows, n, dtype=torch.bool)
+        return logits, torch.ones(rows, n, dtype=torch.bool, device=k.device)
     positions = torch.as_tensor(query_positions, dtype=torch.long).reshape(-1)
     if positions.numel() != rows or (rows and (int(positions.min()) < 0 or int(positions.max()) >= n)):
         raise ValueError(f"query_positions must hold {rows} positions in [0, {n}), got {positions.tolist()}")
-    return logits, torch.arange(n)[None, :] <= positions[:, None]
+    return logits, torch.arange(n, device=k.device)[None, :] <= positions.to(k.device)[:, None]
 
 
 def _masked_logsumexp(logits: Tensor, mask: Tensor) -> Tensor:
@@ -503,8 +512,7 @@ def attention_output_error(
         float ≥ 0 (float64 computation). A query that sees no kept key gets a zero output; when the
         full output is exactly zero the absolute ``‖A_S − A‖`` is returned.
     """
-    split = attention_split(q, k, v, keep, query_positions)
-    return float(_relative_norm(split.pruned - split.full, split.full))
+    return float(attention_split(q, k, v, keep, query_positions).relative_error)
 
 
 # --- kept attention mass and the normaliser (method.md §8, ours) --------------------------------
@@ -526,7 +534,7 @@ def kept_attention_mass(q: Tensor, k: Tensor, keep: Tensor, query_positions: Ten
         ``[H, R]`` float64 in [0, 1]; exactly 1 where nothing the row sees is dropped. Mean over
         rows (``.mean(dim=1)``) for the per-head value.
     """
-    kept = keep_mask(keep, k.shape[1])
+    kept = keep_mask(keep, k.shape[1], k.device)
     logits, visible = _visible_logits(q, k, query_positions)
     return torch.exp(_masked_logsumexp(logits, visible & kept) - _masked_logsumexp(logits, visible))
 
@@ -561,6 +569,11 @@ class AttentionSplit:
 
     def _relative(self, part: Tensor) -> Tensor:
         return _relative_norm(part, self.full, dim=(1, 2))
+
+    @property
+    def relative_error(self) -> Tensor:
+        """Scalar ``‖A − A_S‖_F / ‖A‖_F`` over every head, row and value dim (:func:`attention_output_error`)."""
+        return _relative_norm(self.pruned - self.full, self.full)
 
     @property
     def output_error(self) -> Tensor:
@@ -605,7 +618,7 @@ def attention_split(
         :func:`attention_output_error` (same rows, same S).
     """
     _check_kv(k, v)
-    kept = keep_mask(keep, k.shape[1])
+    kept = keep_mask(keep, k.shape[1], k.device)
     logits, visible = _visible_logits(q, k, query_positions)
     v64 = v.to(torch.float64).repeat_interleave(q.shape[0] // k.shape[0], dim=0)
     on_kept, on_dropped = visible & kept[None, :], visible & ~kept[None, :]
@@ -646,8 +659,8 @@ def greedy_oracle(
         ``[budget]`` LongTensor of chosen indices, in the order chosen.
     """
     n = k.shape[1]
-    in_always = keep_mask(always if always is not None else torch.zeros(0, dtype=torch.long), n)
-    is_candidate = keep_mask(candidates, n) & ~in_always if candidates is not None else ~in_always
+    in_always = keep_mask(always if always is not None else torch.zeros(0, dtype=torch.long), n, k.device)
+    is_candidate = keep_mask(candidates, n, k.device) & ~in_always if candidates is not None else ~in_always
     if not 0 <= budget <= int(is_candidate.sum()):
         raise ValueError(f"budget {budget} must lie between 0 and the {int(is_candidate.sum())} candidates")
     gram = _gram(k, v)  # [Hkv, N, N]

@@ -2,8 +2,10 @@
 
 :func:`load_image` turns a PIL image, a path, bytes or an array into an RGB image: any mode,
 EXIF orientation applied, the first frame of an animation; refused with one sentence when it is
-not an image of :data:`FORMATS`, corrupt, empty or above :data:`MAX_PIXELS`; downscaled when its
-longer side exceeds :data:`MAX_SIDE`. The engine, the validator, the CLI and the app all decode here.
+not an image of :data:`FORMATS`, corrupt, empty or above :data:`MAX_PIXELS`. Nothing is
+downscaled here: each model's own processor decides the resolution it sees (Qwen2.5-VL takes a
+phone photo at up to 12.8 megapixels, 16 384 tokens; LLaVA-1.5 resizes anything to 336 px), and
+the app draws a 512-px copy. The engine, the validator, the CLI and the app all decode here.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dualview.errors import DualviewError
 
-__all__ = ["load_image", "MAX_PIXELS", "MAX_SIDE", "FORMATS"]
+__all__ = ["load_image", "MAX_PIXELS", "FORMATS"]
 
 MAX_PIXELS = 64_000_000
-"""Images with more pixels than this are refused before decoding (decompression bombs)."""
-MAX_SIDE = 2048
-"""Images whose longer side exceeds this are downscaled (aspect kept) before anything else."""
+"""Images with more pixels than this are refused before decoding (decompression bombs): 64 MP is
+about 200 MB decoded, five times what Qwen2.5-VL's largest input (12.8 MP) needs."""
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 """The only decoders Pillow may use (JPEG includes MPO, the JPEG of phone cameras); never EPS
 (Ghostscript) nor the dozens of rarer formats Pillow would otherwise try on any upload."""
@@ -48,11 +49,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image(source) -> Image.Image:
     """Decode ``source`` (PIL image, path, bytes, or ``[H, W]`` / ``[H, W, 3|4]`` uint8 array)
-    into an RGB image no larger than MAX_SIDE, or raise DualviewError."""
+    into an RGB image of at most MAX_PIXELS pixels, at its own resolution, or raise DualviewError."""
     if source is None:
         raise DualviewError("No image was given; upload an image or pick an example.")
     if isinstance(source, Image.Image) and source.mode == "RGB" and 1 <= min(source.size) \
-            and max(source.size) <= MAX_SIDE and not source.getexif().get(0x0112) and not getattr(source, "is_animated", False):
+            and source.width * source.height <= MAX_PIXELS and not source.getexif().get(0x0112) and not getattr(source, "is_animated", False):
         return source  # already decoded (e.g. by the validator): nothing to redo
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)) or 0 in source.shape:
@@ -102,8 +103,4 @@ def load_image(source) -> Image.Image:
         image = _to_rgb(image)
     except (OSError, ValueError):
         raise DualviewError("The image could not be decoded; the file is truncated or corrupt.") from None
-    if max(image.size) > MAX_SIDE:
-        scale = MAX_SIDE / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
     return image

@@ -31,7 +31,7 @@ class Request:
     """A validated request.
 
     Attributes:
-        image: RGB PIL image (longer side ≤ MAX_SIDE); prompt: stripped, non-empty text.
+        image: RGB PIL image (at most MAX_PIXELS pixels, its own resolution); prompt: stripped, non-empty text.
         budget: kept visual tokens, a count ``1 ≤ budget ≤ Nv`` when Nv was known, else a count
             (int) or a fraction in (0, 1] (float) for the engine to resolve.
         method: a registered method name; layer: decoder layer or None (model default);

@@ -350,20 +350,13 @@ def clear_forced(state: AppState | None) -> dict:
 
 
 def step(state: AppState | None, which: str, value) -> dict:
-    """Frame ``value`` (0-based round) of the ``"pcmmr"`` or ``"classic"`` animation."""
+    """The ``"pcmmr"`` or ``"classic"`` animation shown at step ``value`` (0-based), for API clients
+    (the page steps and plays the animation in the browser, from the figure a selection sent)."""
     state = require(state)
     last = views.steps_of(state, which) - 1
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value <= last:
         raise DualviewError(f"Step {value!r} does not exist: this selection has steps 0 to {last}.")
     return {f"{which}_plot": views.step_figure(state, which, int(value))}
-
-
-def tick(state: AppState | None, which: str, value) -> dict:
-    """The next frame of a playing animation (wraps around); nothing without a state."""
-    if state is None:
-        return {}
-    following = (int(value or 0) + 1) % views.steps_of(state, which)
-    return {f"{which}_step": following, f"{which}_plot": views.step_figure(state, which, following)}
 
 
 # --- export and examples ---------------------------------------------------------------------
@@ -379,9 +372,8 @@ def export(state: AppState | None) -> dict:
         state.request.image.save(image)
     data = folder / "dualview.json"
     data.write_text(json.dumps(views.export_payload(state, image), indent=1, allow_nan=False))
-    frames = [views.step_figure(state, "pcmmr", s) for s in range(views.steps_of(state, "pcmmr"))]
     html = folder / "pcmmr-animation.html"
-    html.write_text(figures.animation_html(frames, title="dualview: PC-MMR step by step"))
+    html.write_text(figures.animation_html(views.step_figure(state, "pcmmr"), title="dualview: PC-MMR step by step"))
     return {"files": [str(data), str(html)] + ([image] if image else []), "command": views.cli_command(state, image)}
 
 

@@ -169,10 +169,12 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                     c["teaching"] = gr.Markdown(latex_delimiters=LATEX, elem_classes=["teach"], elem_id="teaching")
                 for which, tab, text, label, interval in (
                         ("pcmmr", "PC-MMR step by step", "One frame per round: kept tokens coloured by the round that "
-                         "took them, this round's chunk outlined in cyan, the remaining tokens' penalised scores as a "
-                         "heat-map.", STEP_LABEL, PLAY_INTERVAL_S),
+                         "took them, this round's chunk in cyan, the remaining tokens' penalised scores as a "
+                         "heat-map (colour on a log scale: white is the round's largest score, black 10⁻⁴ of it or "
+                         "less; hover for the score). Stepping and Play run in your browser.", STEP_LABEL, PLAY_INTERVAL_S),
                         ("classic", "Classic MMR", "Classic MMR for comparison: one token per step (computed when "
-                         "this tab opens: at thousands of tokens it is the costliest selection).", STEP_LABEL,
+                         "this tab opens: at thousands of tokens it is the costliest selection). The heat-map shows "
+                         "the scores of the first step (relevance); the steps reveal the kept tokens.", STEP_LABEL,
                          PLAY_INTERVAL_S / 3)):
                     prefix = "mmr" if which == "classic" else which
                     with gr.Tab(tab, elem_id=f"tab-{prefix}") as c[f"{which}_tab"]:
@@ -183,6 +185,7 @@ def build_layout(examples: list[dict], methods: list[str], default_model: str, m
                             c[f"{which}_pause"] = gr.Button("Pause", elem_id=f"{prefix}-pause", scale=0)
                             c[f"{which}_step"] = RangeSlider(0, 1, value=0, step=1, label=label, elem_id=f"{prefix}-step")
                         c[f"{which}_timer"] = gr.Timer(interval, active=False)
+                        c[f"{which}_api"] = gr.Button(visible=False)  # /pcmmr_step, /classic_step: API clients only
                 with gr.Tab("Debug the answer", elem_id="tab-debug"):
                     c["debug"] = gr.Markdown(latex_delimiters=LATEX, elem_id="debug")
                     with gr.Row():

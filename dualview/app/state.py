@@ -298,8 +298,7 @@ class AppState:
             kept_sets = [self.select(chosen, budget).kept for budget in budgets]
         result: dict = {}
         for kept in kept_sets:
-            measured = dict(self.analysis.measures(kept), kept_mass=self.analysis.debug_measures(kept, self.query)["kept_mass"])
-            for name, value in measured.items():
+            for name, value in self.analysis.measures(kept, self.query).items():
                 result.setdefault(name, []).append(value)
         return result
 
@@ -333,7 +332,7 @@ class AppState:
 
         if kind not in self.derived.projections:
             source = self.analysis.visual_keys if kind == "keys" else self.analysis.visual_values
-            self.derived.projections[kind] = project_2d(source.permute(1, 0, 2).reshape(self.num_visual, -1).numpy())
+            self.derived.projections[kind] = project_2d(source.permute(1, 0, 2).reshape(self.num_visual, -1).cpu().numpy())
         return self.derived.projections[kind]
 
     # -- evidence and picking -------------------------------------------------------------

@@ -23,6 +23,7 @@ from dualview.app.layout import CSS, VIEWS, build_layout
 from dualview.app.models import ModelHolder
 from dualview.app.state import AppState
 from dualview.errors import DualviewError
+from dualview.figures import STEP_JS
 from dualview.methods import method_names
 
 __all__ = ["build_demo", "CSS", "VIEWS"]
@@ -168,13 +169,18 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         event(c["clear_forced"].click, handlers.clear_forced, [c["state"]], ("state", "kept", "status", "picker", "summary", "answers"),
               api_name="clear_forced")
 
-        # -- animations: server-driven frames (a slider and a timer) --------------------------------
+        # -- animations: a selection sends its animation once (every step in the figure); the step
+        #    slider and the Play timer show steps in the browser (figures.STEP_JS), no server call;
+        #    Play / Pause only switch the timer; /pcmmr_step and /classic_step give API clients a step
         for which in ("pcmmr", "classic"):
             plot, slider, timer = f"{which}_plot", f"{which}_step", f"{which}_timer"
-            event(c[slider].input, functools.partial(lambda w, value, state: handlers.step(state, w, value), which),
-                  [c[slider], c["state"]], (plot,), api_name=f"{which}_step", show_progress="hidden")
-            event(c[timer].tick, functools.partial(lambda w, value, state: handlers.tick(state, w, value), which),
-                  [c[slider], c["state"]], (slider, plot), show_progress="hidden")
+            div = f"document.querySelector('#{c[plot].elem_id} .js-plotly-plot')"
+            c[slider].change(None, [c[slider]], None, js=f"(k) => {{ ({STEP_JS})({div}, k); }}")
+            c[timer].tick(None, [c[slider]], [c[slider]],
+                          js=f"(k) => {{ const a = ({div} || {{}}).layout?.meta?.dv_anim; "
+                             "return a ? (Math.round(k || 0) + 1) % a.steps.length : k; }")
+            event(c[f"{which}_api"].click, functools.partial(lambda w, value, state: handlers.step(state, w, value), which),
+                  [c[slider], c["state"]], (plot,), api_name=f"{which}_step")
             c[f"{which}_play"].click(lambda: gr.Timer(active=True), None, [c[timer]], api_name=False)
             c[f"{which}_pause"].click(lambda: gr.Timer(active=False), None, [c[timer]], api_name=False)
         event(c["classic_tab"].select, handlers.classic_view, [c["state"]], ("classic_plot", "classic_step"),

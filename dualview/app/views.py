@@ -62,12 +62,15 @@ def row_figure(state: AppState):
                              colorscale="Viridis", zmin=0.0, zmax=top, colorbar_title="S̄²", selected=token)
 
 
-def step_figure(state: AppState, which: str, step: int):
+def step_figure(state: AppState, which: str, step: int = 0):
+    """The ``"pcmmr"`` or ``"classic"`` selection animation, shown at ``step``: every step in one
+    figure (the browser steps and plays it without calling the server). PC-MMR carries each
+    round's scores; classic MMR (one step per kept token) its first step's scores only."""
     selection = state.trace(which)
-    return figures.selection_step(
+    return figures.selection_animation(
         state.layout, [c.tolist() for c in selection.chunks], [s.numpy() for s in selection.scores],
-        selection.floored, step, image=state.display_image,
-        label="PC-MMR" if which == "pcmmr" else "classic MMR", log_scores=which == "pcmmr")
+        selection.floored, step=step, image=state.display_image,
+        label="PC-MMR" if which == "pcmmr" else "classic MMR", per_step_scores=which == "pcmmr")
 
 
 def steps_of(state: AppState, which: str) -> int:

@@ -6,6 +6,7 @@ import sys
 SUITES = {
     "accuracy": "dualview.bench.accuracy",
     "app": "dualview.bench.app",
+    "browser": "dualview.bench.browser",
     "error": "dualview.bench.error",
     "prefill": "dualview.bench.prefill",
     "readme": "dualview.bench.readme",

@@ -33,7 +33,7 @@ def update(readme: Path, results: Path) -> list[str]:
     """Rewrite the marked blocks of ``readme``; returns the suites updated."""
     text = readme.read_text()
     done = []
-    for suite in ("accuracy", "error", "prefill", "scale"):
+    for suite in ("accuracy", "error", "prefill", "scale", "browser"):
         block = generated(suite, results)
         pattern = re.compile(rf"(<!-- bench:{suite} -->\n).*?(<!-- /bench:{suite} -->)", re.S)
         if block is None or not pattern.search(text):

@@ -7,8 +7,9 @@ widths (``dualview.engine.tiny.build_tiny(family, dir, geometry="real")``, 8 dec
 built offline; for each image size (a random-noise picture, the worst case for the compressed
 display image):
 
-The 4032 × 3024 photo (Qwen2.5-VL only) is a smooth photo-like JPEG; like every image it is first
-downscaled to ``dualview.images.MAX_SIDE`` (2048 px), which caps what any model sees.
+Qwen2.5-VL also gets two photo-like JPEGs at the resolution its own processor takes (nothing is
+downscaled before it): a 4032 × 3024 phone photo (15 552 tokens) and 3584 × 3584 (16 384 tokens,
+its default ``max_pixels``); a noise PNG that large would exceed the 20 MB upload limit.
 
 - **engine**: ``prepare`` + ``analyze`` (one forward to layer 4), one IWP selection at 11.1 %, the
   full and the pruned answer (8 new tokens): seconds, medians over ``--repeats``;
@@ -38,6 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SIZES = ((336, 336), (1280, 720), (1920, 1080))
 PHONE = (4032, 3024)
+LARGEST = (3584, 3584)
+PHOTOS = (PHONE, LARGEST)
+"""Qwen2.5-VL's extra sizes (photo-like JPEGs): a phone photo and its largest default input."""
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 """The default ``--families``; any family ``build_tiny`` builds (``tiny.FAMILIES`` and ``tiny.GENERIC``) may be named."""
 PROMPT = "what color is the circle?"
@@ -153,9 +157,12 @@ def app_events(url: str, model_dir: str, image_path: str, repeats: int) -> dict:
         record("classic step", lambda: client.predict(1, api_name="/classic_step"))
         record("curves", lambda: client.predict(False, api_name="/curves"))
         record("compare", lambda: client.predict(["iwp", "fastv", "divprune"], api_name="/compare"))
-        record("export", lambda: client.predict(api_name="/export"))
+        files, _ = record("export", lambda: client.predict(api_name="/export"))
+        samples["export"]["html"] = next(sent_bytes(f) for f in files if str(f.get("path", f) if isinstance(f, dict)
+                                                                            else f).endswith(".html"))
     return {name: {"median_s": statistics.median(e["seconds"]), "bytes": e["bytes"],
-                   "largest_output": e["largest_output"]} for name, e in samples.items()}
+                   "largest_output": e["largest_output"], **({"html": e["html"]} if "html" in e else {})}
+            for name, e in samples.items()}
 
 
 def measure(families=FAMILIES, sizes=SIZES, repeats: int = 1, phone: bool = True) -> list[dict]:
@@ -175,11 +182,11 @@ def measure(families=FAMILIES, sizes=SIZES, repeats: int = 1, phone: bool = True
     rows = []
     try:
         for family in families:
-            family_sizes = list(sizes) + ([PHONE] if phone and family == "qwen2_5_vl" else [])
+            family_sizes = list(sizes) + (list(PHOTOS) if phone and family == "qwen2_5_vl" else [])
             for width, height in family_sizes:
                 image = noise_image(width, height)
                 path = root / f"{width}x{height}.png"
-                if (width, height) == PHONE:  # a phone's photo is a JPEG (noise as PNG exceeds the upload limit)
+                if (width, height) in PHOTOS:  # a phone's photo is a JPEG (noise as PNG exceeds the upload limit)
                     image = photo_image(width, height)
                     path = path.with_suffix(".jpg")
                     image.save(path, quality=90)
@@ -203,8 +210,11 @@ def markdown(rows: list[dict], record: dict) -> str:
              "repetition(s); random-noise images (the largest display JPEG); updates: budget move, method change, "
              "patch click, one PC-MMR step, one classic-MMR step.", "",
              "| family | image | visual tokens | engine s | Run s | Run / engine | slowest update s | curves s | "
-             "classic open s | Run MB | largest update MB | largest map MB | export MB | peak memory GB |",
+             "classic open s | Run MB | largest update MB | largest map MB | export MB (HTML) | peak memory GB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def html(export: dict) -> str:  # runs before the HTML was reported apart lack it
+        return f"{export['html'] / 1e6:.1f}" if "html" in export else "—"
+
     for r in rows:
         app = r["app"]
         slowest = max(app[u]["median_s"] for u in updates)
@@ -213,11 +223,15 @@ def markdown(rows: list[dict], record: dict) -> str:
                      f"{app['curves']['median_s']:.1f} | {app['classic open']['median_s']:.1f} | "
                      f"{app['run']['bytes'] / 1e6:.2f} | {max(app[u]['bytes'] for u in updates) / 1e6:.2f} | "
                      f"{max(e['largest_output'] for n, e in app.items() if n != 'export') / 1e6:.2f} | "
-                     f"{app['export']['bytes'] / 1e6:.1f} | {r['peak_memory_bytes'] / 1024 ** 3:.2f} |")
+                     f"{app['export']['bytes'] / 1e6:.1f} ({html(app['export'])}) | "
+                     f"{r['peak_memory_bytes'] / 1024 ** 3:.2f} |")
     seven = record["seven_b_kept_bytes"]
-    lines += ["", "Export writes files (the JSON of everything shown and the PC-MMR animation as one offline HTML "
-              "page, which inlines the 3.6 MB plotly.js); every other event stays under 5 MB. The peak memory is "
-              "the whole process's (the app, the benchmark and every model loaded so far).", "",
+    lines += ["", "Export writes files: the JSON of everything shown, the PC-MMR animation as one offline HTML "
+              "page (the animation once, plotly.js gzip-compressed inside; its size in brackets) and, for an "
+              "upload, the picture as PNG (the noise pictures are most of the total). Animation steps are counted as an API "
+              "client gets them (a whole figure); in the page they send nothing (the steps live in the figure a "
+              "selection sends). The peak memory is the whole process's (the app, the benchmark and every model "
+              "loaded so far).", "",
               f"Kept per analysis for LLaVA-OneVision-7B ({SEVEN_B['heads']} query heads, {SEVEN_B['kv_heads']} KV "
               f"heads of {SEVEN_B['head_dim']}, width {SEVEN_B['hidden']}) at {SEVEN_B['tokens']} tokens: the analysis "
               f"layer's projections, the input embeddings and the implicit weight's per-token products, no N × N matrix: "
@@ -235,7 +249,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES))
-    parser.add_argument("--no-phone", action="store_true", help="skip the 4032 x 3024 photo on Qwen2.5-VL")
+    parser.add_argument("--no-phone", action="store_true",
+                        help="skip Qwen2.5-VL's 4032 x 3024 and 3584 x 3584 photos (15 552 and 16 384 tokens)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="results")

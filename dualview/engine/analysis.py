@@ -1,6 +1,11 @@
 """The analysis of one (model, image, prompt, layer): dual-form scores and kept-set measures.
 
-All tensors are float32 on CPU. S is the sequence length, Nv the number of visual tokens, H/Hkv
+The captured projections stay on the device they were made on (:func:`analysis_device`: the
+model's GPU when it has one) and the heavy maths (magnitude, duplication blocks, the implicit
+weight's Gram products, the attention split) runs there, float64 where exactness needs it; what
+views, methods and JSON read (per-token scores, per-head measures) is returned as float32 / float64
+on the CPU. On a CPU-only machine nothing moves. Untested on a GPU (none was available to this
+project). S is the sequence length, Nv the number of visual tokens, H/Hkv
 the query/KV heads, d the head dim. Visual-token indices (0..Nv-1) follow
 :class:`dualview.engine.geometry.Geometry`.
 """
@@ -20,6 +25,13 @@ from dualview.errors import DualviewError
 from dualview.queries import DEFAULT_QUERY, canonical_query, query_positions
 
 
+def analysis_device(device: torch.device | str) -> torch.device:
+    """Where an analysis of captures made on ``device`` runs: that device, except Apple's MPS
+    (no float64, which the exact measures need), where it is the CPU."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 @dataclass
 class Projections:
     """One decoder layer's attention inputs for the whole sequence.
@@ -33,6 +45,12 @@ class Projections:
     q_post: Tensor
     k_post: Tensor
     v: Tensor
+
+
+def on_analysis_device(projections: Projections) -> Projections:
+    """``projections`` with each tensor on its :func:`analysis_device` (a no-op on the CPU)."""
+    return Projections(*(t.to(analysis_device(t.device)) for t in
+                         (getattr(projections, f) for f in Projections.__dataclass_fields__)))
 
 
 def attention_received(q_post: Tensor, k_post: Tensor) -> Tensor:
@@ -84,9 +102,10 @@ class Analysis:
         visual, text = prepared.visual_positions, prepared.text_positions
         p = projections
         self._magnitudes: dict[str, Tensor] = {}
+        self._recent: dict = {}  # kind -> (kept set, result): the last kept set's measures, per kind
         self.magnitude = self.magnitude_for(DEFAULT_QUERY)
-        self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0)
-        self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0)
+        self.kernel_logit = dual_form.kernel_logits(p.q_pre[:, text], p.k_pre[:, visual]).float().mean(dim=0).cpu()
+        self.value_norm = dual_form.value_norms(p.v[:, visual]).float().mean(dim=0).cpu()
         self._embeddings = embeddings
         self.fastv_layer = fastv_layer
         self._received = fastv_received
@@ -106,7 +125,7 @@ class Analysis:
         if query not in self._magnitudes:
             p, visual = self.projections, self.prepared.visual_positions
             rows = self.query_rows(query)
-            self._magnitudes[query] = dual_form.magnitude(p.q_pre[:, rows], p.k_pre[:, visual], p.v[:, visual]).float()
+            self._magnitudes[query] = dual_form.magnitude(p.q_pre[:, rows], p.k_pre[:, visual], p.v[:, visual]).float().cpu()
         return self._magnitudes[query]
 
     def _captured(self, value: Tensor | None, what: str) -> Tensor:
@@ -150,7 +169,7 @@ class Analysis:
     def duplication(self) -> Tensor:
         """``[Nv, Nv]`` information duplication S̄² (method.md §3): Nv² numbers; the views use
         :meth:`duplication_row` and :attr:`token_duplication` instead."""
-        return self.duplication_blocks.full().float()
+        return self.duplication_blocks.full().float().cpu()
 
     def duplication_row(self, token: int) -> Tensor:
         """``[Nv]`` row ``token`` of S̄²: which tokens duplicate visual token ``token`` (O(Nv))."""
@@ -160,7 +179,7 @@ class Analysis:
     @cached_property
     def token_duplication(self) -> Tensor:
         """``[Nv]`` mean of each token's 8 largest duplications with other tokens (blockwise)."""
-        return dual_form.token_duplication(self.duplication_blocks)
+        return dual_form.token_duplication(self.duplication_blocks).cpu()
 
     # -- kept sets ------------------------------------------------------------------------
     def sequence_keep(self, kept) -> Tensor:
@@ -181,14 +200,25 @@ class Analysis:
         kept-set measure below reads it (method.md §6)."""
         return dual_form.ImplicitWeight(self.projections.k_post, self.projections.v, self.prepared.visual_positions)
 
+    def _last(self, kind, kept: Tensor, compute):
+        """``compute()`` for the kept set ``kept`` (checked indices), reused while the same set is
+        asked again (a page's views of one kept set read each measure several times)."""
+        key = torch.sort(kept).values
+        cached = self._recent.get(kind)
+        if cached is None or not torch.equal(cached[0], key):
+            self._recent[kind] = cached = (key, compute())
+        return cached[1]
+
     def weight_measures(self, kept) -> dual_form.WeightMeasures:
-        """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask)."""
-        return self.implicit_weight.measure(self.prepared.check_kept(kept))
+        """Per-KV-head measures of kept visual tokens ``kept`` (indices 0..Nv−1 or a bool mask), on
+        the analysis's device (the float helpers below bring them to the CPU)."""
+        kept = self.prepared.check_kept(kept)
+        return self._last("weight", kept, lambda: self.implicit_weight.measure(kept))
 
     def _scoped(self, kept, scope: str, sequence: str, visual: str) -> Tensor:
         if scope not in self.SCOPES:
             raise DualviewError(f"Unknown scope {scope!r} for the implicit weight; use one of {', '.join(self.SCOPES)}.")
-        return getattr(self.weight_measures(kept), sequence if scope == "sequence" else visual)
+        return getattr(self.weight_measures(kept), sequence if scope == "sequence" else visual).cpu()
 
     def weight_error_per_head(self, kept, scope: str = "sequence") -> Tensor:
         """``[Hkv]`` relative error ``‖W − W_S‖_F / ‖W‖_F`` per KV head (method.md §6)."""
@@ -208,10 +238,7 @@ class Analysis:
 
     def attention_error(self, kept) -> float:
         """Relative attention-output error of the text queries at this layer (causal)."""
-        text = self.prepared.text_positions
-        return dual_form.attention_output_error(self.projections.q_post[:, text], self.projections.k_post,
-                                                self.projections.v, self.sequence_keep(kept),
-                                                query_positions=text)
+        return float(self.attention_split(kept, DEFAULT_QUERY).relative_error)
 
     @property
     def sequence_kv(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -219,21 +246,28 @@ class Analysis:
         the ``[Nv]`` positions of the visual tokens (what the greedy oracle reads)."""
         return self.projections.k_post, self.projections.v, self.prepared.visual_positions
 
-    def measures(self, kept) -> dict:
+    def measures(self, kept, query: str | None = None) -> dict:
         """Every measure of a kept set that the app, the CLI and the benches report (one
         :meth:`weight_measures` call and one attention pass).
 
-        Args: kept: visual-token indices (0..Nv−1).
+        Args: kept: visual-token indices (0..Nv−1); query: with a query choice
+            (``text | last | all | token:i``), also that choice's ``kept_mass`` (as
+            :meth:`debug_measures` gives it), from the same attention pass when it is ``text``.
         Returns: ``weight_error``, ``effective_rank`` and ``stable_rank`` of W_S over the whole
         sequence (method.md §6), the error and effective rank over the visual tokens only
         (``visual_weight_error``, ``visual_effective_rank``), and the text queries'
         ``attention_error``; floats (means over KV heads).
         """
         m = self.weight_measures(kept)
-        return {"weight_error": float(m.weight_error.mean()), "effective_rank": float(m.effective_rank.mean()),
-                "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
-                "visual_effective_rank": float(m.visual_effective_rank.mean()),
-                "attention_error": self.attention_error(kept)}
+        text = self.attention_split(kept, DEFAULT_QUERY)
+        result = {"weight_error": float(m.weight_error.mean()), "effective_rank": float(m.effective_rank.mean()),
+                  "stable_rank": float(m.stable_rank.mean()), "visual_weight_error": float(m.visual_weight_error.mean()),
+                  "visual_effective_rank": float(m.visual_effective_rank.mean()),
+                  "attention_error": float(text.relative_error)}
+        if query is not None:
+            split = text if canonical_query(query) == DEFAULT_QUERY else self.attention_split(kept, query)
+            result["kept_mass"] = float(split.kept_mass_per_head.mean())
+        return result
 
     # -- debugging a pruned answer (method.md §8, ours) -----------------------------------------
     def attention_split(self, kept, query: str = DEFAULT_QUERY) -> dual_form.AttentionSplit:
@@ -241,10 +275,10 @@ class Analysis:
         for the query rows ``query`` chooses, split into the dropped updates and the normaliser
         (:func:`dualview.dual_form.attention_split`, method.md §8.2–8.3): post-RoPE rows at their own
         positions (causal), keys and values of the whole sequence, S = every non-visual token plus
-        the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64."""
-        rows = self.query_rows(query)
-        p = self.projections
-        return dual_form.attention_split(p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows)
+        the kept visual ones. Tensors ``[H, R, dv]`` / ``[H, R]`` float64 on the analysis's device."""
+        rows, p, kept = self.query_rows(query), self.projections, self.prepared.check_kept(kept)
+        return self._last(("split", canonical_query(query)), kept, lambda: dual_form.attention_split(
+            p.q_post[:, rows], p.k_post, p.v, self.sequence_keep(kept), rows))
 
     def debug_measures(self, kept, query: str = DEFAULT_QUERY) -> dict:
         """What a user debugging a pruned answer reads beside :meth:`measures` (method.md §8.2–8.3).
@@ -275,13 +309,13 @@ class Analysis:
         rows = self.query_rows(query)
         p = self.projections
         weights = dual_form.attention_weights(p.q_post[:, rows], p.k_post, rows)  # [H, R, S]
-        return weights[:, :, self.prepared.visual_positions].mean(dim=1).float()
+        return weights[:, :, self.prepared.visual_positions].mean(dim=1).float().cpu()
 
     def update_share(self) -> Tensor:
         """``[Hkv, Nv]`` each visual token's ``‖ΔW_i‖_F / ‖W‖_F`` at this layer, W summed over the
         whole sequence (method.md §1, §6; :meth:`dualview.dual_form.ImplicitWeight.update_share`); ``.mean(0)`` for
         the average over KV heads. Float32; a share near 1 means one update dominates W."""
-        return self.implicit_weight.update_share().float()
+        return self.implicit_weight.update_share().float().cpu()
 
     def token_numbers(self, token: int, query: str = DEFAULT_QUERY) -> dict:
         """The dual-form numbers of visual token ``token`` (0..Nv−1) that the teaching panel shows:

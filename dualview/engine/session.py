@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dualview.engine import hooks
 from dualview.engine.adapters import Adapter, Prepared
-from dualview.engine.analysis import Analysis, Projections, attention_received
+from dualview.engine.analysis import Analysis, Projections, attention_received, on_analysis_device
 from dualview.engine.attribution import answer_terms
 from dualview.engine.guards import refuse_special_text
 from dualview.errors import DualviewError
@@ -194,7 +194,7 @@ class Session:
         fastv = self._project(fastv_layer, store[fastv_layer])
         received = attention_received(fastv.q_post, fastv.k_post).cpu()
         projections = self._project(layer, store[layer])
-        projections = Projections(*(getattr(projections, f).cpu() for f in Projections.__dataclass_fields__))
+        projections = on_analysis_device(projections)
         analysis = Analysis(
             model_name=self.name, layer=layer, num_layers=self.num_layers,
             prepared=prepared, projections=projections, embeddings=store[0].hidden.float().cpu(),
@@ -222,7 +222,7 @@ class Session:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             projections = self._project(layer, captured)
-            projections = Projections(*(getattr(projections, f).cpu() for f in Projections.__dataclass_fields__))
+            projections = on_analysis_device(projections)
             analysis = Analysis(
                 model_name=self.name, layer=layer, num_layers=self.num_layers,
                 prepared=prepared, projections=projections,

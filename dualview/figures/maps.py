@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
+from _plotly_utils.utils import to_typed_array_spec
 from PIL import Image
 
-__all__ = ["Panel", "panels", "token_map", "kept_map", "selection_step", "compare_kept", "round_colors",
+__all__ = ["Panel", "panels", "token_map", "kept_map", "selection_animation", "STEP_JS", "compare_kept", "round_colors",
            "display_image", "outlined_tokens"]
 
 DROPPED_COLOR = "rgba(245,245,245,0.82)"
@@ -27,7 +30,7 @@ SINGLE_ROUND_COLOR = "rgb(0,200,120)"
 FORCED_KEEP_ROUND = -2
 """The round of a token kept only because the user forced it (no round of the method took it)."""
 FORCED_KEEP_COLOR = "rgb(255,140,0)"
-CHUNK_OUTLINE = "#00e5ff"
+CHUNK_COLOR = "rgb(0,229,255)"
 SELECTED_OUTLINE = "#ff2bd6"
 EVIDENCE_OUTLINE = "#39ff14"
 DISPLAY_SIDE = 512
@@ -143,10 +146,7 @@ def _outline(boxes: np.ndarray, tokens, color: str, panel_of: np.ndarray, refs, 
         mine = tokens[panel_of[tokens] == p]
         if not mine.size:
             continue
-        x0, y0, x1, y1 = boxes[mine].T
-        gap = np.full(mine.size, np.nan)
-        x = np.stack([x0, x1, x1, x0, x0, gap], axis=1).reshape(-1)
-        y = np.stack([y0, y0, y1, y1, y0, gap], axis=1).reshape(-1)
+        x, y = _outline_xy(boxes, mine)
         traces.append(go.Scatter(x=x, y=y, mode="lines", line=dict(color=color, width=width), name=name,
                                  xaxis=xref, yaxis=yref, hoverinfo="skip", showlegend=False, connectgaps=False))
     return traces
@@ -221,14 +221,7 @@ def round_colors(count: int) -> list[str]:
     round (methods without rounds) gets one bright colour."""
     if count == 1:
         return [SINGLE_ROUND_COLOR]
-    anchors = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
-    colors = []
-    for i in range(count):
-        t = 0.0 if count == 1 else i / (count - 1) * (len(anchors) - 1)
-        a, b = anchors[min(int(t), len(anchors) - 2)], anchors[min(int(t), len(anchors) - 2) + 1]
-        f = t - min(int(t), len(anchors) - 2)
-        colors.append("rgb({},{},{})".format(*(round(a[k] + (b[k] - a[k]) * f) for k in range(3))))
-    return colors
+    return [_rgb(_viridis_at(i / (count - 1))) for i in range(count)]
 
 
 def _discrete_scale(colors: list[str]) -> list[list]:
@@ -293,51 +286,149 @@ def kept_map(layout: dict, rounds, *, image: Image.Image | None = None, title: s
     return fig
 
 
-def selection_step(layout: dict, chunks: list, scores: list, floored: list, step: int, *,
-                   image: Image.Image | None = None, label: str = "PC-MMR", log_scores: bool = True,
-                   height: int = 380) -> go.Figure:
-    """Frame ``step`` of a greedy selection (PC-MMR rounds or MMR steps).
+STEP_JS = (Path(__file__).with_name("step.js")).read_text().strip()
+"""A JavaScript function expression ``(gd, k) => bool`` that shows step ``k`` of a
+:func:`selection_animation` rendered in the plot div ``gd`` (from the steps its ``layout.meta``
+carries, in the browser, no server call); false when ``gd`` holds no animation. The app's step
+control and Play, and the exported HTML, all call it."""
 
-    Shows the tokens kept before this round coloured by their round, this round's chunk outlined
-    (coloured too), and the remaining tokens' scores this round chose from as a heat-map.
+_HOT = ((0.0, (0, 0, 0)), (0.3, (230, 0, 0)), (0.6, (255, 210, 0)), (1.0, (255, 255, 255)))
+_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+TRANSPARENT = "rgba(0,0,0,0)"
+
+
+def _rgb(color) -> str:
+    return "rgb({},{},{})".format(*(round(c) for c in color))
+
+
+def _viridis_at(t: float) -> tuple:
+    """The round colours' ramp at ``t`` in [0, 1] (linear between five viridis anchors)."""
+    t = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    k = min(int(t), len(_VIRIDIS) - 2)
+    a, b = _VIRIDIS[k], _VIRIDIS[k + 1]
+    return tuple(a[i] + (b[i] - a[i]) * (t - k) for i in range(3))
+
+
+def _hot_at(u: float) -> tuple:
+    for (u0, a), (u1, b) in zip(_HOT, _HOT[1:]):
+        if u <= u1:
+            f = (u - u0) / (u1 - u0)
+            return tuple(a[i] + (b[i] - a[i]) * f for i in range(3))
+    return _HOT[-1][1]
+
+
+def _log_hot_scale(decades: int = 4, per_decade: int = 2) -> list:
+    """A colour scale for z in [0, zmax] whose colour follows log₁₀(z / zmax) from −``decades``
+    (black) to 0 (white): stops every 1/``per_decade`` decade, linear between them. PC-MMR's
+    penalties multiply, so its scores span decades; z itself stays the raw score (hover)."""
+    count = decades * per_decade
+    return [[0.0, _rgb(_hot_at(0.0))]] + [[10.0 ** (-decades * (1 - i / count)), _rgb(_hot_at(i / count))]
+                                          for i in range(count + 1)]
+
+
+def _reveal_scale(total: int, step: int) -> list:
+    """Colour scale of the kept layer (z = round, zmin −0.5, zmax ``total`` − 0.5) at ``step``:
+    round r < step gets ``round_colors(total)[r]``, round ``step`` (the chunk just taken) the chunk
+    colour, later rounds are transparent. At most a dozen stops, whatever ``total``."""
+    low, cut = step / total, (step + 1) / total  # the band of round ``step``
+    if total == 1:
+        return [[0.0, CHUNK_COLOR], [1.0, CHUNK_COLOR]]
+
+    def at(p):  # ramp colour at normalised position p: round (p·total − 0.5)
+        return _rgb(_viridis_at((p * total - 0.5) / (total - 1)))
+
+    anchors = [(k / (len(_VIRIDIS) - 1) * (total - 1) + 0.5) / total for k in range(len(_VIRIDIS))]
+    scale = ([[0.0, at(0.0)]] + [[p, at(p)] for p in anchors if p < low] + [[low, at(low)]]) if step else []
+    scale += [[low, CHUNK_COLOR], [cut, CHUNK_COLOR]]
+    return scale + ([[cut, TRANSPARENT], [1.0, TRANSPARENT]] if cut < 1.0 else [])
+
+
+def _outline_xy(boxes: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of rectangles around ``tokens`` (5 corners each, then a NaN gap)."""
+    x0, y0, x1, y1 = boxes[tokens].T
+    gap = np.full(tokens.size, np.nan)
+    return (np.stack([x0, x1, x1, x0, x0, gap], axis=1).reshape(-1),
+            np.stack([y0, y0, y1, y1, y0, gap], axis=1).reshape(-1))
+
+
+def selection_animation(layout: dict, chunks: list, scores: list, floored: list, *, step: int = 0,
+                        image: Image.Image | None = None, label: str = "PC-MMR", per_step_scores: bool = True,
+                        height: int = 380) -> go.Figure:
+    """Every step of a greedy selection (PC-MMR rounds or MMR steps) in one figure, shown at ``step``.
+
+    Per panel: the remaining tokens' scores as a heat-map (``name="remaining"``, z the raw score,
+    coloured on a log scale when ``per_step_scores``) and the kept tokens (``"kept"``; z the round
+    that took each, one array for every step): rounds before the step in their round colour, the
+    step's own chunk in :data:`CHUNK_COLOR`, later rounds transparent. ``layout.meta["dv_anim"]``
+    carries what each step changes, applied in the browser by :data:`STEP_JS`: the title, the kept
+    layer's colour scale (O(1)) and, with ``per_step_scores`` (PC-MMR: about log₂ M rounds), the
+    remaining tokens' scores and their maximum (O(Nv) per round). Without it (classic MMR: one step
+    per kept token) the heat-map shows the scores of the first step throughout.
 
     Args:
-        chunks: per round, the token indices taken (``Selection.chunks`` as lists).
-        scores: per round, ``[Nv]`` scores the round chose from, NaN for already kept
-            (``Selection.scores``); floored: per round, tokens that round's penalty floored.
-        step: 0-based round to show (clamped to the valid range).
-        log_scores: colour remaining tokens by ``log10(score / max score)`` (PC-MMR's penalties
-            multiply, so they span decades); hover always shows the raw score.
+        layout: token layout (``Geometry.to_dict()``); chunks: per step, the token indices taken
+            (``Selection.chunks`` as lists); scores: per step ``[Nv]`` scores the step chose from, NaN
+            for already kept (``Selection.scores``); floored: per step, tokens its penalty floored.
+        step: 0-based step shown (clamped to the valid range).
     """
     n = len(layout["boxes"])
     total = len(chunks)
     step = max(0, min(int(step), total - 1))
     rounds = np.full(n, -1)
-    for r in range(step + 1):
-        rounds[np.asarray(chunks[r], dtype=int)] = r
-    current = np.asarray(scores[step], dtype=float).reshape(n) if scores else np.full(n, np.nan)
-    remaining = rounds < 0
-    shown = np.where(remaining, current, np.nan)
-    if log_scores:
-        peak = np.nanmax(np.where(remaining, current, np.nan)) if remaining.any() else 1.0
-        colour = np.log10(np.clip(shown / max(peak, 1e-300), 1e-4, None))
-        bar, zmin, zmax = "log₁₀ score", -4.0, 0.0
-    else:
-        colour, bar = shown, "score"
-        zmin = zmax = None
-    kept_count = int(sum(len(c) for c in chunks[: step + 1]))
-    title = (f"{label} · round {step + 1}/{total} · chunk of {len(chunks[step])} · kept {kept_count} · "
-             f"{floored[step] if floored else 0} floored")
-    fig, grids, refs, panel_of = _base_figure(layout, image, title, height=height)
-    custom, template = _hover({"score": current, "round": rounds + 1}, n)
-    colors = round_colors(total)
+    for r, chunk in enumerate(chunks):
+        rounds[np.asarray(chunk, dtype=int)] = r
+    fig, grids, refs, panel_of = _base_figure(layout, image, "", height=height)
+    floored = list(floored) if floored else [0] * total
+
+    def remaining(s: int) -> np.ndarray:  # [Nv] scores step s chose from, NaN for the tokens kept up to it
+        if not per_step_scores:
+            return np.asarray(scores[0], dtype=float).reshape(n)
+        return np.where((rounds >= 0) & (rounds <= s), np.nan, np.asarray(scores[s], dtype=float).reshape(n))
+
+    def title(s: int) -> str:
+        kept_count = int(sum(len(c) for c in chunks[: s + 1]))
+        return (f"{label} · round {s + 1}/{total} · chunk of {len(chunks[s])} · kept {kept_count} · "
+                f"{floored[s]} floored")
+
+    def peak(values: np.ndarray) -> float:
+        finite = values[np.isfinite(values)]
+        return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+    token = np.arange(n, dtype=np.float32)
+    first = remaining(0)
+    finite = first[np.isfinite(first)]
+    indices = {"remaining": [], "kept": []}
+    shown = remaining(step)
     for p, (grid, ref) in enumerate(zip(grids, refs)):
-        fig.add_trace(_heat(grid, colour, custom, template, ref, colorscale="Hot", zmin=zmin, zmax=zmax,
-                            opacity=0.6, showscale=p == 0, name="remaining",
-                            colorbar=dict(title=dict(text=bar, side="right"), thickness=12, len=0.9, x=1.14)))
-        fig.add_trace(_round_layer(grid, rounds, custom, template, ref, colors, show=p == 0 and total > 1))
-    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
-    fig.add_traces(_outline(boxes, chunks[step], CHUNK_OUTLINE, panel_of, refs, "chunk", width=3))
+        if per_step_scores:
+            scale, zmin, zmax = _log_hot_scale(), 0.0, peak(shown)
+        else:
+            scale, zmin, zmax = "Hot", float(finite.min()) if finite.size else 0.0, peak(first)
+        indices["remaining"].append(len(fig.data))
+        fig.add_trace(_heat(grid, shown, token[:, None], "token %{customdata[0]:.0f}<br>score = %{z:.4g}<extra></extra>",
+                            ref, colorscale=scale, zmin=zmin, zmax=zmax, opacity=0.6, showscale=False, name="remaining"))
+        indices["kept"].append(len(fig.data))
+        tick_step = max(1, math.ceil(total / 8))
+        fig.add_trace(_heat(grid, np.where(rounds >= 0, rounds, np.nan), token[:, None],
+                            "token %{customdata[0]:.0f}<br>taken at step %{z:.0f} (0-based)<extra></extra>", ref,
+                            colorscale=_reveal_scale(total, step), zmin=-0.5, zmax=total - 0.5, opacity=0.8,
+                            showscale=p == 0 and total > 1, name="kept",
+                            colorbar=dict(title="round", thickness=12, len=0.9, x=1.0,
+                                          tickvals=list(range(0, total, tick_step)),
+                                          ticktext=[str(r + 1) for r in range(0, total, tick_step)])))
+
+    def encoded(values: np.ndarray, p: int) -> dict:
+        return to_typed_array_spec(grids[p].grid(values).astype(np.float32))
+
+    steps = []
+    for s in range(total):
+        entry = {"title": title(s), "scale": _reveal_scale(total, s)}
+        if per_step_scores:
+            values = remaining(s)
+            entry.update(z=[encoded(values, p) for p in range(len(grids))], zmax=peak(values))
+        steps.append(entry)
+    fig.update_layout(title_text=title(step))
+    fig.layout.meta = dict(dv_anim=dict(traces=indices, steps=steps))  # (no linked hover here: no token boxes)
     return fig
 
 

@@ -152,8 +152,9 @@ def test_animation_steps_and_export(app):
     chunks = out[SUMMARY]["pcmmr"]["chunks"]
     frame = plot_json(client.predict(1, api_name="/pcmmr_step"))
     assert f"round 2/{len(chunks)}" in frame["layout"]["title"]["text"]
-    outline = [t for t in frame["data"] if t.get("name") == "chunk"]  # the newest chunk, outlined
-    assert sum(np.isnan(decode(t["x"]).astype(float)).sum() for t in outline) == len(chunks[1])
+    kept_layer = next(t for t in frame["data"] if t.get("name") == "kept")  # the newest chunk in the chunk colour
+    band = [stop[0] for stop in kept_layer["colorscale"] if stop[1] == "rgb(0,229,255)"]
+    assert band == [1 / len(chunks), 2 / len(chunks)]
     classic = plot_json(client.predict(6, api_name="/classic_step"))
     assert "classic MMR · round 7/7" in classic["layout"]["title"]["text"]
     files, command = client.predict(api_name="/export")
@@ -162,7 +163,7 @@ def test_animation_steps_and_export(app):
     assert payload["kept"] == out[SUMMARY]["kept"] and len(payload["pcmmr_round_scores"]) == len(chunks)
     assert len(payload["magnitude"]) == payload["num_visual"]
     html = open(next(p for p in paths if p.endswith(".html"))).read()
-    assert "Plotly.addFrames" in html and '<script src="http' not in html
+    assert "plotly_sliderchange" in html and "dv_anim" in html and '<script src="http' not in html
     assert command.startswith("python -m dualview answer") and "--budget 7" in command and "--param lam=5" in command
 
 

@@ -112,42 +112,106 @@ def _traced():
     return magnitude, duplication
 
 
-def test_selection_step_shows_kept_so_far_new_chunk_and_remaining_scores():
-    layout = _layouts()["square"]
+def _colour_at(scale, p):
+    """The colour a plotly colour scale gives at normalised position ``p`` (its own stops, the last
+    stop at an equal position winning, as plotly draws a band edge)."""
+    for (p0, c0), (p1, c1) in zip(scale, scale[1:]):
+        if p0 <= p < p1 or (p == p1 == 1.0):
+            if c0 == c1 or p1 == p0:
+                return c1 if p == p1 else c0
+            a, b = (np.array(re.findall(r"[\d.]+", c)[:3], dtype=float) for c in (c0, c1))
+            return "rgb({},{},{})".format(*np.round(a + (b - a) * (p - p0) / (p1 - p0)).astype(int))
+    raise AssertionError(p)
+
+
+def _at_step(fig, s):
+    """What the browser shows after STEP_JS(gd, s): the step's entry applied to ``fig`` (a
+    transcription of dualview/figures/step.js)."""
+    import base64
+
+    out = json.loads(fig.to_json())
+    anim = out["layout"]["meta"]["dv_anim"]
+    entry, traces = anim["steps"][s], anim["traces"]
+    for i in traces["kept"]:
+        out["data"][i]["colorscale"] = entry["scale"]
+    if "z" in entry:
+        for p, i in enumerate(traces["remaining"]):
+            spec = entry["z"][p]
+            shape = [int(v) for v in spec["shape"].split(",")]
+            out["data"][i]["z"] = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=np.float32).reshape(shape)
+            out["data"][i]["zmax"] = entry["zmax"]
+    out["layout"]["title"]["text"] = entry["title"]
+    return out
+
+
+@pytest.mark.parametrize("name", ["square", "anyres"])
+def test_selection_animation_shows_kept_so_far_new_chunk_and_remaining_scores(name):
+    layout = _layouts()[name]
+    n = len(layout["boxes"])
     magnitude, duplication = _traced()
-    selection = pc_mmr(magnitude, duplication, 40, b0=2, growth=2, lam=5.0)
+    selection = pc_mmr(magnitude[:n], duplication[:n, :n], 40, b0=2, growth=2, lam=5.0)
     chunks = [c.tolist() for c in selection.chunks]
     scores = [s.numpy() for s in selection.scores]
-    for step in range(len(chunks)):
-        fig = figures.selection_step(layout, chunks, scores, selection.floored, step)
-        remaining = _cell_values(next(t for t in fig.data if t.name == "remaining"))
-        kept = _cell_values(next(t for t in fig.data if t.name == "kept"))
+    total = len(chunks)
+    final = {t: r for r in range(total) for t in chunks[r]}
+    colors = figures.round_colors(total)
+    first = figures.selection_animation(layout, chunks, scores, selection.floored)
+    for step in range(total):
+        fig = figures.selection_animation(layout, chunks, scores, selection.floored, step=step)
+        remaining = {}
+        for trace in (t for t in fig.data if t.name == "remaining"):
+            remaining.update(_cell_values(trace))
         so_far = {t: r for r in range(step + 1) for t in chunks[r]}
-        assert {t: int(z) for t, z in kept.items() if np.isfinite(z)} == so_far
-        # remaining tokens show log10(score / max) of the scores this round chose from
-        alive = [t for t in range(196) if t not in so_far]
-        expected = np.log10(np.clip(scores[step][alive] / np.nanmax(scores[step][alive]), 1e-4, None))
-        assert np.allclose([remaining[t] for t in alive], expected)
+        # remaining tokens carry the raw scores this round chose from; kept ones (this chunk too) none
+        alive = [t for t in range(n) if t not in so_far]
+        assert np.allclose([remaining[t] for t in alive], scores[step][alive].astype(np.float32))
         assert all(not np.isfinite(remaining[t]) for t in so_far)
-        outlined = set(figures.outlined_tokens(fig, "chunk"))
-        assert outlined == {tuple(layout["boxes"][t]) for t in chunks[step]}
+        # the kept layer holds every token's round; its colour scale shows exactly the rounds so far
+        for trace in (t for t in fig.data if t.name == "kept"):
+            cells = {t: z for t, z in _cell_values(trace).items() if np.isfinite(z)}
+            assert all(final[t] == int(z) for t, z in cells.items())
+            scale = [list(stop) for stop in trace.colorscale]
+            for r in range(total):
+                shown = _colour_at(scale, (r + 0.5) / total)
+                expected = colors[r] if r < step else figures.CHUNK_COLOR if r == step else "rgba(0,0,0,0)"
+                assert shown == expected, (step, r, shown)
         title = fig.layout.title.text
-        assert f"round {step + 1}/{len(chunks)}" in title and f"chunk of {len(chunks[step])}" in title
+        assert f"round {step + 1}/{total}" in title and f"chunk of {len(chunks[step])}" in title
         assert f"{selection.floored[step]} floored" in title
+        # what the browser applies to the first figure is this step's figure
+        applied, direct = _at_step(first, step), json.loads(fig.to_json())
+        assert applied["layout"]["title"]["text"] == direct["layout"]["title"]["text"]
+        for a, d in zip(applied["data"], direct["data"]):
+            if a["name"] == "remaining":
+                assert np.array_equal(np.asarray(a["z"], dtype=float), _plain(d["z"]), equal_nan=True)
+                assert a["zmax"] == d["zmax"]
+            if a["name"] == "kept":
+                assert [list(x) for x in a["colorscale"]] == [list(x) for x in d["colorscale"]]
     # out-of-range steps are clamped, not errors
-    last = figures.selection_step(layout, chunks, scores, selection.floored, 99)
-    assert f"round {len(chunks)}/{len(chunks)}" in last.layout.title.text
+    last = figures.selection_animation(layout, chunks, scores, selection.floored, step=99)
+    assert f"round {total}/{total}" in last.layout.title.text
 
 
-def test_selection_step_for_classic_mmr_uses_raw_scores():
+def _plain(array):
+    from tests.app.test_api import decode
+
+    return np.asarray(decode(array), dtype=float)
+
+
+def test_classic_mmr_steps_carry_no_per_step_scores():
+    """One step per kept token: a step changes a colour scale, an outline and a title, never O(Nv) data."""
     layout = _layouts()["qwen_wide"]
     magnitude, duplication = _traced()
-    selection = mmr(magnitude[:50], duplication[:50, :50], 6, trade=0.5)
-    fig = figures.selection_step(layout, [c.tolist() for c in selection.chunks], [s.numpy() for s in selection.scores],
-                                 selection.floored, 3, log_scores=False, label="classic MMR")
+    selection = mmr(magnitude[:50], duplication[:50, :50], 30, trade=0.5)
+    fig = figures.selection_animation(layout, [c.tolist() for c in selection.chunks],
+                                      [s.numpy() for s in selection.scores], selection.floored, step=3,
+                                      per_step_scores=False, label="classic MMR")
     remaining = _cell_values(next(t for t in fig.data if t.name == "remaining"))
-    alive = [t for t in range(50) if t not in selection.kept[:4].tolist()]
-    assert np.allclose([remaining[t] for t in alive], selection.scores[3].numpy()[alive])
+    assert np.allclose([remaining[t] for t in range(50)], selection.scores[0].numpy().astype(np.float32))
+    steps = fig.layout.meta["dv_anim"]["steps"]
+    assert len(steps) == 30 and all("z" not in s for s in steps)
+    assert max(len(json.dumps(s)) for s in steps) < 600
+    assert "classic MMR · round 4/30" in fig.layout.title.text
 
 
 def test_error_curves_one_line_per_method_and_metric_with_budget_marker():
@@ -197,16 +261,24 @@ def test_compare_kept_one_panel_per_method():
     assert "error 0.500" in fig.layout.annotations[0].text
 
 
-def test_animation_html_is_self_contained_and_has_every_frame():
+def test_animation_html_is_self_contained_and_has_every_step():
     layout = _layouts()["square"]
     magnitude, duplication = _traced()
     selection = pc_mmr(magnitude, duplication, 30, b0=2, growth=2, lam=5.0)
     chunks = [c.tolist() for c in selection.chunks]
-    frames = [figures.selection_step(layout, chunks, [s.numpy() for s in selection.scores], selection.floored, s)
-              for s in range(len(chunks))]
-    html = figures.animation_html(frames)
-    assert "<script src=\"http" not in html and "Plotly.newPlot" in html
-    spec = json.loads(re.search(r"Plotly\.addFrames\('[^']+',\s*(\[.*?\])\);", html, re.S).group(1))
-    assert [f["name"] for f in spec] == [str(i + 1) for i in range(len(chunks))]
+    fig = figures.selection_animation(layout, chunks, [s.numpy() for s in selection.scores], selection.floored)
+    html = figures.animation_html(fig)
+    assert "<script src=" not in html and "Plotly.newPlot" in html and "plotly_sliderchange" in html
+    spec = json.loads(re.search(r'<script id="dv-figure" type="application/json">(.*?)</script>', html, re.S).group(1))
+    assert [s["label"] for s in spec["layout"]["sliders"][0]["steps"]] == [str(i + 1) for i in range(len(chunks))]
+    assert len(spec["layout"]["meta"]["dv_anim"]["steps"]) == len(chunks)
+    # plotly.js travels inside, compressed: the page needs no network
+    import base64
+    import gzip
+
+    from plotly.offline import get_plotlyjs
+
+    packed = re.search(r'atob\("([A-Za-z0-9+/=]+)"\)', html).group(1)
+    assert gzip.decompress(base64.b64decode(packed)).decode() == get_plotlyjs()
     with pytest.raises(ValueError):
-        figures.animation_html([])
+        figures.animation_html(figures.token_map(layout, np.zeros(196)))

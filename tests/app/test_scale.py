@@ -78,3 +78,25 @@ def test_the_compact_views_carry_the_engines_own_numbers(large):
             magnitude.update(cell_values(trace))
     assert torch.allclose(torch.tensor([magnitude[t] for t in range(analysis.num_visual)], dtype=torch.float32),
                           analysis.magnitude, rtol=1e-6)
+
+
+def test_the_animations_are_sent_once_and_the_export_stays_under_five_megabytes(large):
+    """Issue 15 items 1 and 2: every PC-MMR round lives in the one figure a selection sends (the
+    browser steps it), classic MMR's hundreds of steps cost O(1) each, and the offline HTML export
+    (plotly.js inlined) is at most 5 MB."""
+    from tests.app.test_api import plot_json
+
+    chunks = view(large["out"], "summary")["pcmmr"]["chunks"]
+    animation = plot_json(view(large["out"], "pcmmr_plot"))
+    assert len(animation["layout"]["meta"]["dv_anim"]["steps"]) == len(chunks)
+    client = large["client"]
+    classic = client.predict(api_name="/classic_view")[0]
+    assert len(classic["plot"]) <= MAP_BYTES
+    steps = plot_json(classic)["layout"]["meta"]["dv_anim"]["steps"]
+    assert len(steps) == 800 and max(len(json.dumps(s)) for s in steps) <= 1_000
+    files, _ = client.predict(api_name="/export")
+    paths = [f if isinstance(f, str) else f.get("path") or f["name"] for f in files]
+    html = next(p for p in paths if p.endswith(".html"))
+    import os
+
+    assert os.path.getsize(html) <= EVENT_BYTES, os.path.getsize(html)

@@ -51,7 +51,7 @@ def upload_files(folder: Path) -> dict:
         "p.bmp": (save(rgb(45, 45).convert("P"), folder / "p.bmp", "BMP"), (45, 45)),
         "anim.gif": (str(folder / "anim.gif"), (30, 30)),
         "sixteen.png": (save(sixteen, folder / "sixteen.png", "PNG"), (47, 33)),
-        "huge.png": (save(Image.new("L", (4100, 300), 90), folder / "huge.png", "PNG"), (2048, 150)),
+        "huge.png": (save(Image.new("L", (4100, 300), 90), folder / "huge.png", "PNG"), (4100, 300)),  # no downscaling
     }
 
 

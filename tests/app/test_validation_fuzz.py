@@ -12,7 +12,7 @@ from PIL import Image
 from dualview.errors import DualviewError
 from dualview.methods import method_names
 from dualview.budget import resolve_budget
-from dualview.images import MAX_SIDE, load_image
+from dualview.images import MAX_PIXELS, load_image
 from dualview.methods import get_method
 from dualview.validation import MAX_PROMPT_CHARS, Request, validate_request
 
@@ -84,7 +84,7 @@ def decodes_or_refuses(source) -> None:
     except DualviewError as error:
         refused_cleanly(error)
         return
-    assert image.mode == "RGB" and 1 <= min(image.size) and max(image.size) <= MAX_SIDE
+    assert image.mode == "RGB" and 1 <= min(image.size) and image.width * image.height <= MAX_PIXELS
     image.tobytes()  # fully decoded
 
 

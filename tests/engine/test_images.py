@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dualview.errors import DualviewError
-from dualview.images import MAX_SIDE, load_image
+from dualview.images import load_image
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -53,9 +53,15 @@ def test_gif_gives_its_first_frame():
     assert load_image(buffer.getvalue()).getpixel((0, 0))[0] > 200
 
 
-def test_large_images_are_downscaled_keeping_the_aspect():
+def test_large_images_keep_their_resolution_for_the_models_processor():
+    """Issue 15 item 3: no downscaling here (Qwen2.5-VL's processor takes up to 12.8 MP); only the
+    bomb limit refuses, with one sentence."""
     image = load_image(np.zeros((100, 5000, 3), dtype=np.uint8))
-    assert image.size == (MAX_SIDE, 41)
+    assert image.size == (5000, 100)
+    photo = Image.new("RGB", (4032, 3024), (30, 90, 200))
+    assert load_image(encoded(photo, "JPEG")).size == (4032, 3024)
+    with pytest.raises(DualviewError, match="more than the limit of 64 megapixels"):
+        load_image(np.zeros((8001, 8000), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("source, message", [

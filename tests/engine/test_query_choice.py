@@ -169,3 +169,33 @@ def test_update_share_is_each_updates_norm_over_the_weights_norm():
         for t, i in enumerate(analysis.prepared.visual_positions.tolist()):
             expected[g, t] = math.sqrt(math.exp(float(k[g, i] @ k[g, i]) / math.sqrt(dim)) * float(v[g, i] @ v[g, i]) / total)
     torch.testing.assert_close(analysis.update_share().double(), expected, rtol=1e-4, atol=0)
+
+
+def test_measures_with_a_query_report_its_kept_mass_from_one_attention_pass():
+    """Issue 15 item 5: the curves' points take the text rows' split once; the numbers are those of
+    the separate calls (the attention error against the plain function of dual_form)."""
+    from dualview import dual_form
+
+    session = tiny_session("llava")
+    analysis = session.analyze(session.prepare(IMAGE, PROMPT))
+    kept = torch.arange(0, analysis.num_visual, 4)
+    p, text = analysis.projections, analysis.prepared.text_positions
+    reference = dual_form.attention_output_error(p.q_post[:, text], p.k_post, p.v, analysis.sequence_keep(kept),
+                                                 query_positions=text)
+    plain = analysis.measures(kept)
+    assert "kept_mass" not in plain and plain["attention_error"] == reference
+    for choice in ("text", "last"):
+        measured = analysis.measures(kept, choice)
+        assert measured["kept_mass"] == analysis.debug_measures(kept, choice)["kept_mass"] < 1.0
+        assert {k: v for k, v in measured.items() if k != "kept_mass"} == plain
+    calls = []
+    original = dual_form.attention_split
+    dual_form.attention_split = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        fresh = torch.arange(1, analysis.num_visual, 5)  # a kept set not measured yet
+        analysis.measures(fresh, "text")
+        analysis.debug_measures(fresh, "text")  # the page's other view of the same set reuses it
+        analysis.measures(fresh.flip(0), "text")  # the same set in another order
+    finally:
+        dual_form.attention_split = original
+    assert len(calls) == 1
