@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -362,19 +363,46 @@ def step(state: AppState | None, which: str, value) -> dict:
 # --- export and examples ---------------------------------------------------------------------
 
 
+EXPORT_PREFIX = "dualview-export-"
+EXPORT_MAX_AGE_S = 3600
+"""Export folders older than this are deleted at the next export (gradio has copied the files
+it serves into its own cache, which ``build_demo`` prunes on the same schedule)."""
+UPLOAD_NAME = "image.png"
+"""The file name an upload is exported under, beside the JSON: the exported command names it so, to
+run in the folder the visitor saves the files to."""
+
+
+def prune_exports(root: Path | None = None, now: float | None = None) -> int:
+    """Delete the export folders in ``root`` (the temp folder) older than :data:`EXPORT_MAX_AGE_S`;
+    how many were deleted."""
+    root, now, gone = Path(root or tempfile.gettempdir()), time.time() if now is None else now, 0
+    for folder in root.glob(EXPORT_PREFIX + "*"):
+        try:
+            old = now - folder.stat().st_mtime > EXPORT_MAX_AGE_S
+        except OSError:  # deleted meanwhile by another export
+            continue
+        if old and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            gone += 1
+    return gone
+
+
 def export(state: AppState | None) -> dict:
-    """The JSON of everything shown and the PC-MMR animation as one HTML file, in a new temp folder."""
+    """The JSON of everything shown and the PC-MMR animation as one HTML file (plus, for an upload,
+    the picture as :data:`UPLOAD_NAME`), in a new temp folder; older exports are pruned first."""
     state = require(state)
-    folder = Path(tempfile.mkdtemp(prefix="dualview-export-"))
+    prune_exports()
+    folder = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX))
     image = None
     if not state.example:  # an upload: saved beside the JSON, so the exported command can run
-        image = str(folder / "image.png")
-        state.request.image.save(image)
+        image = UPLOAD_NAME
+        state.request.image.save(folder / image)
     data = folder / "dualview.json"
     data.write_text(json.dumps(views.export_payload(state, image), indent=1, allow_nan=False))
     html = folder / "pcmmr-animation.html"
     html.write_text(figures.animation_html(views.step_figure(state, "pcmmr"), title="dualview: PC-MMR step by step"))
-    return {"files": [str(data), str(html)] + ([image] if image else []), "command": views.cli_command(state, image)}
+    files = [str(data), str(html)] + ([str(folder / image)] if image else [])
+    return {"files": files, "command": views.cli_command(state, image)}
 
 
 def example_by_name(examples: list[dict], name: str) -> dict:

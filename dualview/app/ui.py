@@ -84,7 +84,9 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
     """The whole app; ``default_model`` is loaded on the first Run (or before launch by the caller);
     ``models``: the names the model box offers (typing others only with ``allow_any_model``)."""
     examples = load_examples(examples_dir) if examples_dir else load_examples()
-    with gr.Blocks(title="dualview", analytics_enabled=False) as demo:  # no usage reports leave the machine
+    # no usage reports leave the machine; files served (exports, sweeps) are deleted after an hour
+    with gr.Blocks(title="dualview", analytics_enabled=False,
+                   delete_cache=(handlers.EXPORT_MAX_AGE_S, handlers.EXPORT_MAX_AGE_S)) as demo:
         c = build_layout(examples, method_names(), default_model, list(models or [default_model]), allow_any_model)
         params = c["params"]
 

@@ -308,8 +308,8 @@ def export_payload(state: AppState, image: str | None = None) -> dict:
 
 def cli_command(state: AppState, image: str | None = None) -> str:
     """The CLI call that reproduces this view's kept set (forced patches included), measures and
-    answers (``python -m dualview answer``); ``image``: where the picture was saved (default: the
-    example's file, else a placeholder ``IMAGE.png``)."""
+    answers (``python -m dualview answer``); ``image``: the exported picture's file name, to be run in
+    the folder the export is saved to (default: the example's file, else a placeholder ``IMAGE.png``)."""
     from dualview.app.state import MAX_NEW_TOKENS
 
     r = state.request

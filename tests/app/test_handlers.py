@@ -1,6 +1,9 @@
 """The app's handlers called directly, as the page calls them (no browser, no server)."""
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -94,7 +97,7 @@ def test_visitors_choose_among_the_operators_models(example, tmp_path):
     assert handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
 
 
-def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder, example, capsys):
+def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder, example, capsys, monkeypatch):
     """The export's CLI call (forced patches, budget, answer length and the saved upload included)
     gives the kept set, measures and answers the app shows (issue 16 item 14)."""
     import shlex
@@ -108,9 +111,12 @@ def test_the_exported_command_reproduces_the_view_with_its_forced_patches(holder
     handlers.inspect(state, dropped, "force keep")
     handlers.inspect(state, kept[0], "force drop")
     shown = handlers.answer(holder, state)["summary"]
-    command = handlers.export(state)["command"]
+    exported = handlers.export(state)
+    command = exported["command"]
     assert f"--force-keep {dropped}" in command and f"--force-drop {kept[0]}" in command
+    assert f"--image {handlers.UPLOAD_NAME} " in command  # no server path: run where the files are saved
     capsys.readouterr()
+    monkeypatch.chdir(Path(exported["files"][0]).parent)
     assert cli.main(shlex.split(command)[3:]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["kept"] == shown["kept"] and result["weight_error"] == shown["measures"]["weight_error"]
@@ -193,3 +199,18 @@ def test_every_view_says_when_it_no_longer_matches_the_inputs(holder, example):
         assert ("Stale" in handlers.update(state, "iwp", 25, [])["status"]) == (which == "image")
     fresh = handlers.run(holder, example["path"], "what colour is the square?", "builtin", "iwp", 20, "", [], None)
     assert "Stale" not in fresh["status"] and fresh["compare"] is None
+
+
+def test_old_export_folders_are_deleted_at_the_next_export(tmp_path):
+    """A server's temp folder must not fill up with exports (a reviewer found 164 of them, 934 MB)."""
+    now = time.time()
+    old, fresh, other = (tmp_path / f"{handlers.EXPORT_PREFIX}old", tmp_path / f"{handlers.EXPORT_PREFIX}new",
+                         tmp_path / "someone-else")
+    for folder in (old, fresh, other):
+        folder.mkdir()
+        (folder / "dualview.json").write_text("{}")
+    aged = now - handlers.EXPORT_MAX_AGE_S - 5
+    os.utime(old, (aged, aged))
+    os.utime(other, (aged, aged))
+    assert handlers.prune_exports(tmp_path, now) == 1
+    assert not old.exists() and fresh.exists() and other.exists()
