@@ -120,10 +120,13 @@ def _axes(fig: go.Figure, count: int, image, layout: dict) -> list[tuple[str, st
     return refs
 
 
-def _titled(title: str, layout: dict) -> str:
-    """``title`` with ``picker.stretch_caption`` appended when the panels are drawn stretched."""
-    caption = stretch_caption(layout)
-    return f"{title} · {caption}" if title and caption else title or caption
+def _caption(fig: go.Figure, layout: dict) -> None:
+    """When the panels are drawn stretched, ``picker.stretch_caption`` under them on two short lines
+    (a map is about 200 pixels wide on the page; its title is already full)."""
+    if caption := stretch_caption(layout, sep="<br>"):
+        fig.update_layout(margin=dict(b=34))
+        fig.add_annotation(text=caption, name="stretch", xref="paper", yref="paper", x=0.0, y=0.0, xanchor="left",
+                           yanchor="top", yshift=-2, showarrow=False, align="left", font=dict(size=11, color="#555"))
 
 
 def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str]:
@@ -173,7 +176,7 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
     panel_of = np.zeros(n, dtype=int)
     for p, grid in enumerate(grids):
         panel_of[grid.index[grid.index >= 0]] = p
-    fig.update_layout(title=dict(text=_titled(title, layout), x=0.01, font=dict(size=14)), height=height,
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height,
                       margin=dict(l=4, r=4, t=36, b=4), plot_bgcolor="white", paper_bgcolor="white",
                       hoverlabel=dict(font_size=12),
                       # for linked hovering in the app (dualview/app/linking.js): each token's box and panel
@@ -183,6 +186,7 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
         for grid, (xref, _) in zip(grids, refs):
             fig.add_annotation(text=grid.name, xref=xref + " domain", yref="paper", x=0.5, y=1.0,
                                showarrow=False, yanchor="bottom", font=dict(size=11))
+    _caption(fig, layout)
     return fig, grids, refs, panel_of
 
 
@@ -377,8 +381,8 @@ def compare_kept(layout: dict, kept_by_method: dict[str, list], *, image: Image.
         label = name if not errors or name not in errors else f"{name}<br>error {errors[name]:.3f}"
         fig.add_annotation(text=label, xref=ref[0] + " domain", yref="paper", x=0.5, y=1.0, showarrow=False,
                            yanchor="bottom", font=dict(size=11))
-    fig.update_layout(title=dict(text=_titled(f"{title} · washed out: dropped" if title else title, layout), x=0.01,
-                                 font=dict(size=14)),
+    fig.update_layout(title=dict(text=f"{title} · washed out: dropped" if title else title, x=0.01, font=dict(size=14)),
                       height=260,
                       margin=dict(l=4, r=4, t=60, b=4), plot_bgcolor="white", paper_bgcolor="white")
+    _caption(fig, layout)
     return fig

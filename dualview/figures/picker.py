@@ -62,13 +62,13 @@ def display_stretch(layout: dict, side: int = PICKER_SIDE) -> tuple[float, float
     return (factor, 1.0) if width < height else (1.0, factor)
 
 
-def stretch_caption(layout: dict) -> str:
-    """``"drawn stretched N x vertically so patches can be seen"`` (or horizontally) when
-    :func:`display_stretch` stretches the picture, else empty."""
+def stretch_caption(layout: dict, sep: str = " ") -> str:
+    """``"drawn stretched N x vertically so patches can be seen"`` (or horizontally; ``sep`` before
+    "so") when :func:`display_stretch` stretches the picture, else empty."""
     sx, sy = display_stretch(layout)
     if sx == sy == 1.0:
         return ""
-    return f"drawn stretched {max(sx, sy):g} x {'horizontally' if sx > 1 else 'vertically'} so patches can be seen"
+    return f"drawn stretched {max(sx, sy):g} x {'horizontally' if sx > 1 else 'vertically'}{sep}so patches can be seen"
 
 
 def clickable_tokens(layout: dict) -> np.ndarray:

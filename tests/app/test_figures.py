@@ -91,6 +91,13 @@ def test_token_map_draws_the_image_underneath():
     assert fig.layout.yaxis.range == (140, 0)  # image coordinates: y grows downwards
 
 
+def _caption(fig):
+    """The text of the figure's stretch caption (None: none)."""
+    texts = [a.text for a in fig.layout.annotations if a.name == "stretch"]
+    assert len(texts) <= 1
+    return texts[0] if texts else None
+
+
 def _every_map(layout):
     n = len(layout["boxes"])
     magnitude, duplication = _traced(n)
@@ -121,14 +128,14 @@ def test_maps_of_a_strip_are_stretched_as_the_picker_is_and_say_so(name, axis):
             assert fig.layout[axis_name].scaleratio == pytest.approx(scale_y / scale_x), kind
             assert fig.layout[axis_name].range == (height, 0), kind
         assert fig.layout.xaxis.range == (0, width)
-        assert f"drawn stretched {factor:.1f} x {axis} so patches can be seen" in fig.layout.title.text, kind
+        assert _caption(fig) == f"drawn stretched {factor:.1f} x {axis}<br>so patches can be seen", kind
 
 
 def test_maps_of_ordinary_pictures_are_not_stretched():
     for name in ("square", "qwen_wide", "anyres"):
         for kind, fig in _every_map(_layouts()[name]).items():
             assert fig.layout.yaxis.scaleratio == 1, (name, kind)
-            assert "stretched" not in fig.layout.title.text, (name, kind)
+            assert _caption(fig) is None and fig.layout.margin.b == 4, (name, kind)
 
 
 def test_kept_map_colours_kept_tokens_by_round_and_dims_the_rest():

@@ -125,7 +125,7 @@ def test_a_strip_upload_is_drawn_stretched_so_every_patch_can_be_seen_and_clicke
         figure = out[name] if name != "row" else handlers.inspect(state, 5, "inspect")["row"]
         assert figure.layout.yaxis.scaleratio == pytest.approx(scale_y / scale_x, rel=0.02)
         assert figure.layout.xaxis.range == (0, state.layout["image_size"][0])  # original pixels
-        assert caption in figure.layout.title.text
+        assert [a.text for a in figure.layout.annotations if a.name == "stretch"] == [caption.replace(" so ", "<br>so ")]
         (grid,) = panels(state.layout)
         original = np.asarray(state.layout["boxes"], dtype=float)
         for heat in (t for t in figure.data if t.type == "heatmap"):
@@ -145,7 +145,7 @@ def test_ordinary_pictures_are_drawn_as_before(holder):
         assert display_stretch(state.layout) == (1.0, 1.0)
         assert state.picker_image.size == (PICKER_SIDE, round(PICKER_SIDE * size[1] / size[0]))
         assert out["magnitude"].layout.yaxis.scaleratio == 1
-        assert "stretched" not in out["status"] and "stretched" not in out["magnitude"].layout.title.text
+        assert "stretched" not in out["status"] and not out["magnitude"].layout.annotations
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "llava"])
