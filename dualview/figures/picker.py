@@ -48,9 +48,10 @@ def display_stretch(layout: dict, side: int = PICKER_SIDE) -> tuple[float, float
     pictures, for patches small both ways (a centre crop of a strip, a native-resolution grid of
     square patches: stretching one axis cannot thicken them) and for layouts whose boxes are not
     image regions."""
-    if not layout.get("spatial", True):
+    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)
+    if not layout.get("spatial", True) or not boxes.size:
         return 1.0, 1.0
-    boxes = np.asarray(layout["boxes"], dtype=float).reshape(-1, 4)[clickable_tokens(layout)]
+    boxes = boxes[clickable_tokens(layout)]
     scale = picker_scale(tuple(layout["image_size"]), side)
     width = float(np.median(boxes[:, 2] - boxes[:, 0])) * scale
     height = float(np.median(boxes[:, 3] - boxes[:, 1])) * scale
