@@ -187,9 +187,10 @@ class AppState:
         return self.selected, tuple(self.forced_keep), tuple(self.forced_drop)
 
     def token_at_display(self, x: float, y: float) -> int | None:
-        """:meth:`token_at` of a click at (x, y) on :attr:`picker_image`."""
-        scale = self._display()[2]
-        return self.token_at(x / scale, y / scale)
+        """:meth:`token_at` of a click at (x, y) on :attr:`picker_image` (its x and y scales differ
+        when the picture is drawn stretched: ``figures.picker.display_stretch``)."""
+        scale_x, scale_y = self._display()[2]
+        return self.token_at(x / scale_x, y / scale_y)
 
     @property
     def query(self) -> str:

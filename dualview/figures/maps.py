@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 from _plotly_utils.utils import to_typed_array_spec
 from PIL import Image
+
+from dualview.figures.picker import display_stretch, stretch_caption
 
 __all__ = ["Panel", "panels", "token_map", "kept_map", "selection_animation", "STEP_JS", "compare_kept", "round_colors",
            "display_image", "outlined_tokens"]
@@ -93,10 +94,14 @@ def panels(layout: dict) -> list[Panel]:
     return result
 
 
-def _axes(fig: go.Figure, count: int, image, size: tuple[int, int]) -> list[tuple[str, str]]:
-    """Lay out ``count`` side-by-side image panels; returns their (xaxis, yaxis) reference names.
+def _axes(fig: go.Figure, count: int, image, layout: dict) -> list[tuple[str, str]]:
+    """Lay out ``count`` side-by-side image panels of ``layout``'s picture; returns their (xaxis,
+    yaxis) reference names. The axes keep original-image pixels (hover, outlines and the linked
+    boxes read them) and are drawn stretched by ``picker.display_stretch`` (y pixels per unit /
+    x pixels per unit = stretch_y / stretch_x), as the picker is.
     ``image``: None, a PIL image (drawn as :func:`display_image`) or a data URL made by it."""
-    width, height = size
+    width, height = layout["image_size"]
+    stretch_x, stretch_y = display_stretch(layout)
     if isinstance(image, Image.Image):
         image = display_image(image)
     gap = 0.04
@@ -108,12 +113,22 @@ def _axes(fig: go.Figure, count: int, image, size: tuple[int, int]) -> list[tupl
         fig.layout[x_name] = dict(domain=[p * (span + gap), p * (span + gap) + span], range=[0, width],
                                   showgrid=False, zeroline=False, showticklabels=False, constrain="domain")
         fig.layout[y_name] = dict(range=[height, 0], showgrid=False, zeroline=False, showticklabels=False,
-                                  scaleanchor="x" + suffix, scaleratio=1, constrain="domain", anchor="x" + suffix)
+                                  scaleanchor="x" + suffix, scaleratio=stretch_y / stretch_x, constrain="domain",
+                                  anchor="x" + suffix)
         if image is not None:
             fig.add_layout_image(source=image, xref="x" + suffix, yref="y" + suffix, x=0, y=0,
                                  sizex=width, sizey=height, sizing="stretch", layer="below")
         refs.append(("x" + suffix, "y" + suffix))
     return refs
+
+
+def _caption(fig: go.Figure, layout: dict) -> None:
+    """When the panels are drawn stretched, ``picker.stretch_caption`` under them on two short lines
+    (a map is about 200 pixels wide on the page; its title is already full)."""
+    if caption := stretch_caption(layout, sep="<br>"):
+        fig.update_layout(margin=dict(b=34))
+        fig.add_annotation(text=caption, name="stretch", xref="paper", yref="paper", x=0.0, y=0.0, xanchor="left",
+                           yanchor="top", yshift=-2, showarrow=False, align="left", font=dict(size=11, color="#555"))
 
 
 def _hover(hover: dict[str, np.ndarray] | None, n: int) -> tuple[np.ndarray, str]:
@@ -155,7 +170,7 @@ def _outline(boxes: np.ndarray, tokens, color: str, panel_of: np.ndarray, refs, 
 def _base_figure(layout: dict, image: Image.Image | None, title: str, height: int = 380):
     grids = panels(layout)
     fig = go.Figure()
-    refs = _axes(fig, len(grids), image, tuple(layout["image_size"]))
+    refs = _axes(fig, len(grids), image, layout)
     n = len(layout["boxes"])
     panel_of = np.zeros(n, dtype=int)
     for p, grid in enumerate(grids):
@@ -170,6 +185,7 @@ def _base_figure(layout: dict, image: Image.Image | None, title: str, height: in
         for grid, (xref, _) in zip(grids, refs):
             fig.add_annotation(text=grid.name, xref=xref + " domain", yref="paper", x=0.5, y=1.0,
                                showarrow=False, yanchor="bottom", font=dict(size=11))
+    _caption(fig, layout)
     return fig, grids, refs, panel_of
 
 
@@ -446,7 +462,7 @@ def compare_kept(layout: dict, kept_by_method: dict[str, list], *, image: Image.
     names = list(kept_by_method)
     n = len(layout["boxes"])
     fig = go.Figure()
-    refs = _axes(fig, len(names), image, tuple(layout["image_size"]))
+    refs = _axes(fig, len(names), image, layout)
     for name, ref in zip(names, refs):
         kept = np.zeros(n, dtype=bool)
         kept[np.asarray(kept_by_method[name], dtype=int)] = True
@@ -458,4 +474,5 @@ def compare_kept(layout: dict, kept_by_method: dict[str, list], *, image: Image.
     fig.update_layout(title=dict(text=f"{title} · washed out: dropped" if title else title, x=0.01, font=dict(size=14)),
                       height=260,
                       margin=dict(l=4, r=4, t=60, b=4), plot_bgcolor="white", paper_bgcolor="white")
+    _caption(fig, layout)
     return fig

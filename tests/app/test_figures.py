@@ -18,6 +18,9 @@ def _layouts():
         "square": fixed_grid((224, 224), 14, (0.0, 0.0, 224.0, 224.0)).to_dict(),
         "qwen_wide": merged_patch_grid((300, 140), (10, 20), 2).to_dict(),  # 5 x 10, not square
         "anyres": anyres((300, 200), (2, 3), 4, (6, 10), (6, 10), newline=True).to_dict(),  # two views
+        # a 3000 x 200 upload (downsized to 2048 x 137) squashed into a 14 x 14 square, and its transpose
+        "strip": fixed_grid((2048, 137), 14, (0.0, 0.0, 2048.0, 137.0)).to_dict(),
+        "tall": fixed_grid((137, 2048), 14, (0.0, 0.0, 137.0, 2048.0)).to_dict(),
     }
 
 
@@ -37,7 +40,7 @@ def _cell_values(trace):
     return out
 
 
-@pytest.mark.parametrize("name", ["square", "qwen_wide", "anyres"])
+@pytest.mark.parametrize("name", ["square", "qwen_wide", "anyres", "strip", "tall"])
 def test_token_map_puts_every_value_in_its_token_box(name):
     layout = _layouts()[name]
     n = len(layout["boxes"])
@@ -88,6 +91,53 @@ def test_token_map_draws_the_image_underneath():
     assert fig.layout.yaxis.range == (140, 0)  # image coordinates: y grows downwards
 
 
+def _caption(fig):
+    """The text of the figure's stretch caption (None: none)."""
+    texts = [a.text for a in fig.layout.annotations if a.name == "stretch"]
+    assert len(texts) <= 1
+    return texts[0] if texts else None
+
+
+def _every_map(layout):
+    n = len(layout["boxes"])
+    magnitude, duplication = _traced(n)
+    selection = pc_mmr(magnitude, duplication, 40, b0=2, growth=2, lam=5.0)
+    rounds = np.full(n, -1)
+    rounds[:3] = 0
+    return {"token_map": figures.token_map(layout, np.zeros(n), title="magnitude"),
+            "kept_map": figures.kept_map(layout, rounds, title="kept"),
+            "selection_animation": figures.selection_animation(layout, [c.tolist() for c in selection.chunks],
+                                                               [x.numpy() for x in selection.scores], selection.floored),
+            "compare_kept": figures.compare_kept(layout, {"a": [0, 1], "b": [2]}, title="compare")}
+
+
+@pytest.mark.parametrize("name, axis", [("strip", "vertically"), ("tall", "horizontally")])
+def test_maps_of_a_strip_are_stretched_as_the_picker_is_and_say_so(name, axis):
+    """Every map of a squashed strip draws its y unit stretch_y / stretch_x times as long as its x
+    unit, the factor the picker uses (picker_picture's own scales), with the axes still in the
+    picture's pixels (range, background image) and the caption in the title."""
+    from dualview.figures.picker import picker_picture
+
+    layout = _layouts()[name]
+    width, height = layout["image_size"]
+    _, (scale_x, scale_y) = picker_picture(Image.new("RGB", (width, height)), layout)
+    factor = max(scale_x, scale_y) / min(scale_x, scale_y)
+    assert factor > 3
+    for kind, fig in _every_map(layout).items():
+        for axis_name in (k for k in fig.layout.to_plotly_json() if k.startswith("yaxis")):
+            assert fig.layout[axis_name].scaleratio == pytest.approx(scale_y / scale_x), kind
+            assert fig.layout[axis_name].range == (height, 0), kind
+        assert fig.layout.xaxis.range == (0, width)
+        assert _caption(fig) == f"drawn stretched {factor:.1f} x {axis}<br>so patches can be seen", kind
+
+
+def test_maps_of_ordinary_pictures_are_not_stretched():
+    for name in ("square", "qwen_wide", "anyres"):
+        for kind, fig in _every_map(_layouts()[name]).items():
+            assert fig.layout.yaxis.scaleratio == 1, (name, kind)
+            assert _caption(fig) is None and fig.layout.margin.b == 4, (name, kind)
+
+
 def test_kept_map_colours_kept_tokens_by_round_and_dims_the_rest():
     layout = _layouts()["anyres"]
     n = len(layout["boxes"])
@@ -103,9 +153,8 @@ def test_kept_map_colours_kept_tokens_by_round_and_dims_the_rest():
     assert figures.outlined_tokens(fig, "forced drop") == [tuple(layout["boxes"][3])]
 
 
-def _traced():
+def _traced(n: int = 196):
     torch.manual_seed(0)
-    n = 196
     magnitude = torch.rand(n, dtype=torch.float64)
     features = torch.nn.functional.normalize(torch.randn(n, 6, dtype=torch.float64), dim=1)
     duplication = (features @ features.T) ** 2
