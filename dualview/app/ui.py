@@ -115,7 +115,7 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
             return dependency
 
         # -- the steps every chain is made of ------------------------------------------------------
-        curves_step = then(handlers.curves_if_stale, [c["state"], c["with_oracle"]], ("curves",),
+        curves_step = then(handlers.curves_step, [c["state"], c["with_oracle"]], ("curves",),
                            show_progress="minimal")
 
         def answer_step(api_name=False):
