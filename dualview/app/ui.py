@@ -29,6 +29,7 @@ from dualview.methods import method_names
 __all__ = ["build_demo", "CSS", "VIEWS"]
 
 ANSWER_VIEWS = ("state", "answers", "summary")
+DETAIL_VIEWS = ("debug", "teaching", "space", "per_head", "pcmmr_plot", "pcmmr_step", "classic_plot", "classic_step")
 INSPECT_VIEWS = ("state", "token", "row", "teaching", "kept", "magnitude", "duplication", "status", "summary", "space",
                  "per_head", "answers")
 
@@ -139,11 +140,12 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # a Run pressed while one is running is not dropped (gradio's default for clicks): it runs next
         chain(event(c["run"].click, run, run_inputs, VIEWS, api_name="run", concurrency_limit=2,
                     trigger_mode="always_last"), [curves_step])
-        reselect = [answer_step(), curves_step]
+        details_step = then(handlers.detail_views, [c["state"]], DETAIL_VIEWS, show_progress="hidden")
+        reselect = [details_step, answer_step(), curves_step]
         # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
         # `release` misses the keys and reports a typed value before clamping it); only the latest waits
         chain(event(c["budget"].input, update, update_inputs, VIEWS, api_name="update", show_progress="hidden",
-                    trigger_mode="always_last"), [answer_step("answer"), curves_step])
+                    trigger_mode="always_last"), [details_step, answer_step("answer"), curves_step])
         for trigger in [c["method"].input] + [control.input if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
             chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden", trigger_mode="always_last"),
