@@ -314,10 +314,6 @@ class AppState:
             others.append("oracle")
         return [self.request.method] + [m for m in others if m != self.request.method]
 
-    def curves_current(self, with_oracle: bool = False) -> bool:
-        """Whether every curve to draw is computed for the current methods and parameters."""
-        return all(self._curve_id(m) in self.derived.curves for m in self.curve_methods(with_oracle))
-
     def curves(self, with_oracle: bool = False) -> dict:
         """Error-vs-budget curves, method -> measure -> values; each (method, parameters) is
         computed once per analysis."""

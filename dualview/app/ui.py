@@ -3,8 +3,9 @@
 
 Every event that a client may call is named (``api_name``), so ``gradio_client`` drives the same
 code paths as the browser: ``/run`` and ``/update`` return the views of
-:data:`dualview.app.layout.VIEWS` (in that order; views an event leaves unchanged are skipped),
-``/answer``, ``/reanswer``, ``/inspect``, ``/clear_forced``, ``/pcmmr_step``, ``/classic_step``,
+:data:`dualview.app.layout.VIEWS` (in that order; views an event leaves unchanged are skipped;
+after ``/update``, ``/details`` gives the teaching panel, token space, per-head errors, debug text
+and animation of the new kept set), ``/answer``, ``/reanswer``, ``/inspect``, ``/clear_forced``, ``/pcmmr_step``, ``/classic_step``,
 ``/curves``, ``/curve_data``, ``/token_space``, ``/answer_all``, ``/compare``, ``/export``,
 ``/example``, ``/sweep``. Per-visitor results live in ``gr.State``; the model is shared through one
 :class:`~dualview.app.models.ModelHolder`.
@@ -140,12 +141,14 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # a Run pressed while one is running is not dropped (gradio's default for clicks): it runs next
         chain(event(c["run"].click, run, run_inputs, VIEWS, api_name="run", concurrency_limit=2,
                     trigger_mode="always_last"), [curves_step])
-        details_step = then(handlers.detail_views, [c["state"]], DETAIL_VIEWS, show_progress="hidden")
-        reselect = [details_step, answer_step(), curves_step]
+        def details_step(api_name=False):
+            return then(handlers.detail_views, [c["state"]], DETAIL_VIEWS, show_progress="hidden", api_name=api_name)
+
+        reselect = [details_step(), answer_step(), curves_step]
         # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
         # `release` misses the keys and reports a typed value before clamping it); only the latest waits
         chain(event(c["budget"].input, update, update_inputs, VIEWS, api_name="update", show_progress="hidden",
-                    trigger_mode="always_last"), [details_step, answer_step("answer"), curves_step])
+                    trigger_mode="always_last"), [details_step("details"), answer_step("answer"), curves_step])
         for trigger in [c["method"].input] + [control.input if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
             chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden", trigger_mode="always_last"),

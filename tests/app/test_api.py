@@ -94,6 +94,9 @@ def test_moving_the_budget_changes_the_kept_set_without_a_new_analysis(app):
     for budget in (3, 9):
         out = client.predict("iwp", budget, False, 2, 2, 5.0, api_name="/update")
         assert out[SUMMARY]["kept_count"] == budget
+        animation = client.predict(api_name="/details")[4]  # the other views follow in their own step
+        last_step = json.loads(animation["plot"])["layout"]["meta"]["dv_anim"]["steps"][-1]["title"]
+        assert f" · kept {budget} · " in last_step, last_step
     answered = client.predict(api_name="/answer")
     assert answered[-1]["kept_count"] == 9 and answered[-1]["answers"]["tokens_after_pruning"] > 0
 

@@ -12,7 +12,7 @@ from dualview.engine.adapters import GenericAdapter
 from dualview.engine.session import Session
 from dualview.errors import DualviewError
 from dualview.methods import get_method
-from tests.engine.test_pruning import masked_greedy, masked_logits
+from tests.engine.test_pruning import dropped_positions, masked_greedy, masked_logits
 from tests.engine_tiny import PROMPT, gradient_image, tiny_session
 
 IMAGE = gradient_image(100, 72)
@@ -53,9 +53,7 @@ def test_scores_selection_pruning_and_answers_work_on_a_strip(strip_session):
     analysis = strip_session.analyze(prepared)
     kept = get_method("iwp").select(analysis, 0.3).kept
     layer = analysis.layer
-    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
-    dropped_visual[kept] = False
-    dropped = prepared.visual_positions[dropped_visual]
+    dropped = dropped_positions(prepared, kept)
     logits, positions = strip_session.logits(prepared, keep=kept, layer=layer)
     reference = masked_logits(strip_session, prepared.inputs, dropped, layer)[positions]
     assert (logits - reference).abs().max() <= 1e-5

@@ -22,6 +22,13 @@ def kept_subset(session, fraction=0.4, seed=1):
     return torch.randperm(count, generator=generator)[: max(1, int(fraction * count))]
 
 
+def dropped_positions(prepared, kept) -> torch.Tensor:
+    """Sequence positions of the visual tokens not in ``kept`` (indices into the visual tokens)."""
+    dropped = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
+    dropped[kept] = False
+    return prepared.visual_positions[dropped]
+
+
 def extended(session, inputs, extra):
     """Model inputs with generated token ids ``extra`` appended (per-token inputs extended by the
     model's own generation step)."""
@@ -88,9 +95,7 @@ def test_pruning_matches_masking_the_dropped_tokens(family):
     session = tiny_session(family)
     prepared = session.prepare(IMAGE, PROMPT)
     kept = kept_subset(session)
-    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
-    dropped_visual[kept] = False
-    dropped = prepared.visual_positions[dropped_visual]
+    dropped = dropped_positions(prepared, kept)
     for layer in sorted({0, session.default_layer, session.num_layers - 1}):
         logits, positions = session.logits(prepared, keep=kept, layer=layer)
         assert positions.numel() == prepared.length - dropped.numel()
@@ -111,9 +116,7 @@ def test_every_decoding_step_matches_the_masked_reference(family):
     session = tiny_session(family)
     prepared = session.prepare(IMAGE, PROMPT)
     kept = kept_subset(session)
-    dropped_visual = torch.ones(prepared.visual_positions.numel(), dtype=torch.bool)
-    dropped_visual[kept] = False
-    dropped = prepared.visual_positions[dropped_visual]
+    dropped = dropped_positions(prepared, kept)
     layer = session.default_layer
     with torch.no_grad(), hooks.prune_from(session.adapter.layers, layer, prepared.keep_positions(kept),
                                            prepared.length):
