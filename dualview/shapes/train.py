@@ -38,6 +38,10 @@ Recipe (built for a 2-core CPU, where compute is everything):
   (:func:`keys_removed`, equal to removing them physically), in the answer loss and every
   attention loss; the other steps are unpruned. The removal draws from its own stream
   ``default_rng([seed, DROP_STREAM, step])``, so the batches are those of a run without it.
+- **Background removal** (``--drop-background``; stage 7): that share of the removals keeps every
+  token overlapping an object, the letter or not (its questions then unlabelled), and a random
+  share of the background, often none (:func:`draw_removal`), so that counting stops reading how
+  many background tokens survive.
 - **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
   (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
   outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
@@ -196,6 +200,8 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     counting = np.zeros((n_scenes, n_questions), bool)
     words = np.zeros((n_scenes, n_questions, SEG_LEN, 1 + P), bool)
     word_counting = np.zeros((n_scenes, n_questions, SEG_LEN), bool)
+    objects = np.zeros((n_scenes, P), bool)
+    letters = np.zeros((n_scenes, P), bool)
     qtypes = []
     w = type_weights or {}
     for b in range(n_scenes):
@@ -207,6 +213,9 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
         imgs[b] = np.asarray(world.to_input(img, size.image_size))
         for k, v in patch_targets(scene, labels, size.patch_size).items():
             aux[k][b] = v
+        objects[b] = evidence_patches([o.box for o in scene.objects], size.image_size, size.patch_size, 0)
+        if scene.letter:
+            letters[b] = evidence_patches([scene.letter["box"]], size.image_size, size.patch_size, 0)
         types = world.feasible_types(scene)
         probs = np.array([w.get(t, 1.0) for t in types], float)
         row = []
@@ -221,7 +230,8 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
-            "counting": counting, "words": words, "word_counting": word_counting}
+            "counting": counting, "words": words, "word_counting": word_counting, "objects": objects,
+            "letters": letters}
 
 
 def centre_patch(cx: float, cy: float, grid: int, patch: int) -> int:
@@ -238,15 +248,18 @@ def centre_patches(boxes: list, image_size: int, patch: int) -> np.ndarray:
     return out
 
 
-def evidence_patches(boxes: list, image_size: int, patch: int) -> np.ndarray:
-    """Bool [P] (row-major patches): the patches at least 1/8 covered by one of the evidence boxes."""
+def evidence_patches(boxes: list, image_size: int, patch: int, min_cover: float = 1 / 8) -> np.ndarray:
+    """Bool [P] (row-major patches): the patches at least ``min_cover`` covered by one of the
+    evidence boxes; ``min_cover=0``: every patch a box overlaps with a positive area (the rule of
+    ``evaluate.evidence_tokens``)."""
     g = image_size // patch
     edges = np.arange(g + 1) * patch
     out = np.zeros((g, g), bool)
     for x0, y0, x1, y1 in boxes:
         ox = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)  # [g] overlap per column
         oy = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None)  # [g] per row
-        out |= np.outer(oy, ox) >= patch * patch / 8
+        area = np.outer(oy, ox)
+        out |= (area >= patch * patch * min_cover) & (area > 0)
     return out.reshape(-1)
 
 
@@ -373,20 +386,49 @@ def sep_positions(seg, n_prefix: int):
 
 
 def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layers: int, prob: float,
-                 min_share: float):
+                 min_share: float, background: float = 0.0, objects=None, letters=None):
     """Random visual-token removal for one batch: None with probability ``1 - prob``, else
-    ``(layer, kept)``: a decoder layer uniform in 0..n_layers-1 from which tokens are removed, and
-    ``kept`` bool [n_scenes, n_visual], per scene a uniformly random subset of
-    ``max(1, round(share * n_visual))`` tokens with ``share`` uniform in [min_share, 1]. Chosen
-    by no scoring method (issue 19: robust to removal, like large VLMs)."""
+    ``(layer, kept, letter_removed)``: a decoder layer uniform in 0..n_layers-1 from which tokens
+    are removed, ``kept`` bool [n_scenes, n_visual] and ``letter_removed`` bool [n_scenes].
+
+    With probability ``1 - background`` the removal is a random subset: per scene
+    ``max(1, round(share * n_visual))`` tokens with ``share`` uniform in [min_share, 1]
+    (``letter_removed`` all False: the labels stay, as for any random loss). With probability
+    ``background`` (``--drop-background``) it is a background removal: per scene every token in
+    ``objects`` (bool [n_scenes, n_visual]: overlapping an object's box) stays, the tokens in
+    ``letters`` (same shape) all stay or all go on a fair coin (``letter_removed``: the scene's
+    letter questions then lose their labels), and a share ``max(0, u)``, u uniform in [-0.5, 1],
+    of the other tokens stays, so a third of these scenes keep no background at all: the answer
+    must not depend on how many background tokens survive (issue 19, stage 5's over-counting).
+    Chosen by no scoring method: both are random draws over the scene's own geometry."""
     if rng.random() >= prob:
         return None
     layer = int(rng.integers(0, n_layers))
     kept = np.zeros((n_scenes, n_visual), bool)
+    letter_removed = np.zeros(n_scenes, bool)
+    if background > 0 and rng.random() < background:
+        for b in range(n_scenes):
+            letter_removed[b] = letters[b].any() and rng.random() < 0.5
+            kept[b] = objects[b] | (letters[b] & ~letter_removed[b])
+            rest = ~objects[b] & ~letters[b]
+            kept[b] |= rest & (rng.random(n_visual) < max(0.0, rng.uniform(-0.5, 1.0)))
+            if not kept[b].any():  # an empty scene without a letter: keep one token
+                kept[b, rng.integers(n_visual)] = True
+        return layer, kept, letter_removed
     for b in range(n_scenes):
         count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
         kept[b, rng.choice(n_visual, count, replace=False)] = True
-    return layer, kept
+    return layer, kept, letter_removed
+
+
+def unlabel_removed_letters(batch: dict, letter_removed) -> None:
+    """In place: the letter questions of the scenes whose letter tokens a background removal took
+    (``letter_removed`` bool [B], :func:`draw_removal`) lose their answer labels, since what they
+    ask is no longer in the kept tokens."""
+    for b in np.nonzero(letter_removed)[0]:
+        for q, qtype in enumerate(batch["qtypes"][b]):
+            if qtype == "letter":
+                batch["labels"][b, q] = IGNORE
 
 
 @contextlib.contextmanager
@@ -738,6 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of joint steps whose visual tokens are removed at random (see draw_removal)")
     ap.add_argument("--drop-min-share", type=float, default=0.05,
                     help="smallest kept share of the visual tokens when removing (uniform up to 1)")
+    ap.add_argument("--drop-background", type=float, default=0.0,
+                    help="share of the removals that keep every object token and drop background (see draw_removal)")
     ap.add_argument("--styles", action="store_true",
                     help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
     ap.add_argument("--naming-words", action="store_true",
@@ -846,7 +890,10 @@ def train(args) -> dict:
                            naming=NAMING_WORDS if args.naming_words else KEY_WORDS)
         removal = None if vision_only else draw_removal(np.random.default_rng([args.seed, DROP_STREAM, step]), n_scenes,
                                                         size.num_image_tokens, size.text_layers, args.drop_prob,
-                                                        args.drop_min_share)
+                                                        args.drop_min_share, args.drop_background,
+                                                        batch["objects"], batch["letters"])
+        if removal is not None:
+            unlabel_removed_letters(batch, removal[2])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None

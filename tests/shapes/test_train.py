@@ -381,7 +381,8 @@ def test_draw_removal_keeps_random_shares_from_random_layers():
     layers, shares = set(), []
     for seed in range(300):
         drawn = T.draw_removal(np.random.default_rng(seed), 4, P, L, 1.0, 0.05)
-        layer, kept = drawn
+        layer, kept, letter_removed = drawn
+        assert not letter_removed.any()
         assert kept.shape == (4, P) and kept.dtype == bool and kept.sum(1).min() >= 1
         layers.add(layer)
         shares += (kept.sum(1) / P).tolist()
@@ -390,6 +391,56 @@ def test_draw_removal_keeps_random_shares_from_random_layers():
     assert min(shares) < 0.1 and max(shares) > 0.95 and abs(np.mean(shares) - 0.525) < 0.03  # uniform in [0.05, 1]
     rng = np.random.default_rng(1)
     assert sum(T.draw_removal(rng, 1, P, L, 0.5, 0.05) is None for _ in range(400)) in range(160, 241)
+
+
+def test_object_tokens_follow_the_evaluations_overlap_rule():
+    from dualview.shapes.evaluate import evidence_tokens
+
+    patch, size = 16, 224
+    g = size // patch
+    token_boxes = [(c * patch, r * patch, (c + 1) * patch, (r + 1) * patch) for r in range(g) for c in range(g)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, y0 = rng.uniform(0, size - 2, 2)
+        boxes = [(x0, y0, x0 + rng.uniform(0.5, 60), y0 + rng.uniform(0.5, 60))]
+        mask = T.evidence_patches(boxes, size, patch, 0)
+        assert sorted(np.nonzero(mask)[0].tolist()) == sorted(evidence_tokens(token_boxes, boxes))
+
+
+def test_background_removal_keeps_every_object_token_and_drops_background():
+    size = M.ModelSize()  # the shipped geometry, 196 tokens
+    P = size.num_image_tokens
+    batch = T.make_batch(np.random.default_rng(3), 6, 8, size, styles=True)
+    objects, letters = batch["objects"], batch["letters"]
+    # every token an object's pixels or centre fall in is an object token; letter questions have letter tokens
+    assert (objects >= (batch["aux"]["cover_color"] > 0)).all() and (objects >= (batch["aux"]["center_color"] > 0)).all()
+    assert (letters >= (batch["aux"]["letter"] > 0)).all()
+    assert all(letters[b].any() for b, qtypes in enumerate(batch["qtypes"]) if "letter" in qtypes)
+    shares, letter_drops, none_kept = [], 0, 0
+    for seed in range(200):
+        layer, kept, letter_removed = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 1.0,
+                                                     objects, letters)
+        assert (kept | ~objects).all()  # no object token removed
+        own = letters & ~objects  # letter tokens no object overlaps: they stay or go together
+        assert ((kept & own).any(1) == (own.any(1) & ~letter_removed)).all()
+        assert ((kept & own).sum(1) == np.where(letter_removed, 0, own.sum(1))).all()
+        assert not (letter_removed & ~letters.any(1)).any()
+        rest = ~objects & ~letters
+        share = (kept & rest).sum(1) / rest.sum(1)
+        shares += share.tolist()
+        none_kept += int((share == 0).sum())
+        letter_drops += int(letter_removed.sum())
+    assert 0.25 < none_kept / len(shares) < 0.42  # a third keep no background
+    assert max(shares) > 0.95
+    assert letter_drops > 0
+    # the letter questions of a scene whose letter went lose their labels, the others keep theirs
+    removed = letters.any(1)
+    labelled = batch["labels"].copy()
+    T.unlabel_removed_letters(batch, removed)
+    for b, qtypes in enumerate(batch["qtypes"]):
+        for q, qtype in enumerate(qtypes):
+            expect_none = removed[b] and qtype == "letter"
+            assert (batch["labels"][b, q] == T.IGNORE).all() == expect_none or (labelled[b, q] == T.IGNORE).all()
 
 
 @pytest.mark.parametrize("layer", [0, 1])
