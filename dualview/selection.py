@@ -34,10 +34,13 @@ __all__ = [
 class _Blocks(Protocol):
     def block(self, rows: Tensor, cols: Tensor) -> Tensor: ...
 
+    def row_max(self, rows: Tensor, cols: Tensor) -> Tensor: ...
+
 
 DuplicationSource = Union[Tensor, _Blocks]
 """A full ``[N, N]`` duplication matrix, or an object whose ``block(rows, cols)`` returns
-``[len(rows), len(cols)]`` of it (e.g. :class:`dualview.dual_form.DuplicationBlocks`)."""
+``[len(rows), len(cols)]`` of it and ``row_max(rows, cols)`` that block's row maxima ``[len(rows)]``
+(:class:`dualview.dual_form.DuplicationBlocks`)."""
 
 
 @dataclass
@@ -78,6 +81,13 @@ def _block_reader(duplication: DuplicationSource):
     return duplication.block
 
 
+def _row_max_reader(duplication: DuplicationSource):
+    """``(rows, cols) -> max_{j ∈ cols} S̄²[rows, j]`` ``[R]``."""
+    if isinstance(duplication, Tensor):
+        return lambda rows, cols: duplication[rows][:, cols].amax(dim=1)
+    return duplication.row_max
+
+
 def _descending(scores: Tensor) -> Tensor:
     """Indices sorting ``scores`` from largest to smallest, ties by lower index."""
     return torch.sort(scores, descending=True, stable=True).indices
@@ -115,7 +125,7 @@ def pc_mmr(
         raise ValueError(f"PC-MMR needs b0 ≥ 1, g ≥ 1, λ ≥ 0 and a floor in [0, 1]; got b0={b0}, g={growth}, λ={lam}, floor={floor}")
     n = magnitude.numel()
     total = resolve_budget(budget, n)
-    read_block = _block_reader(duplication)
+    row_max = _row_max_reader(duplication)
     scores = magnitude.detach().reshape(-1).to(torch.float64).clone()
     remaining = torch.ones(n, dtype=torch.bool)
     result = Selection(kept=torch.zeros(0, dtype=torch.long), chunks=[])
@@ -131,7 +141,7 @@ def pc_mmr(
         rest = remaining.nonzero().squeeze(1)
         floored = 0
         if rest.numel() and taken < total:
-            factor = 1.0 - lam * read_block(rest, chunk).to(torch.float64).amax(dim=1)
+            factor = 1.0 - lam * row_max(rest, chunk).to(torch.float64)
             floored = int((factor <= floor).sum())
             scores[rest] *= factor.clamp_min(floor)
         result.floored.append(floored)

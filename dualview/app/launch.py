@@ -14,7 +14,7 @@ QUEUE_CONCURRENCY = 2
 def create(models="builtin", device: str | None = None, examples_dir=None, allow_any_model: bool = False):
     """The Blocks app with the first of ``models`` already loaded (a DualviewError when it cannot be)
     and the keyword arguments its ``launch`` needs (page CSS, the linked-hover script, the upload size
-    limit, the example folder).
+    limit, the example folder, no run history).
 
     ``models``: a name or a list of names visitors may choose among; with ``allow_any_model`` they
     may also type any other name or path (an operator's choice: it lets visitors make the server
@@ -33,9 +33,12 @@ def create(models="builtin", device: str | None = None, examples_dir=None, allow
     demo = build_demo(holder, default_model=models[0], examples_dir=examples, models=models,
                       allow_any_model=allow_any_model)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)
-    # the example pictures are served from their own folder whatever the working directory; nothing else is added
+    # the example pictures are served from their own folder whatever the working directory; nothing else is
+    # added. No run history: gradio's keeps every event's inputs and outputs (whole figures) in the browser's
+    # localStorage, re-read and rewritten several times per event (about 0.8 s of a budget move in
+    # Chromium at 7 209 tokens), and keeps visitors' pictures and prompts on the machine they used.
     return demo, {"css": CSS, "js": (Path(__file__).with_name("linking.js")).read_text(), "max_file_size": MAX_UPLOAD,
-                  "allowed_paths": [str(examples)]}
+                  "allowed_paths": [str(examples)], "run_history": False}
 
 
 def serve(models="builtin", host: str = "127.0.0.1", port: int = 7860, share: bool = False,

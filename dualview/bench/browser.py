@@ -11,7 +11,8 @@ playwright (``executable_path=/usr/bin/chromium``; never ``playwright install``)
 - **budget**: the budget slider moved (a click on its track) → the kept map's title shows the new
   count (the map redrawn); targets ≤ 0.5 s on the built-in model (issue 16), ≤ 1.5 s at ~7 200
   tokens (issue 15). Each move starts from a settled page, as a visitor's does: the previous
-  move's chained steps (other views, answer, curves) have finished (:func:`_settle`);
+  move's chained steps (other views, answer, curves) have finished (:func:`_settle`: the server's
+  queue has been empty for 2.5 s);
 - **run**: Run pressed with a new prompt → the status, the three maps and the answers show it
   (the maps tab open); target ≤ 2 s on the built-in model;
 - **run → curves**: the same with the error-curves tab open, until the curves (the step chained
@@ -81,16 +82,23 @@ def _budget_move(page, fraction: float) -> float:
     return time.perf_counter() - start
 
 
-def _settle(page) -> None:
-    """Give the page the time a visitor looks at a move's result: the steps chained after it
-    (other views, answer, curves) finish. The answers view says "being computed" only once the
-    re-selection is shown, so a fixed pause follows the check (2 s: the chain takes well under
-    that on the built-in model, about that at 7 209 tokens)."""
-    from playwright.sync_api import expect
-
-    expect(page.locator("#answers")).not_to_contain_text("being computed", timeout=TIMEOUT_MS)
-    expect(page.locator("#answers")).to_contain_text("full (all tokens)", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(2000)
+def _settle(page, demo, quiet_s: float = 2.5) -> None:
+    """Give the page the time a visitor looks at a move's result: every step chained after it
+    (other views, answer, curves) has run. The page sends each step when the one before has
+    reached it, so the server is settled once its queue has held no event, queued or running, for
+    ``quiet_s`` seconds (longer than the page takes to draw a step's result and send the next: about a
+    second for the detail views at 7 209 tokens)."""
+    queue = demo._queue
+    deadline = time.perf_counter() + TIMEOUT_MS / 1000
+    quiet_since = None
+    while time.perf_counter() < deadline:
+        busy = len(queue) > 0 or any(job is not None for job in queue.active_jobs)
+        now = time.perf_counter()
+        quiet_since = None if busy else (quiet_since or now)
+        if quiet_since is not None and now - quiet_since >= quiet_s:
+            return
+        page.wait_for_timeout(50)
+    raise RuntimeError("the app's queue did not settle")
 
 
 def _run(page, prompt: str, curves: bool) -> float:
@@ -156,7 +164,7 @@ def measure(repeats: int = 5) -> dict:
                 moves = []
                 for i in range(repeats + 1):  # the first warms up
                     moves.append(_budget_move(page, 0.2 + 0.4 * (i % 2)))
-                    _settle(page)
+                    _settle(page, demo)
                 moves = moves[1:]
                 samples[name] = {"run": runs, "curves": curves, "budget": moves}
                 print(f"{name}: {tokens[name]} visual tokens, Run median {statistics.median(runs):.2f} s, "

@@ -165,6 +165,18 @@ def test_duplication_blocks_equal_the_full_matrix_in_float32():
     torch.testing.assert_close(full.double(), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("tile", [1, 2, 64])
+def test_duplication_row_maxima_equal_the_blocks_maxima(tile):
+    k, v = _rand_kv(6, hkv=2, n=40, d=8, dv=8, scale=2.0, dtype=torch.float64)
+    blocks = df.DuplicationBlocks(k, v)
+    full = df.duplication(k, v)
+    rows, cols = torch.tensor([3, 0, 39, 7, 12]), torch.tensor([7, 8, 3, 20, 21])
+    got = blocks.row_max(rows, cols, tile=tile)
+    torch.testing.assert_close(got, full[rows][:, cols].amax(dim=1), rtol=1e-12, atol=1e-14)
+    assert got[0] == got[3] == 1.0  # tokens 3 and 7 are among the columns
+    assert blocks.row_max(torch.tensor([5]), torch.tensor([5]), tile=tile).item() == 1.0
+
+
 def test_token_duplication_is_mean_of_top_off_diagonal():
     dup = torch.tensor([[1.0, 0.2, 0.9, 0.1], [0.2, 1.0, 0.3, 0.4], [0.9, 0.3, 1.0, 0.0], [0.1, 0.4, 0.0, 1.0]])
     torch.testing.assert_close(df.token_duplication(dup, top=2), torch.tensor([0.55, 0.35, 0.6, 0.25]))
