@@ -122,6 +122,9 @@ def test_the_whole_page_in_a_browser(app_url, page):
     for elem_id in ("map-magnitude", "map-duplication", "map-kept"):
         expect(page.locator(f"#{elem_id} .js-plotly-plot")).to_be_visible()
         assert heatmap_count(page, elem_id) >= 1, f"{elem_id} drew no heat-map"
+    # no run history: gradio's would copy every event's figures into localStorage (slow, and private data)
+    stored = page.evaluate("() => Object.keys(window.localStorage).filter(key => key.startsWith('gradio:run-history'))")
+    assert stored == [], stored
     page.screenshot(path=str(OUT / "app-maps.png"), full_page=True)
     if os.environ.get("DUALVIEW_UPDATE_SCREENSHOT") == "1":
         shutil.copy(OUT / "app-maps.png", ROOT / "docs" / "screenshot.png")
