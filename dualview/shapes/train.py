@@ -396,8 +396,9 @@ def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layer
     (``letter_removed`` all False: the labels stay, as for any random loss). With probability
     ``background`` (``--drop-background``) it is a background removal: per scene every token in
     ``objects`` (bool [n_scenes, n_visual]: overlapping an object's box) stays, the tokens in
-    ``letters`` (same shape) all stay or all go on a fair coin (``letter_removed``: the scene's
-    letter questions then lose their labels), and a share ``max(0, u)``, u uniform in [-0.5, 1],
+    ``letters`` (same shape) that no object's box overlaps all stay or all go on a fair coin
+    (``letter_removed``: the scene's letter questions then lose their answer labels; a letter
+    touching an object's box keeps those shared tokens), and a share ``max(0, u)``, u uniform in [-0.5, 1],
     of the other tokens stays, so a third of these scenes keep no background at all: the answer
     must not depend on how many background tokens survive (issue 19, stage 5's over-counting).
     Chosen by no scoring method: both are random draws over the scene's own geometry."""
@@ -830,6 +831,9 @@ def train(args) -> dict:
     else:
         size = TINY if args.size == "tiny" else ModelSize()
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
+    if not 0.0 <= args.drop_background <= 1.0 or (args.drop_background and not args.drop_prob):
+        raise SystemExit(f"error: --drop-background {args.drop_background}: a share of the removals, in [0, 1], "
+                         "and only with a positive --drop-prob")
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
                            ("--word-layers", word_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):

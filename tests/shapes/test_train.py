@@ -341,6 +341,9 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--query-layers", "5"))
     with pytest.raises(SystemExit, match="--word-layers 2: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--word-layers", "2"))
+    for bad in (["--drop-background", "1.5", "--drop-prob", "0.5"], ["--drop-background", "0.5"]):
+        with pytest.raises(SystemExit, match="a share of the removals, in \\[0, 1\\], and only with a positive --drop-prob"):
+            T.train(_args(tmp_path, 2, *bad))
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
     (tmp_path / "other").mkdir()
