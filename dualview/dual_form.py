@@ -170,38 +170,39 @@ class DuplicationBlocks:
         self.n = k.shape[1]
         self.device = k.device
 
+    def _indices(self, rows, cols) -> tuple[Tensor, Tensor, torch.device]:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return rows.to(self.device), torch.as_tensor(cols, dtype=torch.long).to(self.device), rows.device
+
+    def _mean_sim_sq(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """``mean_h (S^h[rows][:, cols])²`` ``[R, C]``, before the clamp and the diagonal rule: the
+        formula, once. Gathers the rows' keys and values (``d`` numbers each) and works in place,
+        so the only ``[Hkv, R, C]`` buffers are the distances and the cosines."""
+        k, k_cols = self._k[:, rows], self._k[:, cols]
+        sq_dist = torch.baddbmm(self._k_sq[:, rows, None] + self._k_sq[:, None, cols], k, k_cols.transpose(1, 2),
+                                alpha=-2.0)  # ‖k_i − k_j‖² [Hkv, R, C]
+        kernel = sq_dist.clamp_min_(0.0).mul_(-2.0 / self._scale).exp_()  # exp(−2‖k_i − k_j‖² / (2√d)) = S² / cos²
+        sim_sq = torch.bmm(self._v_unit[:, rows], self._v_unit[:, cols].transpose(1, 2)).square_().mul_(kernel)
+        return sim_sq.mean(dim=0)
+
     def block(self, rows: Tensor, cols: Tensor) -> Tensor:
         """``S̄²[rows][:, cols]``: rows ``[R]``, cols ``[C]`` (index tensors) -> ``[R, C]``, computed on
         :attr:`device` and returned on the device of ``rows`` (CPU for lists)."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        home = rows.device
-        rows, cols = rows.to(self.device), torch.as_tensor(cols, dtype=torch.long).to(self.device)
-        # Columns against every token, then the rows: cheaper than gathering |rows| keys and values.
-        sq_dist = self._k_sq[:, :, None] + self._k_sq[:, None, cols] - 2.0 * self._k @ self._k[:, cols].transpose(1, 2)
-        cos_v = self._v_unit @ self._v_unit[:, cols].transpose(1, 2)
-        sim_sq = cos_v.square_() * torch.exp(sq_dist.clamp_min_(0.0) * (-2.0 / self._scale))  # [Hkv, N, C]
-        dup = sim_sq.mean(dim=0)[rows].clamp_(0.0, 1.0)
+        rows, cols, home = self._indices(rows, cols)
+        dup = self._mean_sim_sq(rows, cols).clamp_(0.0, 1.0)
         dup[rows[:, None] == cols[None, :]] = 1.0
         return dup.to(home)
 
     def row_max(self, rows: Tensor, cols: Tensor, tile: int = 256) -> Tensor:
         """``max_{j ∈ cols} S̄²[i, j]`` for each ``i`` in rows: ``[R]``, equal to
-        ``block(rows, cols).amax(1)`` (1 where ``i`` is in cols). What PC-MMR's penalty reads
-        (method.md §4). Only the rows' keys and values are gathered and columns are taken ``tile``
-        at a time, so memory is O(Hkv · R · tile), never R × C (at 7 209 tokens and a chunk of
-        2 048 it is about 6 times faster than the whole block). Computed on :attr:`device`,
-        returned on the device of ``rows``."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        home = rows.device
-        rows, cols = rows.to(self.device), torch.as_tensor(cols, dtype=torch.long).to(self.device)
-        k, k_sq, v_unit = self._k[:, rows], self._k_sq[:, rows], self._v_unit[:, rows]
-        best = torch.zeros(rows.numel(), dtype=k.dtype, device=self.device)
+        ``block(rows, cols).amax(1)`` (1 where ``i`` is in cols, 0 for no cols). What PC-MMR's
+        penalty reads (method.md §4). Columns are taken ``tile`` at a time, so memory is
+        O(Hkv · R · tile), never R × C (at 7 209 tokens and a chunk of 2 048 it is about 6 times
+        faster than the whole block). Computed on :attr:`device`, returned on the device of ``rows``."""
+        rows, cols, home = self._indices(rows, cols)
+        best = torch.zeros(rows.numel(), dtype=self._k.dtype, device=self.device)
         for start in range(0, cols.numel(), tile):
-            part = cols[start:start + tile]
-            sq_dist = k_sq[:, :, None] + self._k_sq[:, None, part] - 2.0 * k @ self._k[:, part].transpose(1, 2)
-            sim_sq = (v_unit @ self._v_unit[:, part].transpose(1, 2)).square_()
-            sim_sq.mul_(torch.exp(sq_dist.clamp_min_(0.0).mul_(-2.0 / self._scale)))  # [Hkv, R, tile]
-            best = torch.maximum(best, sim_sq.mean(dim=0).amax(dim=1))
+            best = torch.maximum(best, self._mean_sim_sq(rows, cols[start:start + tile]).amax(dim=1))
         best = best.clamp_(0.0, 1.0)
         best[torch.isin(rows, cols)] = 1.0
         return best.to(home)
@@ -238,7 +239,7 @@ def token_duplication(duplication, top: int = 8, block: int = 512) -> Tensor:
         return out
     for start in range(0, n, block):
         cols = every[start:start + block]
-        part = read(every, cols).float().clone()  # [N, C]: column j is row j (symmetric)
+        part = read(every, cols).float()  # [N, C], a new tensor: column j is row j (symmetric)
         part[cols, torch.arange(cols.numel(), device=device)] = float("-inf")
         out[cols] = part.topk(min(top, n - 1), dim=0).values.mean(dim=0)
     return out
