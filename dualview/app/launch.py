@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def create(models="builtin", device: str | None = None, examples_dir=None, allow
     demo = build_demo(holder, default_model=models[0], examples_dir=examples, models=models,
                       allow_any_model=allow_any_model)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)
+    # What is loaded now (libraries, the first model, the page) lives as long as the server: frozen
+    # out of the cyclic garbage collector, whose full passes otherwise walk it (about 0.5 M objects,
+    # 0.3 s a pass) in the middle of an update now and then (a budget move at 7 209 tokens took
+    # 0.5 s or 2 s depending on whether one fell in it). Cost: if the first model is later evicted
+    # by ModelHolder, what of it only a reference cycle holds is never freed (once).
+    gc.collect()
+    gc.freeze()
     # the example pictures are served from their own folder whatever the working directory; nothing else is
     # added. No run history: gradio's keeps every event's inputs and outputs (whole figures) in the browser's
     # localStorage, re-read and rewritten several times per event (about 0.8 s of a budget move in

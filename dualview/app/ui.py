@@ -144,11 +144,15 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         def details_step(api_name=False):
             return then(handlers.detail_views, [c["state"]], DETAIL_VIEWS, show_progress="hidden", api_name=api_name)
 
-        reselect = [details_step(), answer_step(), curves_step]
+        # after a re-selection: the answer, then the other views, then the curves. The answer comes
+        # before the detail views because it matters more, and because drawing those views (1.4 MB
+        # at 7 209 tokens) right after the kept map held up the kept map's own drawing in Chromium
+        # (a budget move took 0.7 s or 1.9 s depending on which the page drew first)
+        reselect = [answer_step(), details_step(), curves_step]
         # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
         # `release` misses the keys and reports a typed value before clamping it); only the latest waits
         chain(event(c["budget"].input, update, update_inputs, VIEWS, api_name="update", show_progress="hidden",
-                    trigger_mode="always_last"), [details_step("details"), answer_step("answer"), curves_step])
+                    trigger_mode="always_last"), [answer_step("answer"), details_step("details"), curves_step])
         for trigger in [c["method"].input] + [control.input if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
             chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden", trigger_mode="always_last"),
