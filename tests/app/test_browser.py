@@ -33,6 +33,11 @@ POINT_OF_FIRST_KEPT = """() => {
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
   return [r.left + xa._offset + xa.l2p(x), r.top + ya._offset + ya.l2p(y)];
 }"""
+KEPT_IN_SPACE = """(count) => {  // the token space draws `count` kept tokens (its round traces)
+  const gd = document.querySelector('#space .js-plotly-plot');
+  const ids = gd && gd.layout.meta && gd.layout.meta.dv_ids;  // token ids per trace
+  return !!ids && gd.data.reduce((n, t, i) => n + ((t.name || '').startsWith('round') ? ids[i].length : 0), 0) === count;
+}"""
 CENTRE_OF_TOKEN_ON_MAP = """(token) => {
   const gd = document.querySelector('#map-kept .js-plotly-plot');
   const [x0, y0, x1, y1] = gd.layout.meta.dv_boxes[token];
@@ -167,7 +172,10 @@ def test_the_whole_page_in_a_browser(app_url, page):
     expect(number).to_have_value("32")
     expect(page.locator("#status")).to_contain_text("keeps 32 of")
 
-    # hover a token in the token space: the same token is outlined on the kept map, and back
+    # hover a token in the token space: the same token is outlined on the kept map, and back (once the
+    # token space, a step chained after the answer, shows the 32 kept tokens: a redraw under a still
+    # mouse would hide the outline)
+    page.wait_for_function(KEPT_IN_SPACE, arg=32, timeout=TIMEOUT_MS)
     page.locator("#space").scroll_into_view_if_needed()
     x, y = page.evaluate(POINT_OF_FIRST_KEPT)
     page.mouse.move(x, y)
