@@ -148,18 +148,19 @@ def build_demo(holder: ModelHolder, default_model: str = "builtin", examples_dir
         # before the detail views because it matters more, and because drawing those views (1.4 MB
         # at 7 209 tokens) right after the kept map held up the kept map's own drawing in Chromium
         # (a budget move took 0.7 s or 1.9 s depending on which the page drew first)
-        reselect = [answer_step(), details_step(), curves_step]
+        def reselect(api: bool = False) -> list[dict]:  # the steps after a re-selection (named for API clients)
+            return [answer_step("answer" if api else False), details_step("details" if api else False), curves_step]
         # a slider's `input` is every committed move: dragged, typed in its box, arrow keys (gradio's
         # `release` misses the keys and reports a typed value before clamping it); only the latest waits
         chain(event(c["budget"].input, update, update_inputs, VIEWS, api_name="update", show_progress="hidden",
-                    trigger_mode="always_last"), [answer_step("answer"), details_step("details"), curves_step])
+                    trigger_mode="always_last"), reselect(api=True))
         for trigger in [c["method"].input] + [control.input if isinstance(control, gr.Slider) else control.submit
                                               for control in params]:
             chain(event(trigger, update, update_inputs, VIEWS, show_progress="hidden", trigger_mode="always_last"),
-                  reselect)
+                  reselect())
         preset = c["preset"].input(user_errors(lambda choice, state: handlers.preset_budget(choice, state), ("budget",)),
                                    [c["preset"], c["state"]], [c["budget"]], api_name=False)
-        chain(preset, [then(update, update_inputs, VIEWS, show_progress="hidden"), *reselect])
+        chain(preset, [then(update, update_inputs, VIEWS, show_progress="hidden"), *reselect()])
         event(c["reanswer"].click, lambda state: handlers.answer(holder, state), [c["state"]], ANSWER_VIEWS,
               api_name="reanswer")
 

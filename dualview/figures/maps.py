@@ -257,12 +257,14 @@ def _round_layer(grid, rounds, custom, template, ref, colors, show, title="round
     """Kept tokens coloured by the round that took them (NaN elsewhere)."""
     z = np.where(rounds >= 0, rounds, np.nan).astype(float)
     count = max(len(colors), 1)
-    tick_step = max(1, math.ceil(count / 8))
     return _heat(grid, z, custom, template, ref, colorscale=_discrete_scale(colors), zmin=-0.5, zmax=count - 0.5,
-                 opacity=0.8, showscale=show, name="kept",
-                 colorbar=dict(title=title, thickness=12, len=0.9, x=1.0,
-                               tickvals=list(range(0, count, tick_step)),
-                               ticktext=[str(r + 1) for r in range(0, count, tick_step)]))
+                 opacity=0.8, showscale=show, name="kept", colorbar=_round_colorbar(count, title))
+
+
+def _round_colorbar(count: int, title: str = "round") -> dict:
+    """The colour bar of a layer whose z is the 0-based round: at most 8 ticks, labelled from 1."""
+    ticks = list(range(0, count, max(1, math.ceil(count / 8))))
+    return dict(title=title, thickness=12, len=0.9, x=1.0, tickvals=ticks, ticktext=[str(r + 1) for r in ticks])
 
 
 def _dropped_layer(grid, dropped, custom, template, ref):
@@ -428,14 +430,10 @@ def selection_animation(layout: dict, chunks: list, scores: list, floored: list,
         fig.add_trace(_heat(grid, shown, token[:, None], "token %{customdata[0]:.0f}<br>score = %{z:.4g}<extra></extra>",
                             ref, colorscale=scale, zmin=zmin, zmax=zmax, opacity=0.6, showscale=False, name="remaining"))
         indices["kept"].append(len(fig.data))
-        tick_step = max(1, math.ceil(total / 8))
         fig.add_trace(_heat(grid, np.where(rounds >= 0, rounds, np.nan), token[:, None],
                             "token %{customdata[0]:.0f}<br>taken at step %{z:.0f} (0-based)<extra></extra>", ref,
                             colorscale=_reveal_scale(total, step), zmin=-0.5, zmax=total - 0.5, opacity=0.8,
-                            showscale=p == 0 and total > 1, name="kept",
-                            colorbar=dict(title="round", thickness=12, len=0.9, x=1.0,
-                                          tickvals=list(range(0, total, tick_step)),
-                                          ticktext=[str(r + 1) for r in range(0, total, tick_step)])))
+                            showscale=p == 0 and total > 1, name="kept", colorbar=_round_colorbar(total)))
 
     def encoded(values: np.ndarray, p: int) -> dict:
         return to_typed_array_spec(grids[p].grid(values).astype(np.float32))
