@@ -42,6 +42,9 @@ Recipe (built for a 2-core CPU, where compute is everything):
   token overlapping an object, the letter or not (its questions then unlabelled), and a random
   share of the background, often none (:func:`draw_removal`), so that counting stops reading how
   many background tokens survive.
+- **Evidence removal** (``--drop-evidence``; stage 8): that share of the removals keeps, per scene,
+  only the tokens one drawn question's evidence overlaps, what the evaluation's keep-evidence check
+  keeps (:func:`draw_removal`); the scene's questions whose evidence lost a token are unlabelled.
 - **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
   (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
   outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
@@ -197,6 +200,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     seg = np.full((n_scenes, n_questions, SEG_LEN), VOCAB[PAD], np.int64)
     lab = np.full((n_scenes, n_questions, SEG_LEN), IGNORE, np.int64)
     evidence = np.zeros((n_scenes, n_questions, P), bool)
+    evidence_tokens = np.zeros((n_scenes, n_questions, P), bool)
     counting = np.zeros((n_scenes, n_questions), bool)
     words = np.zeros((n_scenes, n_questions, SEG_LEN, 1 + P), bool)
     word_counting = np.zeros((n_scenes, n_questions, SEG_LEN), bool)
@@ -226,11 +230,12 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             counting[b, q] = qt in COUNT_TYPES
             find = centre_patches if counting[b, q] else evidence_patches
             evidence[b, q] = find(qa.evidence, size.image_size, size.patch_size)
+            evidence_tokens[b, q] = evidence_patches(qa.evidence, size.image_size, size.patch_size, 0)
             words[b, q], word_counting[b, q] = word_targets(scene, qa.question, size, naming)
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
-            "counting": counting, "words": words, "word_counting": word_counting, "objects": objects,
+            "evidence_tokens": evidence_tokens, "counting": counting, "words": words, "word_counting": word_counting, "objects": objects,
             "letters": letters}
 
 
@@ -386,50 +391,60 @@ def sep_positions(seg, n_prefix: int):
 
 
 def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layers: int, prob: float,
-                 min_share: float, background: float = 0.0, objects=None, letters=None):
+                 min_share: float, background: float = 0.0, objects=None, letters=None,
+                 evidence_share: float = 0.0, evidence=None):
     """Random visual-token removal for one batch: None with probability ``1 - prob``, else
-    ``(layer, kept, letter_removed)``: a decoder layer uniform in 0..n_layers-1 from which tokens
-    are removed, ``kept`` bool [n_scenes, n_visual] and ``letter_removed`` bool [n_scenes].
+    ``(layer, kept, unlabelled)``: a decoder layer uniform in 0..n_layers-1 from which tokens
+    are removed, ``kept`` bool [n_scenes, n_visual] and ``unlabelled`` bool [n_scenes, n_questions]
+    (the questions whose answer the removal may have taken: :func:`unlabel` drops their labels).
 
-    With probability ``1 - background`` the removal is a random subset: per scene
-    ``max(1, round(share * n_visual))`` tokens with ``share`` uniform in [min_share, 1]
-    (``letter_removed`` all False: the labels stay, as for any random loss). With probability
-    ``background`` (``--drop-background``) it is a background removal: per scene every token in
-    ``objects`` (bool [n_scenes, n_visual]: overlapping an object's box) stays, the tokens in
-    ``letters`` (same shape) that no object's box overlaps all stay or all go on a fair coin
-    (``letter_removed``: the scene's letter questions then lose their answer labels; a letter
-    touching an object's box keeps those shared tokens), and a share ``max(0, u)``, u uniform in [-0.5, 1],
-    of the other tokens stays, so a third of these scenes keep no background at all: the answer
-    must not depend on how many background tokens survive (issue 19, stage 5's over-counting).
-    Chosen by no scoring method: both are random draws over the scene's own geometry."""
+    Three kinds, chosen by one uniform draw (none when both shares are 0):
+
+    - with probability ``background`` (``--drop-background``, stage 7) a **background removal**:
+      per scene every token in ``objects`` (bool [n_scenes, n_visual]: overlapping an object's box)
+      stays, the tokens in ``letters`` (same shape) that no object's box overlaps all stay or all go
+      on a fair coin, and a share ``max(0, u)``, u uniform in [-0.5, 1], of the other tokens stays,
+      so a third of these scenes keep no background at all (issue 19, stage 5's over-counting);
+    - with probability ``evidence_share`` (``--drop-evidence``, stage 8) an **evidence removal**:
+      per scene one of its questions is drawn and only the tokens its evidence overlaps stay (none
+      for a "no"), what ``evaluate.keep_evidence_eval`` keeps;
+    - otherwise a **random subset**: per scene ``max(1, round(share * n_visual))`` tokens with
+      ``share`` uniform in [min_share, 1], every label kept, as for any random loss.
+
+    ``evidence`` (bool [n_scenes, n_questions, n_visual], ``make_batch``'s ``evidence_tokens``: the
+    tokens each question's evidence boxes overlap) decides ``unlabelled`` in the first two kinds: a
+    question loses its label when one of its evidence tokens was removed, so every label left is
+    still the answer to what the kept tokens show. Chosen by no scoring method: all three are random
+    draws over the scene's own geometry."""
     if rng.random() >= prob:
         return None
     layer = int(rng.integers(0, n_layers))
     kept = np.zeros((n_scenes, n_visual), bool)
-    letter_removed = np.zeros(n_scenes, bool)
-    if background > 0 and rng.random() < background:
+    n_questions = 0 if evidence is None else evidence.shape[1]
+    kind = rng.random() if background > 0 or evidence_share > 0 else 1.0
+    if kind < background:
         for b in range(n_scenes):
-            letter_removed[b] = letters[b].any() and rng.random() < 0.5
-            kept[b] = objects[b] | (letters[b] & ~letter_removed[b])
+            letter_removed = letters[b].any() and rng.random() < 0.5
+            kept[b] = objects[b] | (letters[b] & ~letter_removed)
             rest = ~objects[b] & ~letters[b]
             kept[b] |= rest & (rng.random(n_visual) < max(0.0, rng.uniform(-0.5, 1.0)))
             if not kept[b].any():  # an empty scene without a letter: keep one token
                 kept[b, rng.integers(n_visual)] = True
-        return layer, kept, letter_removed
-    for b in range(n_scenes):
-        count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
-        kept[b, rng.choice(n_visual, count, replace=False)] = True
-    return layer, kept, letter_removed
+    elif kind < background + evidence_share:
+        for b in range(n_scenes):
+            kept[b] = evidence[b, rng.integers(n_questions)]
+    else:
+        for b in range(n_scenes):
+            count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
+            kept[b, rng.choice(n_visual, count, replace=False)] = True
+        return layer, kept, np.zeros((n_scenes, n_questions), bool)
+    return layer, kept, (evidence & ~kept[:, None, :]).any(-1)
 
 
-def unlabel_removed_letters(batch: dict, letter_removed) -> None:
-    """In place: the letter questions of the scenes whose letter tokens a background removal took
-    (``letter_removed`` bool [B], :func:`draw_removal`) lose their answer labels, since what they
-    ask is no longer in the kept tokens."""
-    for b in np.nonzero(letter_removed)[0]:
-        for q, qtype in enumerate(batch["qtypes"][b]):
-            if qtype == "letter":
-                batch["labels"][b, q] = IGNORE
+def unlabel(batch: dict, unlabelled) -> None:
+    """In place: the questions ``unlabelled`` (bool [B, Q], :func:`draw_removal`) lose their answer
+    labels, since what they ask is no longer in the kept tokens."""
+    batch["labels"][np.asarray(unlabelled, bool)] = IGNORE
 
 
 @contextlib.contextmanager
@@ -783,6 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="smallest kept share of the visual tokens when removing (uniform up to 1)")
     ap.add_argument("--drop-background", type=float, default=0.0,
                     help="share of the removals that keep every object token and drop background (see draw_removal)")
+    ap.add_argument("--drop-evidence", type=float, default=0.0,
+                    help="share of the removals that keep only one question's evidence tokens (see draw_removal)")
     ap.add_argument("--styles", action="store_true",
                     help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
     ap.add_argument("--naming-words", action="store_true",
@@ -831,9 +848,13 @@ def train(args) -> dict:
     else:
         size = TINY if args.size == "tiny" else ModelSize()
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
-    if not 0.0 <= args.drop_background <= 1.0 or (args.drop_background and not args.drop_prob):
-        raise SystemExit(f"error: --drop-background {args.drop_background}: a share of the removals, in [0, 1], "
-                         "and only with a positive --drop-prob")
+    for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
+        if not 0.0 <= share <= 1.0 or (share and not args.drop_prob):
+            raise SystemExit(f"error: {option} {share}: a share of the removals, in [0, 1], "
+                             "and only with a positive --drop-prob")
+    if args.drop_background + args.drop_evidence > 1.0:
+        raise SystemExit(f"error: --drop-background {args.drop_background} and --drop-evidence {args.drop_evidence}: "
+                         "shares of the same removals, so they may add up to 1 at most")
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
                            ("--word-layers", word_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
@@ -895,9 +916,10 @@ def train(args) -> dict:
         removal = None if vision_only else draw_removal(np.random.default_rng([args.seed, DROP_STREAM, step]), n_scenes,
                                                         size.num_image_tokens, size.text_layers, args.drop_prob,
                                                         args.drop_min_share, args.drop_background,
-                                                        batch["objects"], batch["letters"])
+                                                        batch["objects"], batch["letters"], args.drop_evidence,
+                                                        batch["evidence_tokens"])
         if removal is not None:
-            unlabel_removed_letters(batch, removal[2])
+            unlabel(batch, removal[2])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         metrics = {} if (step + 1) % 25 == 0 else None

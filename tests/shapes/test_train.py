@@ -341,9 +341,13 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--query-layers", "5"))
     with pytest.raises(SystemExit, match="--word-layers 2: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--word-layers", "2"))
-    for bad in (["--drop-background", "1.5", "--drop-prob", "0.5"], ["--drop-background", "0.5"]):
-        with pytest.raises(SystemExit, match="a share of the removals, in \\[0, 1\\], and only with a positive --drop-prob"):
+    for bad in (["--drop-background", "1.5", "--drop-prob", "0.5"], ["--drop-background", "0.5"],
+                ["--drop-evidence", "-0.1", "--drop-prob", "0.5"], ["--drop-evidence", "0.5"]):
+        with pytest.raises(SystemExit, match=f"{bad[0]} {float(bad[1])}: a share of the removals, in \\[0, 1\\], "
+                                             "and only with a positive --drop-prob"):
             T.train(_args(tmp_path, 2, *bad))
+    with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
+        T.train(_args(tmp_path, 2, "--drop-prob", "0.5", "--drop-background", "0.6", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
     (tmp_path / "other").mkdir()
@@ -384,8 +388,8 @@ def test_draw_removal_keeps_random_shares_from_random_layers():
     layers, shares = set(), []
     for seed in range(300):
         drawn = T.draw_removal(np.random.default_rng(seed), 4, P, L, 1.0, 0.05)
-        layer, kept, letter_removed = drawn
-        assert not letter_removed.any()
+        layer, kept, unlabelled = drawn
+        assert not unlabelled.any()
         assert kept.shape == (4, P) and kept.dtype == bool and kept.sum(1).min() >= 1
         layers.add(layer)
         shares += (kept.sum(1) / P).tolist()
@@ -419,31 +423,58 @@ def test_background_removal_keeps_every_object_token_and_drops_background():
     assert (objects >= (batch["aux"]["cover_color"] > 0)).all() and (objects >= (batch["aux"]["center_color"] > 0)).all()
     assert (letters >= (batch["aux"]["letter"] > 0)).all()
     assert all(letters[b].any() for b, qtypes in enumerate(batch["qtypes"]) if "letter" in qtypes)
+    ev = batch["evidence_tokens"]
     shares, letter_drops, none_kept = [], 0, 0
     for seed in range(200):
-        layer, kept, letter_removed = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 1.0,
-                                                     objects, letters)
+        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 1.0,
+                                                 objects, letters, 0.0, ev)
         assert (kept | ~objects).all()  # no object token removed
         own = letters & ~objects  # letter tokens no object overlaps: they stay or go together
-        assert ((kept & own).any(1) == (own.any(1) & ~letter_removed)).all()
-        assert ((kept & own).sum(1) == np.where(letter_removed, 0, own.sum(1))).all()
-        assert not (letter_removed & ~letters.any(1)).any()
+        own_kept = (kept & own).sum(1)
+        assert ((own_kept == 0) | (own_kept == own.sum(1))).all()
+        letter_removed = own.any(1) & (own_kept == 0)
         rest = ~objects & ~letters
         share = (kept & rest).sum(1) / rest.sum(1)
         shares += share.tolist()
         none_kept += int((share == 0).sum())
         letter_drops += int(letter_removed.sum())
+        # exactly the letter questions of a scene whose letter went lose their labels
+        for b, qtypes in enumerate(batch["qtypes"]):
+            assert [bool(u) for u in unlabelled[b]] == [bool(letter_removed[b] and t == "letter") for t in qtypes]
     assert 0.25 < none_kept / len(shares) < 0.42  # a third keep no background
     assert max(shares) > 0.95
     assert letter_drops > 0
-    # the letter questions of a scene whose letter went lose their labels, the others keep theirs
-    removed = letters.any(1)
-    labelled = batch["labels"].copy()
-    T.unlabel_removed_letters(batch, removed)
-    for b, qtypes in enumerate(batch["qtypes"]):
-        for q, qtype in enumerate(qtypes):
-            expect_none = removed[b] and qtype == "letter"
-            assert (batch["labels"][b, q] == T.IGNORE).all() == expect_none or (labelled[b, q] == T.IGNORE).all()
+
+
+def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took():
+    size = M.ModelSize()
+    P = size.num_image_tokens
+    batch = T.make_batch(np.random.default_rng(4), 6, 8, size, styles=True)
+    ev = batch["evidence_tokens"]
+    # the evaluation's rule: the tokens the question's evidence boxes overlap; counting targets lie within
+    assert (ev >= batch["evidence"]).all()
+    kinds = {"random": 0, "background": 0, "evidence": 0}
+    drawn_empty = 0
+    for seed in range(300):
+        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 0.3,
+                                                 batch["objects"], batch["letters"], 0.5, ev)
+        if not unlabelled.any() and not ((kept | ~batch["objects"]).all()):
+            kinds["random"] += 1
+            continue
+        if all(any((kept[b] == ev[b, q]).all() for q in range(8)) for b in range(6)):
+            kinds["evidence"] += 1
+            drawn_empty += int((~kept.any(1)).sum())
+        else:
+            kinds["background"] += 1
+        # a question keeps its label exactly when every token of its evidence stayed
+        assert (unlabelled == (ev & ~kept[:, None, :]).any(-1)).all()
+    assert all(abs(kinds[k] / 300 - share) < 0.1 for k, share in (("random", 0.2), ("background", 0.3),
+                                                                   ("evidence", 0.5)))
+    assert drawn_empty > 0  # a "no" question's evidence is empty: no visual token stays
+    labels = batch["labels"].copy()
+    T.unlabel(batch, unlabelled)
+    assert ((batch["labels"] == T.IGNORE).all(-1) == (unlabelled | (labels == T.IGNORE).all(-1))).all()
+    assert (batch["labels"][~unlabelled] == labels[~unlabelled]).all()
 
 
 @pytest.mark.parametrize("layer", [0, 1])
