@@ -51,15 +51,38 @@ def run_eval(model, processor, samples, progress: bool = False) -> dict:
     from .model import answer, normalize_answer
 
     hits: dict = {}
+    correct = []
     t0 = time.perf_counter()
     for s in tqdm(samples, disable=not progress, desc="eval"):
-        pred = normalize_answer(answer(model, processor, s.image, s.question))
-        hits.setdefault(s.qtype, []).append(pred == s.answer)
+        correct.append(normalize_answer(answer(model, processor, s.image, s.question)) == s.answer)
+        hits.setdefault(s.qtype, []).append(correct[-1])
     dt = (time.perf_counter() - t0) / max(1, len(samples))
     acc = {t: sum(v) / len(v) for t, v in sorted(hits.items(), key=lambda kv: world.QUESTION_TYPES.index(kv[0]))}
     counts = {t: len(v) for t, v in hits.items()}
     acc["overall"] = sum(sum(v) for v in hits.values()) / max(1, len(samples))
-    return {"accuracy": acc, "counts": counts, "seconds_per_question": dt}
+    return {"accuracy": acc, "counts": counts, "seconds_per_question": dt,
+            "where_by_margin": where_by_margin(samples, correct)}
+
+
+MARGIN_EDGES = (0.0, 4.0, 8.0, 16.0)  # px of the scene's canvas: the bins of where_by_margin
+
+
+def where_by_margin(samples, correct) -> dict:
+    """Accuracy of the ``where`` questions among ``samples`` (``correct``: one bool per sample, same
+    order) by how far the looked-up object's box centre lies from the nearest line of the 3 x 3
+    grid (``world.cell_margin``, px of the scene's canvas), in the bins of :data:`MARGIN_EDGES`:
+    ``{"[0, 4) px": {"n": int, "accuracy": float}, ..., "[16, inf) px": ...}`` (accuracy NaN in an
+    empty bin). Near a line the answer hangs on sub-patch precision."""
+    edges = MARGIN_EDGES + (float("inf"),)
+    out = {f"[{lo:g}, {hi:g}) px": [] for lo, hi in zip(edges, edges[1:])}
+    for s, ok in zip(samples, correct):
+        if s.qtype != "where":
+            continue
+        x0, y0, x1, y1 = s.evidence[0]
+        margin = world.cell_margin((x0 + x1) / 2, (y0 + y1) / 2, s.scene.size)
+        key = next(k for (lo, hi), k in zip(zip(edges, edges[1:]), out) if lo <= margin < hi)
+        out[key].append(ok)
+    return {k: {"n": len(v), "accuracy": float(np.mean(v)) if v else float("nan")} for k, v in out.items()}
 
 
 def evidence_tokens(token_boxes, evidence_boxes) -> list:
@@ -176,6 +199,8 @@ def main(argv=None) -> None:
     _print_table(f"held-out seed {args.seed}, {args.n} questions{drawn}, greedy, {args.dtype}",
                  res["accuracy"], res["counts"])
     print(f"load {load_s:.2f} s, {1000 * res['seconds_per_question']:.0f} ms per question (image -> answer)")
+    print("where, by the object centre's distance to the nearest grid line: " + ", ".join(
+        f"{k} {100 * v['accuracy']:.1f} % (n={v['n']})" for k, v in res["where_by_margin"].items() if v["n"]))
     if args.evidence is not None:
         import dualview
 

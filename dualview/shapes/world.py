@@ -115,6 +115,14 @@ def cell_of(x: float, y: float, size: int) -> str:
     return CELLS[3 * row + col]
 
 
+def cell_margin(x: float, y: float, size: int) -> float:
+    """Distance (pixels of a ``size`` canvas) from the point (x, y) to the nearest inner line of the
+    3 x 3 grid of :func:`cell_of`: the point can move by less than this in any direction without
+    changing its cell. Where answers near 0 hang on sub-patch precision (16-px patches, lines at
+    74.7 and 149.3 px on 224)."""
+    return float(min(abs(v - k * size / 3) for v in (x, y) for k in (1, 2)))
+
+
 def _apart(a, b, gap) -> bool:
     """Boxes a and b are at least ``gap`` apart (horizontally or vertically)."""
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]

@@ -83,6 +83,28 @@ def test_keep_evidence_eval_answers_through_the_engine(session):
     assert got["counts"] == {t: len(v) for t, v in full.items()}
 
 
+def test_where_by_margin_bins_the_where_questions_by_distance_to_the_grid_lines():
+    samples = world.heldout_set(200, 3)
+    rng = np.random.default_rng(1)
+    correct = list(rng.random(len(samples)) < 0.7)
+    got = E.where_by_margin(samples, correct)
+    assert list(got) == ["[0, 4) px", "[4, 8) px", "[8, 16) px", "[16, inf) px"]
+    where = [(s, ok) for s, ok in zip(samples, correct) if s.qtype == "where"]
+    assert sum(v["n"] for v in got.values()) == len(where) > 0
+    # an independent binning: each question's margin from its answer's grid lines, by brute force
+    for key, (lo, hi) in zip(got, [(0, 4), (4, 8), (8, 16), (16, 1e9)]):
+        hits = []
+        for s, ok in where:
+            (x0, y0, x1, y1), size = s.evidence[0], s.scene.size
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            margin = min(abs(cx - size / 3), abs(cx - 2 * size / 3), abs(cy - size / 3), abs(cy - 2 * size / 3))
+            if lo <= margin < hi:
+                hits.append(ok)
+        assert got[key]["n"] == len(hits)
+        if hits:
+            assert got[key]["accuracy"] == pytest.approx(np.mean(hits))
+
+
 def test_cli_writes_every_measurement(tmp_path):
     out = tmp_path / "r.json"
     E.main(["--n", "3", "--seed", "5", "--threads", "1", "--evidence", "4", "--styles", "plain,jpeg-12",
@@ -91,5 +113,6 @@ def test_cli_writes_every_measurement(tmp_path):
     assert res["evidence"]["layer"] == 4 and set(res["styles"]) == {"plain", "jpeg-12"}
     # the engine's all-token answers are the public path's (run_eval), question for question
     assert res["evidence"]["all"] == pytest.approx(res["accuracy"])
+    assert sum(v["n"] for v in res["where_by_margin"].values()) == res["counts"].get("where", 0)
     E.main(["--n", "3", "--seed", "5", "--threads", "1", "--plain", "4", "--json", str(tmp_path / "p.json")])
     assert json.loads((tmp_path / "p.json").read_text())["accuracy"] == res["styles"]["plain"]["accuracy"]

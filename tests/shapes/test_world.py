@@ -193,6 +193,22 @@ def test_cells():
     assert world.cell_of(300, 300, 300) == "bottom right"
 
 
+def test_a_point_moves_by_less_than_its_cell_margin_without_changing_cell():
+    rng = np.random.default_rng(0)
+    for size in (224, 300):
+        for x, y in rng.uniform(0, size, (300, 2)):
+            m = world.cell_margin(x, y, size)
+            assert m >= 0
+            here = world.cell_of(x, y, size)
+            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                assert world.cell_of(x + 0.999 * m * dx, y + 0.999 * m * dy, size) == here
+            # and some move by just over it changes the cell (inside the canvas)
+            moved = [world.cell_of(x + 1.001 * m * dx, y + 1.001 * m * dy, size)
+                     for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+            assert any(c != here for c in moved)
+    assert world.cell_margin(224 / 3, 100, 224) == 0.0
+
+
 def test_deterministic():
     a, b = world.sample_from_seed(99), world.sample_from_seed(99)
     assert a.question == b.question and a.answer == b.answer and a.objects == b.objects
