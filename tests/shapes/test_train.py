@@ -530,6 +530,12 @@ def test_keeping_every_token_is_the_unpruned_loss():
             assert torch.equal(ok, ref_ok)
         part, _ = T.forward(model, heads, batch, "cpu", removal=(1, np.eye(3, 16, dtype=bool)), **layers)
     assert not torch.equal(part["qa"], ref["qa"])
+    # an evidence removal for a "no" keeps no visual token at all: every loss stays finite, with gradients
+    none, _ = T.forward(model, heads, batch, "cpu", removal=(0, np.zeros((3, 16), bool)), **layers)
+    total = sum(none.values())
+    total.backward()
+    assert all(torch.isfinite(v) for v in none.values())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
