@@ -26,6 +26,7 @@ Each question goes through the public path: processor (image + ``format_prompt(q
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import json
 import time
@@ -45,7 +46,8 @@ def _per_type(values: dict) -> dict:
 
 
 def run_eval(model, processor, samples, progress: bool = False) -> dict:
-    """Accuracy per question type and overall, plus mean latency (s) per question."""
+    """Accuracy per question type and overall, mean latency (s) per question, and the ``where``
+    accuracy by the object centre's distance to the grid lines (:func:`where_by_margin`)."""
     from tqdm import tqdm
 
     from .model import answer, normalize_answer
@@ -71,18 +73,17 @@ def where_by_margin(samples, correct) -> dict:
     """Accuracy of the ``where`` questions among ``samples`` (``correct``: one bool per sample, same
     order) by how far the looked-up object's box centre lies from the nearest line of the 3 x 3
     grid (``world.cell_margin``, px of the scene's canvas), in the bins of :data:`MARGIN_EDGES`:
-    ``{"[0, 4) px": {"n": int, "accuracy": float}, ..., "[16, inf) px": ...}`` (accuracy NaN in an
+    ``{"[0, 4) px": {"n": int, "accuracy": float}, ..., "[16, inf) px": ...}`` (accuracy None in an
     empty bin). Near a line the answer hangs on sub-patch precision."""
     edges = MARGIN_EDGES + (float("inf"),)
-    out = {f"[{lo:g}, {hi:g}) px": [] for lo, hi in zip(edges, edges[1:])}
+    bins = [[] for _ in MARGIN_EDGES]
     for s, ok in zip(samples, correct):
-        if s.qtype != "where":
-            continue
-        x0, y0, x1, y1 = s.evidence[0]
-        margin = world.cell_margin((x0 + x1) / 2, (y0 + y1) / 2, s.scene.size)
-        key = next(k for (lo, hi), k in zip(zip(edges, edges[1:]), out) if lo <= margin < hi)
-        out[key].append(ok)
-    return {k: {"n": len(v), "accuracy": float(np.mean(v)) if v else float("nan")} for k, v in out.items()}
+        if s.qtype == "where":
+            x0, y0, x1, y1 = s.evidence[0]
+            margin = world.cell_margin((x0 + x1) / 2, (y0 + y1) / 2, s.scene.size)
+            bins[bisect.bisect_right(MARGIN_EDGES, margin) - 1].append(ok)
+    return {f"[{lo:g}, {hi:g}) px": {"n": len(v), "accuracy": float(np.mean(v)) if v else None}
+            for lo, hi, v in zip(edges, edges[1:], bins)}
 
 
 def evidence_tokens(token_boxes, evidence_boxes) -> list:
@@ -199,8 +200,9 @@ def main(argv=None) -> None:
     _print_table(f"held-out seed {args.seed}, {args.n} questions{drawn}, greedy, {args.dtype}",
                  res["accuracy"], res["counts"])
     print(f"load {load_s:.2f} s, {1000 * res['seconds_per_question']:.0f} ms per question (image -> answer)")
-    print("where, by the object centre's distance to the nearest grid line: " + ", ".join(
-        f"{k} {100 * v['accuracy']:.1f} % (n={v['n']})" for k, v in res["where_by_margin"].items() if v["n"]))
+    if res["counts"].get("where"):
+        print("where, by the object centre's distance to the nearest grid line: " + ", ".join(
+            f"{k} {100 * v['accuracy']:.1f} % (n={v['n']})" for k, v in res["where_by_margin"].items() if v["n"]))
     if args.evidence is not None:
         import dualview
 

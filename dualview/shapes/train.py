@@ -193,7 +193,13 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     ``styles``: each scene is drawn in a style of the training mix (``world.training_style``; a
     non-default style also moves its objects a little, ``world.jitter_scene``) and resampled to
     the input size; False draws every scene in the generator's own style (stages 1-5).
-    ``naming``: the words :func:`word_targets` supervises."""
+    ``naming``: the words :func:`word_targets` supervises.
+
+    Per question (bool [n_scenes, n_questions, P]): ``evidence``, the attention target (patches at
+    least 1/8 covered by an evidence box; for counting, the centre patch of each counted object)
+    and ``evidence_tokens``, every patch an evidence box overlaps (the evaluation's and the app's
+    rule, which :func:`draw_removal` keeps). Per scene (bool [n_scenes, P]): ``objects`` and
+    ``letters``, the patches an object's or the letter's box overlaps."""
     P = size.num_image_tokens
     imgs = np.zeros((n_scenes, size.image_size, size.image_size, 3), np.uint8)
     aux = {k: np.zeros((n_scenes, P), np.int64) for k in AUX}
@@ -235,8 +241,8 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
             row.append(qt)
         qtypes.append(row)
     return {"images": imgs, "aux": aux, "seg": seg, "labels": lab, "qtypes": qtypes, "evidence": evidence,
-            "evidence_tokens": evidence_tokens, "counting": counting, "words": words, "word_counting": word_counting, "objects": objects,
-            "letters": letters}
+            "evidence_tokens": evidence_tokens, "counting": counting, "words": words,
+            "word_counting": word_counting, "objects": objects, "letters": letters}
 
 
 def centre_patch(cx: float, cy: float, grid: int, patch: int) -> int:
@@ -390,14 +396,16 @@ def sep_positions(seg, n_prefix: int):
     return n_prefix + torch.arange(Q, device=seg.device) * S + (seg == VOCAB[SEP]).int().argmax(-1)
 
 
-def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layers: int, prob: float,
-                 min_share: float, background: float = 0.0, objects=None, letters=None,
-                 evidence_share: float = 0.0, evidence=None):
-    """Random visual-token removal for one batch: None with probability ``1 - prob``, else
-    ``(layer, kept, unlabelled)``: a decoder layer uniform in 0..n_layers-1 from which tokens
-    are removed, ``kept`` bool [n_scenes, n_visual] and ``unlabelled`` bool [n_scenes, n_questions]
-    (the questions whose answer the removal may have taken: :func:`unlabel` drops their labels).
+def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob: float, min_share: float, *,
+                 background: float = 0.0, objects=None, letters=None, evidence_removal: float = 0.0):
+    """Random visual-token removal for one batch of ``n_scenes`` scenes of ``n_questions`` questions
+    over ``n_visual`` tokens: None with probability ``1 - prob``, else ``(layer, kept, unlabelled)``:
+    a decoder layer uniform in 0..n_layers-1 from which tokens are removed, ``kept`` bool
+    [n_scenes, n_visual] and ``unlabelled`` bool [n_scenes, n_questions] (the questions whose answer
+    the removal may have taken: :func:`unlabel` drops their labels).
 
+    ``evidence_tokens``: bool [n_scenes, n_questions, n_visual], :func:`make_batch`'s
+    ``evidence_tokens`` (the tokens each question's evidence boxes overlap, the evaluation's rule).
     Three kinds, chosen by one uniform draw (none when both shares are 0):
 
     - with probability ``background`` (``--drop-background``, stage 7) a **background removal**:
@@ -405,23 +413,26 @@ def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layer
       stays, the tokens in ``letters`` (same shape) that no object's box overlaps all stay or all go
       on a fair coin, and a share ``max(0, u)``, u uniform in [-0.5, 1], of the other tokens stays,
       so a third of these scenes keep no background at all (issue 19, stage 5's over-counting);
-    - with probability ``evidence_share`` (``--drop-evidence``, stage 8) an **evidence removal**:
+    - with probability ``evidence_removal`` (``--drop-evidence``, stage 8) an **evidence removal**:
       per scene one of its questions is drawn and only the tokens its evidence overlaps stay (none
       for a "no"), what ``evaluate.keep_evidence_eval`` keeps;
     - otherwise a **random subset**: per scene ``max(1, round(share * n_visual))`` tokens with
       ``share`` uniform in [min_share, 1], every label kept, as for any random loss.
 
-    ``evidence`` (bool [n_scenes, n_questions, n_visual], ``make_batch``'s ``evidence_tokens``: the
-    tokens each question's evidence boxes overlap) decides ``unlabelled`` in the first two kinds: a
-    question loses its label when one of its evidence tokens was removed, so every label left is
-    still the answer to what the kept tokens show. Chosen by no scoring method: all three are random
-    draws over the scene's own geometry."""
+    In the first two kinds a question loses its label when one of its evidence tokens was removed,
+    so every label left is still the answer to what the kept tokens show. Chosen by no scoring
+    method: all three are random draws over the scene's own geometry.
+
+    Raises:
+        ValueError: ``background`` > 0 without ``objects`` and ``letters``."""
+    if background > 0 and (objects is None or letters is None):
+        raise ValueError("a background removal needs the batch's object and letter tokens")
     if rng.random() >= prob:
         return None
+    n_scenes, n_questions, n_visual = evidence_tokens.shape
     layer = int(rng.integers(0, n_layers))
     kept = np.zeros((n_scenes, n_visual), bool)
-    n_questions = 0 if evidence is None else evidence.shape[1]
-    kind = rng.random() if background > 0 or evidence_share > 0 else 1.0
+    kind = rng.random() if background > 0 or evidence_removal > 0 else 1.0
     if kind < background:
         for b in range(n_scenes):
             letter_removed = letters[b].any() and rng.random() < 0.5
@@ -430,15 +441,15 @@ def draw_removal(rng: np.random.Generator, n_scenes: int, n_visual: int, n_layer
             kept[b] |= rest & (rng.random(n_visual) < max(0.0, rng.uniform(-0.5, 1.0)))
             if not kept[b].any():  # an empty scene without a letter: keep one token
                 kept[b, rng.integers(n_visual)] = True
-    elif kind < background + evidence_share:
+    elif kind < background + evidence_removal:
         for b in range(n_scenes):
-            kept[b] = evidence[b, rng.integers(n_questions)]
+            kept[b] = evidence_tokens[b, rng.integers(n_questions)]
     else:
         for b in range(n_scenes):
             count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
             kept[b, rng.choice(n_visual, count, replace=False)] = True
         return layer, kept, np.zeros((n_scenes, n_questions), bool)
-    return layer, kept, (evidence & ~kept[:, None, :]).any(-1)
+    return layer, kept, (evidence_tokens & ~kept[:, None, :]).any(-1)
 
 
 def unlabel(batch: dict, unlabelled) -> None:
@@ -913,11 +924,10 @@ def train(args) -> dict:
         n_scenes = args.vision_scenes if vision_only else args.scenes
         batch = make_batch(rng, n_scenes, args.questions, size, type_weights, styles=args.styles,
                            naming=NAMING_WORDS if args.naming_words else KEY_WORDS)
-        removal = None if vision_only else draw_removal(np.random.default_rng([args.seed, DROP_STREAM, step]), n_scenes,
-                                                        size.num_image_tokens, size.text_layers, args.drop_prob,
-                                                        args.drop_min_share, args.drop_background,
-                                                        batch["objects"], batch["letters"], args.drop_evidence,
-                                                        batch["evidence_tokens"])
+        removal = None if vision_only else draw_removal(
+            np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
+            args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],
+            letters=batch["letters"], evidence_removal=args.drop_evidence)
         if removal is not None:
             unlabel(batch, removal[2])
         for g in opt.param_groups:
@@ -926,6 +936,9 @@ def train(args) -> dict:
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
                                   attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers,
                                   removal=removal)
+        # the share of right answers among the questions that kept a label (a removal can take some)
+        labelled = torch.from_numpy((batch["labels"] != IGNORE).any(-1))
+        train_acc = None if correct is None else float(correct[labelled.to(correct.device)].float().mean())
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
                 + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0)
                 + args.word_weight * losses.get("word", 0.0))
@@ -939,10 +952,10 @@ def train(args) -> dict:
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
         bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()}
-                        | ({"acc": f"{float(correct.float().mean()):.2f}"} if correct is not None else {}))
+                        | ({"acc": f"{train_acc:.2f}"} if train_acc is not None else {}))
         if step % 25 == 0:
             say(f"step {step} " + " ".join(f"{k}={float(v.detach()):.4f}" for k, v in losses.items())
-                + (f" train_acc={float(correct.float().mean()):.3f}" if correct is not None else "")
+                + (f" train_acc={train_acc:.3f}" if train_acc is not None else "")
                 + " " + " ".join(f"{k}={v:.2f}" for k, v in (metrics or {}).items())
                 + f" lr={opt.param_groups[0]['lr']:.2e} seen={seen} min={(elapsed0 + time.time() - t0) / 60:.1f}")
         if heldout and (step % args.eval_every == 0 or step == args.steps) and not vision_only:

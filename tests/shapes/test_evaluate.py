@@ -101,8 +101,8 @@ def test_where_by_margin_bins_the_where_questions_by_distance_to_the_grid_lines(
             if lo <= margin < hi:
                 hits.append(ok)
         assert got[key]["n"] == len(hits)
-        if hits:
-            assert got[key]["accuracy"] == pytest.approx(np.mean(hits))
+        assert got[key]["accuracy"] == (pytest.approx(np.mean(hits)) if hits else None)
+    assert all(v["accuracy"] is None for v in E.where_by_margin(samples[:0], []).values())
 
 
 def test_cli_writes_every_measurement(tmp_path):

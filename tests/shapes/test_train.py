@@ -384,12 +384,13 @@ def _eager_inputs(model_seed: int, batch_seed: int, naming=T.KEY_WORDS):
 
 def test_draw_removal_keeps_random_shares_from_random_layers():
     P, L = 196, 8
-    assert T.draw_removal(np.random.default_rng(0), 4, P, L, 0.0, 0.05) is None
+    every = np.ones((4, 3, P), bool)  # each question's evidence covers the image: any removal touches it
+    assert T.draw_removal(np.random.default_rng(0), every, L, 0.0, 0.05) is None
     layers, shares = set(), []
     for seed in range(300):
-        drawn = T.draw_removal(np.random.default_rng(seed), 4, P, L, 1.0, 0.05)
+        drawn = T.draw_removal(np.random.default_rng(seed), every, L, 1.0, 0.05)
         layer, kept, unlabelled = drawn
-        assert not unlabelled.any()
+        assert unlabelled.shape == (4, 3) and not unlabelled.any()  # a random subset keeps every label
         assert kept.shape == (4, P) and kept.dtype == bool and kept.sum(1).min() >= 1
         layers.add(layer)
         shares += (kept.sum(1) / P).tolist()
@@ -397,7 +398,9 @@ def test_draw_removal_keeps_random_shares_from_random_layers():
     assert min(shares) >= 0.05 - 0.5 / P and max(shares) <= 1.0
     assert min(shares) < 0.1 and max(shares) > 0.95 and abs(np.mean(shares) - 0.525) < 0.03  # uniform in [0.05, 1]
     rng = np.random.default_rng(1)
-    assert sum(T.draw_removal(rng, 1, P, L, 0.5, 0.05) is None for _ in range(400)) in range(160, 241)
+    assert sum(T.draw_removal(rng, every[:1], L, 0.5, 0.05) is None for _ in range(400)) in range(160, 241)
+    with pytest.raises(ValueError, match="a background removal needs the batch's object and letter tokens"):
+        T.draw_removal(rng, every, L, 1.0, 0.05, background=0.5)
 
 
 def test_object_tokens_follow_the_evaluations_overlap_rule():
@@ -426,8 +429,8 @@ def test_background_removal_keeps_every_object_token_and_drops_background():
     ev = batch["evidence_tokens"]
     shares, letter_drops, none_kept = [], 0, 0
     for seed in range(200):
-        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 1.0,
-                                                 objects, letters, 0.0, ev)
+        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, background=1.0,
+                                                 objects=objects, letters=letters)
         assert (kept | ~objects).all()  # no object token removed
         own = letters & ~objects  # letter tokens no object overlaps: they stay or go together
         own_kept = (kept & own).sum(1)
@@ -450,31 +453,48 @@ def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took
     size = M.ModelSize()
     P = size.num_image_tokens
     batch = T.make_batch(np.random.default_rng(4), 6, 8, size, styles=True)
-    ev = batch["evidence_tokens"]
+    ev, objects, letters, qtypes = batch["evidence_tokens"], batch["objects"], batch["letters"], batch["qtypes"]
     # the evaluation's rule: the tokens the question's evidence boxes overlap; counting targets lie within
     assert (ev >= batch["evidence"]).all()
     kinds = {"random": 0, "background": 0, "evidence": 0}
-    drawn_empty = 0
+    drawn_empty, evidence_draw = 0, None
     for seed in range(300):
-        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), 6, P, 8, 1.0, 0.05, 0.3,
-                                                 batch["objects"], batch["letters"], 0.5, ev)
-        if not unlabelled.any() and not ((kept | ~batch["objects"]).all()):
+        layer, kept, unlabelled = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, background=0.3,
+                                                 objects=objects, letters=letters, evidence_removal=0.5)
+        if not unlabelled.any() and not (kept | ~objects).all():
             kinds["random"] += 1
             continue
-        if all(any((kept[b] == ev[b, q]).all() for q in range(8)) for b in range(6)):
-            kinds["evidence"] += 1
-            drawn_empty += int((~kept.any(1)).sum())
-        else:
+        if not all(any((kept[b] == ev[b, q]).all() for q in range(8)) for b in range(6)):
             kinds["background"] += 1
-        # a question keeps its label exactly when every token of its evidence stayed
-        assert (unlabelled == (ev & ~kept[:, None, :]).any(-1)).all()
+            continue
+        kinds["evidence"] += 1
+        evidence_draw = evidence_draw or (kept, unlabelled)
+        drawn_empty += int((~kept.any(1)).sum())
+        # what each label means, checked per question type against the scene's own object and letter tokens
+        for b in range(6):
+            for q, qtype in enumerate(qtypes[b]):
+                if (ev[b, q] == kept[b]).all() or not ev[b, q].any():  # the drawn question; a "no" or a 0
+                    assert not unlabelled[b, q]
+                if qtype == "count_objects":  # needs every object
+                    assert unlabelled[b, q] == (not (kept[b] >= objects[b]).all())
+                if qtype == "letter":
+                    assert unlabelled[b, q] == (not (kept[b] >= letters[b]).all())
+                if not kept[b].any():  # nothing kept: only questions about nothing keep their labels
+                    assert unlabelled[b, q] == bool(ev[b, q].any())
     assert all(abs(kinds[k] / 300 - share) < 0.1 for k, share in (("random", 0.2), ("background", 0.3),
                                                                    ("evidence", 0.5)))
     assert drawn_empty > 0  # a "no" question's evidence is empty: no visual token stays
+    kept, unlabelled = evidence_draw
+    assert unlabelled.any() and not unlabelled.all()
     labels = batch["labels"].copy()
     T.unlabel(batch, unlabelled)
-    assert ((batch["labels"] == T.IGNORE).all(-1) == (unlabelled | (labels == T.IGNORE).all(-1))).all()
+    assert (batch["labels"][unlabelled] == T.IGNORE).all()
     assert (batch["labels"][~unlabelled] == labels[~unlabelled]).all()
+
+
+def test_training_with_every_kind_of_removal_runs(tmp_path):
+    out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5"))
+    assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 
 @pytest.mark.parametrize("layer", [0, 1])
