@@ -100,14 +100,24 @@ def model_record(session) -> dict:
     digest = hashlib.sha256()
     for weights in sorted(directory.glob("*.safetensors")):
         digest.update(weights.read_bytes())
-    try:
-        commit = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", "."], cwd=directory,
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {"name": session.name, "path": str(directory), "weights_sha256": digest.hexdigest()[:16],
-            "commit": commit, "visual_tokens": session.model.config.image_seq_length,
+            "commit": directory_commit(directory), "visual_tokens": session.model.config.image_seq_length,
             "decoder_layers": session.num_layers}
+
+
+def directory_commit(directory: Path) -> str | None:
+    """``"<short hash> <ISO date>"`` of the last git commit that touched ``directory``, followed by
+    ``" + uncommitted changes"`` when its files differ from that commit (benchmarks run on weights
+    not yet committed say so); None outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args, "--", "."], cwd=directory, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        commit = git("log", "-1", "--format=%h %cI") or None
+        return commit and commit + (" + uncommitted changes" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def questions(session, n: int, seed: int) -> list:

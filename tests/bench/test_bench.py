@@ -187,3 +187,25 @@ def test_readme_replaces_only_the_marked_block(tmp_path):
     assert page.read_text() == ("# x\nintro\n<!-- bench:error -->\n| new | table |\n\n![error](results/error-curves.png)"
                                 "\n\nInteractive: `results/error-curves.html`.\n<!-- /bench:error -->\nafter\n"
                                 "<!-- bench:prefill -->\nkept\n<!-- /bench:prefill -->\n")
+
+
+def test_a_record_says_when_the_weights_differ_from_their_commit(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert common.directory_commit(tmp_path) is None  # not a git checkout
+    git("init", "-q")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"a")
+    git("add", ".")
+    git("commit", "-qm", "weights")
+    clean = common.directory_commit(tmp_path / "model")
+    assert clean is not None and not clean.endswith("uncommitted changes") and len(clean.split()) == 2
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"b")
+    assert common.directory_commit(tmp_path / "model") == clean + " + uncommitted changes"
+    (tmp_path / "other.txt").write_text("elsewhere")  # changes outside the directory do not count
+    git("checkout", "--", "model")
+    assert common.directory_commit(tmp_path / "model") == clean
