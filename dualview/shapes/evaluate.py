@@ -177,6 +177,8 @@ def main(argv=None) -> None:
                          f"({', '.join(world.HELDOUT_STYLES)}; or all)")
     ap.add_argument("--json", default=None, help="also write the result to this file")
     args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error(f"--n {args.n}: the number of held-out questions must be at least 1")
     if args.plain is not None and args.plain < 1:
         ap.error(f"--plain {args.plain}: the scale must be a whole number of at least 1")
 

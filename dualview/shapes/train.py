@@ -806,13 +806,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "look at the objects it names (see word_evidence_loss); empty: none")
     ap.add_argument("--word-weight", type=float, default=1.0)
     ap.add_argument("--drop-prob", type=float, default=0.0,
-                    help="share of joint steps whose visual tokens are removed at random (see draw_removal)")
+                    help="share of joint steps whose visual tokens are removed (random subsets, or background or "
+                         "evidence removals by the two shares below; see draw_removal), in [0, 1]")
     ap.add_argument("--drop-min-share", type=float, default=0.05,
                     help="smallest kept share of the visual tokens when removing (uniform up to 1)")
     ap.add_argument("--drop-background", type=float, default=0.0,
-                    help="share of the removals that keep every object token and drop background (see draw_removal)")
+                    help="share of the removals that keep every object token and drop background (see draw_removal); "
+                         "needs a positive --drop-prob, and adds up with --drop-evidence to 1 at most")
     ap.add_argument("--drop-evidence", type=float, default=0.0,
-                    help="share of the removals that keep only one question's evidence tokens (see draw_removal)")
+                    help="share of the removals that keep only one drawn question's evidence tokens (see "
+                         "draw_removal); needs a positive --drop-prob, and adds up with --drop-background to 1 at most")
     ap.add_argument("--styles", action="store_true",
                     help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
     ap.add_argument("--naming-words", action="store_true",
@@ -861,6 +864,9 @@ def train(args) -> dict:
     else:
         size = TINY if args.size == "tiny" else ModelSize()
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
+    for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share)):
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
     for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
         if not 0.0 <= share <= 1.0 or (share and not args.drop_prob):
             raise SystemExit(f"error: {option} {share}: a share of the removals, in [0, 1], "

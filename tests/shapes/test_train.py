@@ -346,6 +346,12 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         with pytest.raises(SystemExit, match=f"{bad[0]} {float(bad[1])}: a share of the removals, in \\[0, 1\\], "
                                              "and only with a positive --drop-prob"):
             T.train(_args(tmp_path, 2, *bad))
+    for option, bad in (("--drop-prob", "-0.5"), ("--drop-prob", "1.5"), ("--drop-prob", "nan"),
+                        ("--drop-min-share", "2")):
+        with pytest.raises(SystemExit, match=f"{option} {float(bad)}: a share, in \\[0, 1\\]"):
+            T.train(_args(tmp_path, 2, option, bad))
+    with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
+        T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
         T.train(_args(tmp_path, 2, "--drop-prob", "0.5", "--drop-background", "0.6", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="no exported model there"):
@@ -362,6 +368,10 @@ def test_evaluate_refuses_a_plain_scale_below_one(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--n", "1", "--plain", "0"])
     assert "--plain 0: the scale must be a whole number of at least 1" in capsys.readouterr().err
+    for n in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            evaluate.main(["--n", n])
+        assert f"--n {n}: the number of held-out questions must be at least 1" in capsys.readouterr().err
 
 
 def _eager_inputs(model_seed: int, batch_seed: int, naming=T.KEY_WORDS):
