@@ -847,10 +847,20 @@ def train(args) -> dict:
 
     from .model import TINY, build_model
 
+    # every option is checked before the run directory is made, so a refused run leaves nothing behind
+    for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share)):
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
+    for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
+        if not 0.0 <= share <= 1.0 or (share and not args.drop_prob):
+            raise SystemExit(f"error: {option} {share}: a share of the removals, in [0, 1], "
+                             "and only with a positive --drop-prob")
+    if args.drop_background + args.drop_evidence > 1.0:
+        raise SystemExit(f"error: --drop-background {args.drop_background} and --drop-evidence {args.drop_evidence}: "
+                         "shares of the same removals, so they may add up to 1 at most")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "ckpt.pt"
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     init = args.init if state is None else None
@@ -864,21 +874,12 @@ def train(args) -> dict:
     else:
         size = TINY if args.size == "tiny" else ModelSize()
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
-    for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share)):
-        if not 0.0 <= share <= 1.0:  # NaN fails too
-            raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
-    for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
-        if not 0.0 <= share <= 1.0 or (share and not args.drop_prob):
-            raise SystemExit(f"error: {option} {share}: a share of the removals, in [0, 1], "
-                             "and only with a positive --drop-prob")
-    if args.drop_background + args.drop_evidence > 1.0:
-        raise SystemExit(f"error: --drop-background {args.drop_background} and --drop-evidence {args.drop_evidence}: "
-                         "shares of the same removals, so they may add up to 1 at most")
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
                            ("--word-layers", word_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
                              f"0 to {size.text_layers - 1}")
+    run.mkdir(parents=True, exist_ok=True)
     model = build_model(size, seed=args.seed)
     if init:
         model.load_state_dict(init_weights(init))

@@ -354,6 +354,7 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
         T.train(_args(tmp_path, 2, "--drop-prob", "0.5", "--drop-background", "0.6", "--drop-evidence", "0.5"))
+    assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
     (tmp_path / "other").mkdir()
