@@ -47,6 +47,10 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Evidence removal** (``--drop-evidence``; stage 8): that share of the removals keeps, per scene,
   only the tokens one drawn question's evidence overlaps, what the evaluation's keep-evidence check
   keeps (:func:`draw_removal`); the scene's questions whose evidence lost a token are unlabelled.
+- **Magnitude on the evidence** (``--share-layers``; stage 9): at chosen layers, the information
+  magnitude of every head (the question words' mean query, method.md §2) is taught to put its mass
+  on the question's evidence tokens (:func:`magnitude_evidence_loss`), what the evaluation's
+  evidence share measures; the other attention losses teach one head each.
 - **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
   (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
   outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
@@ -625,8 +629,61 @@ def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, la
     return total / len(layers)
 
 
+def magnitude_evidence_loss(lm, hidden_states, seg, evidence_tokens, labelled, layers, n_prefix: int, device,
+                            removed=None):
+    """How far the information magnitude at each layer in ``layers`` is from ranking a question's
+    evidence first (``--share-layers``; stage 9): what ``evaluate``'s evidence share measures.
+
+    Per question, ``q_T`` is the mean pre-RoPE query of its question words (the segment before
+    ``<sep>``, the engine's text positions, method.md §2), and per query head the score of visual
+    token i is ``log P^h_i = q_T·k_i/√d + log‖v_i‖`` (``dual_form.magnitude_terms``, pre-RoPE keys,
+    the layer's own norm and projections). The loss is ``-log`` of each head's softmax mass over
+    the P visual tokens on the question's evidence tokens, averaged over heads, over the labelled
+    questions that have evidence, and over the layers: every head, not only the head 0 that
+    :func:`word_evidence_loss` teaches, since the magnitude averages them all.
+
+    ``seg`` [B, Q, S] packed segment ids; ``evidence_tokens`` bool [B, Q, P] (:func:`make_batch`, the
+    evaluation's overlap rule); ``labelled`` bool [B, Q] (questions a removal left a label);
+    ``removed`` as in :func:`evidence_attention_loss` (removed tokens leave the softmax and the
+    target, a question with no evidence left is not supervised). Training only.
+    """
+    import torch
+
+    from ..dual_form import magnitude_terms
+
+    seg = torch.as_tensor(seg, device=device)
+    evidence = torch.as_tensor(evidence_tokens, device=device)
+    B, Q, S = seg.shape
+    P = evidence.shape[-1]
+    sep_at = (seg == VOCAB[SEP]).int().argmax(-1)  # [B, Q], within the segment
+    words = (torch.arange(S, device=device) < sep_at[..., None]).float()  # [B, Q, S]: the question words
+    supervised = evidence.any(-1) & torch.as_tensor(labelled, device=device)
+    if not supervised.any():
+        return torch.zeros((), device=device)
+    terms = torch.func.vmap(torch.func.vmap(magnitude_terms, in_dims=(0, None, None)))  # over scenes, then questions
+    total = 0.0
+    for index in layers:
+        attn = lm.layers[index].self_attn
+        x = lm.layers[index].input_layernorm(hidden_states[index])  # [B, L, D]
+        d = attn.head_dim
+        q = attn.q_proj(x[:, n_prefix:]).view(B, Q, S, -1, d)  # [B, Q, S, H, d]
+        q_text = (q * words[..., None, None]).sum(2) / words.sum(-1)[..., None, None]  # [B, Q, H, d]
+        k = attn.k_proj(x[:, 1:n_prefix]).view(B, P, -1, d).transpose(1, 2)  # [B, Hkv, P, d]
+        v = attn.v_proj(x[:, 1:n_prefix]).view(B, P, -1, d).transpose(1, 2)
+        logits, norms, _ = terms(q_text[..., None, :], k, v)  # [B, Q, H, P] each
+        H = logits.shape[2]
+        scores = (logits + torch.log(norms)).reshape(B, Q * H, P)
+        kept = kept_keys(removed, index)
+        scores, target, sup = on_kept_keys(scores, evidence.repeat_interleave(H, 1), supervised.repeat_interleave(H, 1),
+                                           None if kept is None else kept[:, 1:])
+        logp = torch.log_softmax(scores, -1)
+        total = total - masked_mean(torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1), sup)
+    return total / len(layers)
+
+
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
-            attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = (), removal=None):
+            attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = (), share_layers: tuple = (),
+            removal=None):
     """Losses (dict) and, for the QA part, per-segment exact-match flags.
 
     ``removal``: None, or ``(layer, kept bool [B, P])`` from :func:`draw_removal`: from that
@@ -673,7 +730,7 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
                                                                               device=device)], 1))
     with removing:
         out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                 output_hidden_states=bool(attn_layers or query_layers or word_layers))
+                 output_hidden_states=bool(attn_layers or query_layers or word_layers or share_layers))
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
@@ -685,6 +742,10 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
                                                   device, removed)
+    if share_layers:
+        losses["share"] = magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"],
+                                                  (batch["labels"] != IGNORE).any(-1), share_layers, n_prefix, device,
+                                                  removed)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -805,6 +866,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated decoder layers whose head 0 is taught, at each colour or shape word, to "
                          "look at the objects it names (see word_evidence_loss); empty: none")
     ap.add_argument("--word-weight", type=float, default=1.0)
+    ap.add_argument("--share-layers", type=layer_list, default=(),
+                    help="comma-separated decoder layers whose information magnitude (every head, the question words' "
+                         "mean query) is taught to rank the question's evidence first (see magnitude_evidence_loss)")
+    ap.add_argument("--share-weight", type=float, default=1.0)
     ap.add_argument("--drop-prob", type=float, default=0.0,
                     help="share of joint steps whose visual tokens are removed (random subsets, or background or "
                          "evidence removals by the two shares below; see draw_removal), in [0, 1]")
@@ -874,8 +939,9 @@ def train(args) -> dict:
     else:
         size = TINY if args.size == "tiny" else ModelSize()
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
+    share_layers = args.share_layers
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
-                           ("--word-layers", word_layers)):
+                           ("--word-layers", word_layers), ("--share-layers", share_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
                              f"0 to {size.text_layers - 1}")
@@ -944,13 +1010,14 @@ def train(args) -> dict:
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
                                   attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers,
-                                  removal=removal)
+                                  share_layers=share_layers, removal=removal)
         # the share of right answers among the questions that kept a label (a removal can take some)
         labelled = torch.from_numpy((batch["labels"] != IGNORE).any(-1))
         train_acc = None if correct is None else float(correct[labelled.to(correct.device)].float().mean())
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
                 + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0)
-                + args.word_weight * losses.get("word", 0.0))
+                + args.word_weight * losses.get("word", 0.0)
+                + args.share_weight * losses.get("share", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

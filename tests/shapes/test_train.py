@@ -341,6 +341,8 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--query-layers", "5"))
     with pytest.raises(SystemExit, match="--word-layers 2: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--word-layers", "2"))
+    with pytest.raises(SystemExit, match="--share-layers 3: this model's decoder has layers 0 to 1"):
+        T.train(_args(tmp_path, 2, "--share-layers", "3"))
     for bad in (["--drop-background", "1.5", "--drop-prob", "0.5"], ["--drop-background", "0.5"],
                 ["--drop-evidence", "-0.1", "--drop-prob", "0.5"], ["--drop-evidence", "0.5"]):
         with pytest.raises(SystemExit, match=f"{bad[0]} {float(bad[1])}: a share of the removals, in \\[0, 1\\], "
@@ -504,7 +506,8 @@ def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took
 
 
 def test_training_with_every_kind_of_removal_runs(tmp_path):
-    out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5"))
+    out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5",
+                        "--share-layers", "0,1"))
     assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 
@@ -552,7 +555,7 @@ def test_keeping_every_token_is_the_unpruned_loss():
     model = M.build_model(M.TINY, seed=2).train()
     heads = T.build_heads(M.TINY)
     batch = T.make_batch(np.random.default_rng(7), 3, 6, M.TINY, naming=T.NAMING_WORDS)
-    layers = dict(attn_layers=(0, 1), query_layers=(0, 1), word_layers=(0, 1))
+    layers = dict(attn_layers=(0, 1), query_layers=(0, 1), word_layers=(0, 1), share_layers=(0, 1))
     with torch.no_grad():
         ref, ref_ok = T.forward(model, heads, batch, "cpu", **layers)
         for layer in (0, 1):
@@ -600,6 +603,75 @@ def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
                 dropped += 1
     assert dropped > 0, "some question should have lost all its evidence"
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+
+
+def _magnitude_mass_reference(lm, img, ids, layer: int, evidence, kept):
+    """Per query head, the share of the information magnitude sum_i P^h_i (P^h_i = exp(q_T.k_i / sqrt(d))
+    * ||v_i||, method.md §2, q_T the mean pre-RoPE query of the question words) that falls on the
+    kept evidence tokens, over the kept visual tokens: from the question alone, unpacked
+    (``<s>``, the P visual tokens ``img`` [P, D], the question ``ids`` and ``<sep>``), with the
+    layer's projections captured by hooks, in float64 loops."""
+    captured = {}
+    attn = lm.layers[layer].self_attn
+    hooks = [getattr(attn, name).register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out[0]))
+             for name in ("q_proj", "k_proj", "v_proj")]
+    emb = lm.get_input_embeddings()
+    x = torch.cat([emb(torch.tensor([M.VOCAB[M.BOS]])), img, emb(torch.as_tensor(ids))])[None]
+    with torch.no_grad():
+        lm(inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None])
+    for h in hooks:
+        h.remove()
+    P, d = img.shape[0], attn.head_dim
+    words = slice(1 + P, x.shape[1] - 1)  # the question words: not <s>, the image or <sep>
+    q = captured["q_proj"].double().view(x.shape[1], -1, d)[words].mean(0)  # [H, d]
+    k = captured["k_proj"].double().view(x.shape[1], -1, d)[1: 1 + P]  # [P, Hkv, d]
+    v = captured["v_proj"].double().view(x.shape[1], -1, d)[1: 1 + P]
+    shares = []
+    for h in range(q.shape[0]):
+        g = h // (q.shape[0] // k.shape[1])
+        mag = [float(torch.exp(q[h] @ k[i, g] / d ** 0.5) * v[i, g].norm()) for i in range(P)]
+        shares.append(sum(m for i, m in enumerate(mag) if evidence[i] and kept[i])
+                      / sum(m for i, m in enumerate(mag) if kept[i]))
+    return shares
+
+
+@pytest.mark.parametrize("removal", [False, True])
+def test_magnitude_evidence_loss_is_the_magnitude_of_each_question_alone(removal):
+    """The loss is -log of each head's magnitude mass on the evidence, averaged over heads, over the
+    labelled questions with evidence and over layers, as computed from each question alone and
+    unpacked; under a removal from layer 0 the removed tokens leave the sums, and a question whose
+    evidence was all removed, or that lost its label, is not supervised."""
+    model, batch, lm, x, mask, pos = _eager_inputs(1, 3)
+    with torch.no_grad():  # sharper queries than a random init's, so that every term matters
+        for block in lm.layers:
+            block.self_attn.q_proj.weight.mul_(6.0)
+    B, L = x.shape[:2]
+    P = M.TINY.num_image_tokens
+    Q, S = batch["seg"].shape[1:]
+    kept = np.random.default_rng(5).random((B, P)) < (0.4 if removal else 2.0)
+    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    labelled = np.random.default_rng(6).random((B, Q)) < 0.8
+    layers = (0,) if removal else (0, 1)
+    with torch.no_grad():
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        got = T.magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"], labelled,
+                                        layers, 1 + P, "cpu", removed=(0, prefix) if removal else None)
+    img = x[:, 1: 1 + P]
+    per_layer, skipped = [], 0
+    for layer in layers:
+        terms = []
+        for b in range(B):
+            for q in range(Q):
+                ev = batch["evidence_tokens"][b, q]
+                if not labelled[b, q] or not (ev & kept[b]).any():
+                    skipped += bool(ev.any())
+                    continue
+                ids = batch["seg"][b, q][: int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0]) + 1]
+                shares = _magnitude_mass_reference(lm, img[b], ids, layer, ev, kept[b])
+                terms.append(-np.mean(np.log(shares)))
+        per_layer.append(np.mean(terms))
+    assert skipped > 0 and len(terms) > 0, "the batch should hold supervised and unsupervised questions"
+    assert abs(float(got) - float(np.mean(per_layer))) < 1e-5 * max(1.0, abs(float(got)))
 
 
 def test_naming_words_look_at_what_they_name():
