@@ -48,9 +48,9 @@ Recipe (built for a 2-core CPU, where compute is everything):
   only the tokens one drawn question's evidence overlaps, what the evaluation's keep-evidence check
   keeps (:func:`draw_removal`); the scene's questions whose evidence lost a token are unlabelled.
 - **Magnitude on the evidence** (``--share-layers``; stage 9): at chosen layers, the information
-  magnitude of every head (the question words' mean query, method.md §2) is taught to put its mass
-  on the question's evidence tokens (:func:`magnitude_evidence_loss`), what the evaluation's
-  evidence share measures; the other attention losses teach one head each.
+  magnitude of every head (the question words' mean query, method.md §2) is taught to spread over
+  the question's evidence tokens (:func:`magnitude_evidence_loss`), so that they lead its ranking,
+  whose top-k the evaluation's evidence share measures; the other attention losses teach one head each.
 - **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
   (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
   outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
@@ -631,16 +631,20 @@ def word_evidence_loss(lm, hidden_states, position_ids, words, word_counting, la
 
 def magnitude_evidence_loss(lm, hidden_states, seg, evidence_tokens, labelled, layers, n_prefix: int, device,
                             removed=None):
-    """How far the information magnitude at each layer in ``layers`` is from ranking a question's
-    evidence first (``--share-layers``; stage 9): what ``evaluate``'s evidence share measures.
+    """How far the information magnitude at each layer in ``layers`` is from ranking every evidence
+    token of a question above the other visual tokens (``--share-layers``; stage 9), the ranking
+    whose top-k ``evaluate``'s evidence share measures.
 
     Per question, ``q_T`` is the mean pre-RoPE query of its question words (the segment before
     ``<sep>``, the engine's text positions, method.md §2), and per query head the score of visual
     token i is ``log P^h_i = q_T·k_i/√d + log‖v_i‖`` (``dual_form.magnitude_terms``, pre-RoPE keys,
-    the layer's own norm and projections). The loss is ``-log`` of each head's softmax mass over
-    the P visual tokens on the question's evidence tokens, averaged over heads, over the labelled
+    the layer's own norm and projections). The loss is, per head, the cross-entropy between the
+    head's softmax over the P visual tokens and the uniform distribution on the question's evidence
+    tokens (``-mean log p`` over them; a ``-log`` of their total mass would be met by one evidence
+    token, leaving the rest of them below the background), averaged over heads, over the labelled
     questions that have evidence, and over the layers: every head, not only the head 0 that
-    :func:`word_evidence_loss` teaches, since the magnitude averages them all.
+    :func:`word_evidence_loss` teaches, since the magnitude averages them all. A surrogate: the
+    evaluation ranks the mean over heads of each head's max-shifted magnitude.
 
     ``seg`` [B, Q, S] packed segment ids; ``evidence_tokens`` bool [B, Q, P] (:func:`make_batch`, the
     evaluation's overlap rule); ``labelled`` bool [B, Q] (questions a removal left a label);
@@ -676,8 +680,8 @@ def magnitude_evidence_loss(lm, hidden_states, seg, evidence_tokens, labelled, l
         kept = kept_keys(removed, index)
         scores, target, sup = on_kept_keys(scores, evidence.repeat_interleave(H, 1), supervised.repeat_interleave(H, 1),
                                            None if kept is None else kept[:, 1:])
-        logp = torch.log_softmax(scores, -1)
-        total = total - masked_mean(torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1), sup)
+        spread = torch.ones_like(sup)
+        total = total - masked_mean(attention_target_log_prob(torch.log_softmax(scores, -1), target, spread), sup)
     return total / len(layers)
 
 
@@ -742,7 +746,7 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     if query_layers:
         losses["query"] = question_attention_loss(lm, out.hidden_states, pos, batch["seg"], query_layers, n_prefix,
                                                   device, removed)
-    if share_layers:
+    if share_layers and batch.get("evidence_tokens") is not None:
         losses["share"] = magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"],
                                                   (batch["labels"] != IGNORE).any(-1), share_layers, n_prefix, device,
                                                   removed)
@@ -868,8 +872,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--word-weight", type=float, default=1.0)
     ap.add_argument("--share-layers", type=layer_list, default=(),
                     help="comma-separated decoder layers whose information magnitude (every head, the question words' "
-                         "mean query) is taught to rank the question's evidence first (see magnitude_evidence_loss)")
-    ap.add_argument("--share-weight", type=float, default=1.0)
+                         "mean query) is taught to rank the question's evidence tokens first (see "
+                         "magnitude_evidence_loss); empty: none")
+    ap.add_argument("--share-weight", type=float, default=1.0, help="weight of that loss")
     ap.add_argument("--drop-prob", type=float, default=0.0,
                     help="share of joint steps whose visual tokens are removed (random subsets, or background or "
                          "evidence removals by the two shares below; see draw_removal), in [0, 1]")

@@ -605,20 +605,24 @@ def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
 
 
-def _magnitude_mass_reference(lm, img, ids, layer: int, evidence, kept):
-    """Per query head, the share of the information magnitude sum_i P^h_i (P^h_i = exp(q_T.k_i / sqrt(d))
-    * ||v_i||, method.md §2, q_T the mean pre-RoPE query of the question words) that falls on the
-    kept evidence tokens, over the kept visual tokens: from the question alone, unpacked
-    (``<s>``, the P visual tokens ``img`` [P, D], the question ``ids`` and ``<sep>``), with the
-    layer's projections captured by hooks, in float64 loops."""
+def _magnitude_reference(lm, img, ids, layer: int, evidence, kept, removal_layer: int):
+    """Per query head, the mean over the kept evidence tokens of ``-log(P^h_i / sum_j P^h_j)``, the
+    sum over the kept visual tokens, with ``P^h_i = exp(q_T.k_i / sqrt(d)) * ||v_i||`` (method.md §2;
+    q_T the mean pre-RoPE query of the question words, k, v of the KV head query head h reads):
+    from the question alone, unpacked (``<s>``, the P visual tokens ``img`` [P, D], the question
+    ``ids`` and ``<sep>``; tokens not ``kept`` removed from ``removal_layer`` on), with the layer's
+    projections captured by hooks and the sums taken in Python floats."""
     captured = {}
     attn = lm.layers[layer].self_attn
     hooks = [getattr(attn, name).register_forward_hook(lambda m, a, out, name=name: captured.__setitem__(name, out[0]))
              for name in ("q_proj", "k_proj", "v_proj")]
     emb = lm.get_input_embeddings()
     x = torch.cat([emb(torch.tensor([M.VOCAB[M.BOS]])), img, emb(torch.as_tensor(ids))])[None]
-    with torch.no_grad():
-        lm(inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None])
+    keep = torch.ones(1, x.shape[1], dtype=torch.bool)
+    keep[0, 1: 1 + img.shape[0]] = torch.from_numpy(kept)
+    with torch.no_grad(), T.keys_removed(lm, removal_layer, keep):
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()[None, None]
+        lm(inputs_embeds=x, attention_mask=causal, position_ids=torch.arange(x.shape[1])[None])
     for h in hooks:
         h.remove()
     P, d = img.shape[0], attn.head_dim
@@ -626,49 +630,60 @@ def _magnitude_mass_reference(lm, img, ids, layer: int, evidence, kept):
     q = captured["q_proj"].double().view(x.shape[1], -1, d)[words].mean(0)  # [H, d]
     k = captured["k_proj"].double().view(x.shape[1], -1, d)[1: 1 + P]  # [P, Hkv, d]
     v = captured["v_proj"].double().view(x.shape[1], -1, d)[1: 1 + P]
-    shares = []
+    seen = kept if layer >= removal_layer else np.ones(P, bool)
+    terms = []
     for h in range(q.shape[0]):
         g = h // (q.shape[0] // k.shape[1])
         mag = [float(torch.exp(q[h] @ k[i, g] / d ** 0.5) * v[i, g].norm()) for i in range(P)]
-        shares.append(sum(m for i, m in enumerate(mag) if evidence[i] and kept[i])
-                      / sum(m for i, m in enumerate(mag) if kept[i]))
-    return shares
+        total = sum(m for i, m in enumerate(mag) if seen[i])
+        terms.append(np.mean([-np.log(mag[i] / total) for i in range(P) if evidence[i] and seen[i]]))
+    return terms
 
 
+@pytest.mark.parametrize("heads", [(2, 1), (4, 2)])
 @pytest.mark.parametrize("removal", [False, True])
-def test_magnitude_evidence_loss_is_the_magnitude_of_each_question_alone(removal):
-    """The loss is -log of each head's magnitude mass on the evidence, averaged over heads, over the
-    labelled questions with evidence and over layers, as computed from each question alone and
-    unpacked; under a removal from layer 0 the removed tokens leave the sums, and a question whose
-    evidence was all removed, or that lost its label, is not supervised."""
-    model, batch, lm, x, mask, pos = _eager_inputs(1, 3)
+def test_magnitude_evidence_loss_is_the_magnitude_of_each_question_alone(removal, heads):
+    """Per head, the loss is the cross-entropy between the magnitude's softmax over the visual tokens
+    and the uniform distribution on the evidence, averaged over heads, over the labelled questions
+    with evidence and over layers, as computed from each question alone and unpacked (query heads
+    paired with KV heads as GQA does). Under a removal from layer 1 the removed tokens leave layer
+    1's sums, not layer 0's, and a question whose evidence was all removed, or that lost its label,
+    is not supervised."""
+    size = dataclasses.replace(M.TINY, text_heads=heads[0], text_kv_heads=heads[1])
+    model = M.build_model(size, seed=1).eval()
     with torch.no_grad():  # sharper queries than a random init's, so that every term matters
-        for block in lm.layers:
+        for block in model.model.language_model.layers:
             block.self_attn.q_proj.weight.mul_(6.0)
-    B, L = x.shape[:2]
-    P = M.TINY.num_image_tokens
-    Q, S = batch["seg"].shape[1:]
+    batch = T.make_batch(np.random.default_rng(3), 3, 8, size)
+    lm = model.model.language_model
+    P = size.num_image_tokens
+    B, Q, S = batch["seg"].shape
+    with torch.no_grad():
+        emb = lm.get_input_embeddings()
+        x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])),
+                       model.model.multi_modal_projector(T.vision_features(model, T.to_pixels(batch["images"], "cpu"))),
+                       emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
     kept = np.random.default_rng(5).random((B, P)) < (0.4 if removal else 2.0)
     prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
     labelled = np.random.default_rng(6).random((B, Q)) < 0.8
-    layers = (0,) if removal else (0, 1)
-    with torch.no_grad():
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    mask = T.block_mask(1 + P, Q, S)[None, None].expand(B, 1, -1, -1)
+    with torch.no_grad(), T.keys_removed(lm, 1, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=T.positions(1 + P, Q, S)[None].expand(B, -1),
+                 output_hidden_states=True)
         got = T.magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"], labelled,
-                                        layers, 1 + P, "cpu", removed=(0, prefix) if removal else None)
-    img = x[:, 1: 1 + P]
+                                        (0, 1), 1 + P, "cpu", removed=(1, prefix))
     per_layer, skipped = [], 0
-    for layer in layers:
+    for layer in (0, 1):
         terms = []
         for b in range(B):
             for q in range(Q):
                 ev = batch["evidence_tokens"][b, q]
-                if not labelled[b, q] or not (ev & kept[b]).any():
+                if not labelled[b, q] or not (ev & (kept[b] if layer >= 1 else True)).any():
                     skipped += bool(ev.any())
                     continue
                 ids = batch["seg"][b, q][: int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0]) + 1]
-                shares = _magnitude_mass_reference(lm, img[b], ids, layer, ev, kept[b])
-                terms.append(-np.mean(np.log(shares)))
+                terms.append(np.mean(_magnitude_reference(lm, x[b, 1: 1 + P], ids, layer, ev, kept[b], 1)))
         per_layer.append(np.mean(terms))
     assert skipped > 0 and len(terms) > 0, "the batch should hold supervised and unsupervised questions"
     assert abs(float(got) - float(np.mean(per_layer))) < 1e-5 * max(1.0, abs(float(got)))
