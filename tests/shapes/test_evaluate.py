@@ -116,3 +116,21 @@ def test_cli_writes_every_measurement(tmp_path):
     assert sum(v["n"] for v in res["where_by_margin"].values()) == res["counts"].get("where", 0)
     E.main(["--n", "3", "--seed", "5", "--threads", "1", "--plain", "4", "--json", str(tmp_path / "p.json")])
     assert json.loads((tmp_path / "p.json").read_text())["accuracy"] == res["styles"]["plain"]["accuracy"]
+
+
+def test_training_question_words_are_the_engines_text_positions(session):
+    """The share loss of training (train.magnitude_evidence_loss) takes q_T over a packed segment's
+    words before <sep>; the engine, whose magnitude the evidence share ranks, takes the prompt's
+    text positions: for every question type they are the same tokens, right after the image."""
+    from dualview.shapes import train as T
+
+    samples = world.heldout_set(40, 5)
+    assert {s.qtype for s in samples} == set(world.QUESTION_TYPES)
+    for s in samples:
+        p = session.prepare(s.image, s.question)
+        seg, lab = np.zeros(T.SEG_LEN, np.int64), np.zeros(T.SEG_LEN, np.int64)
+        T.write_segment(seg, lab, s.question, s.answer)
+        words = seg[: int(np.nonzero(seg == T.VOCAB[T.SEP])[0][0])]
+        end = int(p.visual_positions.max()) + 1
+        assert p.text_positions.tolist() == list(range(end, end + len(words)))
+        assert p.input_ids[p.text_positions].tolist() == words.tolist()
