@@ -377,14 +377,14 @@ def test_evaluate_refuses_a_plain_scale_below_one(capsys):
         assert f"--n {n}: the number of held-out questions must be at least 1" in capsys.readouterr().err
 
 
-def _eager_inputs(model_seed: int, batch_seed: int, naming=T.KEY_WORDS):
-    """A tiny eager model and the inputs of its packed forward on a 3-scene x 8-question batch:
-    (model, batch, decoder, input embeddings [B, L, D], additive mask [B, 1, L, L], positions [B, L])."""
-    model = M.build_model(M.TINY, seed=model_seed).eval()
+def _eager_inputs(model_seed: int, batch_seed: int, naming=T.KEY_WORDS, size=M.TINY):
+    """A tiny eager model (``size``) and the inputs of its packed forward on a 3-scene x 8-question
+    batch: (model, batch, decoder, input embeddings [B, L, D], additive mask [B, 1, L, L], positions [B, L])."""
+    model = M.build_model(size, seed=model_seed).eval()
     model.set_attn_implementation("eager")
-    batch = T.make_batch(np.random.default_rng(batch_seed), 3, 8, M.TINY, naming=naming)
+    batch = T.make_batch(np.random.default_rng(batch_seed), 3, 8, size, naming=naming)
     lm = model.model.language_model
-    P = M.TINY.num_image_tokens
+    P = size.num_image_tokens
     B, Q, S = batch["seg"].shape
     with torch.no_grad():
         emb = lm.get_input_embeddings()
@@ -621,8 +621,9 @@ def _magnitude_reference(lm, img, ids, layer: int, evidence, kept, removal_layer
     keep = torch.ones(1, x.shape[1], dtype=torch.bool)
     keep[0, 1: 1 + img.shape[0]] = torch.from_numpy(kept)
     with torch.no_grad(), T.keys_removed(lm, removal_layer, keep):
-        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()[None, None]
-        lm(inputs_embeds=x, attention_mask=causal, position_ids=torch.arange(x.shape[1])[None])
+        L = x.shape[1]
+        causal = torch.zeros(L, L).masked_fill(~torch.ones(L, L, dtype=torch.bool).tril(), float("-inf"))
+        lm(inputs_embeds=x, attention_mask=causal[None, None], position_ids=torch.arange(x.shape[1])[None])
     for h in hooks:
         h.remove()
     P, d = img.shape[0], attn.head_dim
@@ -650,27 +651,18 @@ def test_magnitude_evidence_loss_is_the_magnitude_of_each_question_alone(removal
     1's sums, not layer 0's, and a question whose evidence was all removed, or that lost its label,
     is not supervised."""
     size = dataclasses.replace(M.TINY, text_heads=heads[0], text_kv_heads=heads[1])
-    model = M.build_model(size, seed=1).eval()
+    model, batch, lm, x, mask, pos = _eager_inputs(1, 3, size=size)
     with torch.no_grad():  # sharper queries than a random init's, so that every term matters
-        for block in model.model.language_model.layers:
+        for block in lm.layers:
             block.self_attn.q_proj.weight.mul_(6.0)
-    batch = T.make_batch(np.random.default_rng(3), 3, 8, size)
-    lm = model.model.language_model
     P = size.num_image_tokens
     B, Q, S = batch["seg"].shape
-    with torch.no_grad():
-        emb = lm.get_input_embeddings()
-        x = torch.cat([emb(torch.full((B, 1), M.VOCAB[M.BOS])),
-                       model.model.multi_modal_projector(T.vision_features(model, T.to_pixels(batch["images"], "cpu"))),
-                       emb(torch.from_numpy(batch["seg"]).reshape(B, Q * S))], 1)
     kept = np.random.default_rng(5).random((B, P)) < (0.4 if removal else 2.0)
     prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
     keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
     labelled = np.random.default_rng(6).random((B, Q)) < 0.8
-    mask = T.block_mask(1 + P, Q, S)[None, None].expand(B, 1, -1, -1)
     with torch.no_grad(), T.keys_removed(lm, 1, keep):
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=T.positions(1 + P, Q, S)[None].expand(B, -1),
-                 output_hidden_states=True)
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True)
         got = T.magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"], labelled,
                                         (0, 1), 1 + P, "cpu", removed=(1, prefix))
     per_layer, skipped = [], 0
