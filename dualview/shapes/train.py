@@ -8,6 +8,8 @@
         --styles --naming-words --word-layers 0,1,2,3,4      # stage 6's recipe (model card)
     python -m dualview.shapes.train --run runs/stage8 --init runs/stage7/export ... --drop-prob 0.6 \
         --drop-background 0.3 --drop-evidence 0.4             # stage 8's recipe (model card)
+    python -m dualview.shapes.train --run runs/stage9 --init runs/stage8/export ... --drop-evidence 0.5 \
+        --share-layers 2,3,4 --share-weight 0.3               # stage 9's recipe (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
