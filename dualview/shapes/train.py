@@ -53,10 +53,13 @@ Recipe (built for a 2-core CPU, where compute is everything):
   magnitude of every head (the question words' mean query, method.md §2) is taught to spread over
   the question's evidence tokens (:func:`magnitude_evidence_loss`), so that they lead its ranking,
   whose top-k the evaluation's evidence share measures; the other attention losses teach one head each.
-- **Drawing styles** (``--styles``; stage 6): half the training scenes are drawn in a random style
-  (``world.training_style``: sizes 157-448 px resampled to the input, anti-aliasing on/off,
-  outlines, light/dark/striped backgrounds, JPEG, objects jittered by ``world.jitter_scene``);
-  ``world.HELDOUT_STYLES`` are never drawn.
+- **Drawing styles** (``--styles``; stage 6, widened in stage 10): 60 % of the training scenes are
+  drawn in a random style (``world.training_style``: sizes 134-448 px resampled to the input,
+  anti-aliasing on/off, outlines, light/dark/striped/checkered backgrounds, JPEG, objects jittered
+  by ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are never drawn.
+- **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
+  evidence removals keeps the evidence of a question of the named types (counting, letters), the
+  types that lost most under the evaluation's keep-evidence check in stage 9.
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
@@ -405,7 +408,8 @@ def sep_positions(seg, n_prefix: int):
 
 
 def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob: float, min_share: float, *,
-                 background: float = 0.0, objects=None, letters=None, evidence_removal: float = 0.0):
+                 background: float = 0.0, objects=None, letters=None, evidence_removal: float = 0.0,
+                 focus=None, focus_share: float = 0.0):
     """Random visual-token removal for one batch of ``n_scenes`` scenes of ``n_questions`` questions
     over ``n_visual`` tokens: None with probability ``1 - prob``, else ``(layer, kept, unlabelled)``:
     a decoder layer uniform in 0..n_layers-1 from which tokens are removed, ``kept`` bool
@@ -423,7 +427,9 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
       so a third of these scenes keep no background at all (issue 19, stage 5's over-counting);
     - with probability ``evidence_removal`` (``--drop-evidence``, stage 8) an **evidence removal**:
       per scene one of its questions is drawn and only the tokens its evidence overlaps stay (none
-      for a "no"), what ``evaluate.keep_evidence_eval`` keeps;
+      for a "no"), what ``evaluate.keep_evidence_eval`` keeps; with probability ``focus_share``
+      (``--drop-focus-share``, stage 10) the question is drawn among the scene's ``focus`` questions
+      (bool [n_scenes, n_questions]; ``--drop-focus`` types) when it has any;
     - otherwise a **random subset**: per scene ``max(1, round(share * n_visual))`` tokens with
       ``share`` uniform in [min_share, 1], every label kept, as for any random loss.
 
@@ -432,9 +438,12 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
     method: all three are random draws over the scene's own geometry.
 
     Raises:
-        ValueError: ``background`` > 0 without ``objects`` and ``letters``."""
+        ValueError: ``background`` > 0 without ``objects`` and ``letters``, or ``focus_share`` > 0
+            without ``focus``."""
     if background > 0 and (objects is None or letters is None):
         raise ValueError("a background removal needs the batch's object and letter tokens")
+    if focus_share > 0 and focus is None:
+        raise ValueError("a focused evidence removal needs the batch's focus questions")
     if rng.random() >= prob:
         return None
     n_scenes, n_questions, n_visual = evidence_tokens.shape
@@ -451,7 +460,8 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
                 kept[b, rng.integers(n_visual)] = True
     elif kind < background + evidence_removal:
         for b in range(n_scenes):
-            kept[b] = evidence_tokens[b, rng.integers(n_questions)]
+            pool = np.flatnonzero(focus[b]) if focus_share > 0 and rng.random() < focus_share else []
+            kept[b] = evidence_tokens[b, rng.choice(pool) if len(pool) else rng.integers(n_questions)]
     else:
         for b in range(n_scenes):
             count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
@@ -834,6 +844,16 @@ def layer_list(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers (e.g. 2,3,4,5)") from None
 
 
+def question_types(text: str) -> tuple:
+    """``--drop-focus`` value: comma-separated names of ``world.QUESTION_TYPES`` (empty: none)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in world.QUESTION_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a question type (the types are "
+                                         f"{', '.join(world.QUESTION_TYPES)})")
+    return names
+
+
 def check_init(model_dir) -> None:
     """A clear error (SystemExit) unless ``model_dir`` is a model exported by :func:`export`."""
     config = Path(model_dir) / "config.json"
@@ -888,6 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-evidence", type=float, default=0.0,
                     help="share of the removals that keep only one drawn question's evidence tokens (see "
                          "draw_removal); needs a positive --drop-prob, and adds up with --drop-background to 1 at most")
+    ap.add_argument("--drop-focus", type=question_types, default=(),
+                    help="comma-separated question types (world.QUESTION_TYPES) that evidence removals draw more "
+                         "often, by --drop-focus-share; empty: none")
+    ap.add_argument("--drop-focus-share", type=float, default=0.0,
+                    help="share of the evidence removals whose kept question is drawn among the --drop-focus types "
+                         "(when the scene has one), in [0, 1]; needs --drop-evidence and --drop-focus")
     ap.add_argument("--styles", action="store_true",
                     help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
     ap.add_argument("--naming-words", action="store_true",
@@ -927,6 +953,9 @@ def train(args) -> dict:
         if not 0.0 <= share <= 1.0 or (share and not args.drop_prob):
             raise SystemExit(f"error: {option} {share}: a share of the removals, in [0, 1], "
                              "and only with a positive --drop-prob")
+    if not 0.0 <= args.drop_focus_share <= 1.0 or (args.drop_focus_share and not (args.drop_evidence and args.drop_focus)):
+        raise SystemExit(f"error: --drop-focus-share {args.drop_focus_share}: a share of the evidence removals, "
+                         "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
     if args.drop_background + args.drop_evidence > 1.0:
         raise SystemExit(f"error: --drop-background {args.drop_background} and --drop-evidence {args.drop_evidence}: "
                          "shares of the same removals, so they may add up to 1 at most")
@@ -1009,7 +1038,8 @@ def train(args) -> dict:
         removal = None if vision_only else draw_removal(
             np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
             args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],
-            letters=batch["letters"], evidence_removal=args.drop_evidence)
+            letters=batch["letters"], evidence_removal=args.drop_evidence,
+            focus=np.isin(batch["qtypes"], args.drop_focus), focus_share=args.drop_focus_share)
         if removal is not None:
             unlabel(batch, removal[2])
         for g in opt.param_groups:

@@ -320,7 +320,7 @@ BACKGROUNDS = ("scene", "pure", "stripes", "checker")
 STROKE_RGB = (30, 30, 30)
 # drawing styles training never samples (see training_style): each lies outside the training mix on
 # at least one parameter: scale 4 and base colours; a 6 px outline; JPEG quality 12; scale 0.5 and
-# the checker texture
+# a checker contrast of 30
 HELDOUT_STYLES = {
     "plain": Style("plain", scale=4.0, antialias=False, background="pure", base_colors=True),
     "thick-outline": Style("thick-outline", filled=False, stroke=6),
@@ -328,10 +328,14 @@ HELDOUT_STYLES = {
     "small-checker": Style("small-checker", scale=0.5, background="checker", texture_period=16,
                            texture_contrast=30),
 }
-P_DEFAULT_STYLE = 0.5  # share of training scenes drawn in DEFAULT_STYLE
-TRAIN_SCALES = (0.7, 2.0)
-TRAIN_JPEG = (40, 95)
-TRAIN_STROKES = (1, 2, 3, 4)
+# the training mix; stages 6-9 drew it with P_DEFAULT_STYLE 0.5, scales (0.7, 2.0), JPEG (40, 95),
+# strokes 1-4 and no checker background (code commit 17ec647); stage 10 widened it to these ranges
+P_DEFAULT_STYLE = 0.4  # share of training scenes drawn in DEFAULT_STYLE
+TRAIN_SCALES = (0.6, 2.0)
+TRAIN_JPEG = (20, 95)
+TRAIN_STROKES = (1, 2, 3, 4, 5)
+TRAIN_TEXTURE_PERIODS = (6, 24)  # px, inclusive
+TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
@@ -339,8 +343,9 @@ def training_style(rng: np.random.Generator) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
     :data:`P_DEFAULT_STYLE`; otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
     1), anti-aliasing on or off, a quarter unfilled outlines of :data:`TRAIN_STROKES` px, filled
-    shapes with a dark outline half the time, background ``scene``/``pure``/``stripes``, JPEG in
-    :data:`TRAIN_JPEG` a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
+    shapes with a dark outline half the time, any of :data:`BACKGROUNDS` (textures of
+    :data:`TRAIN_TEXTURE_PERIODS` and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG`
+    a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < P_DEFAULT_STYLE:
         return DEFAULT_STYLE
     filled = bool(rng.random() < 0.75)
@@ -351,10 +356,10 @@ def training_style(rng: np.random.Generator) -> Style:
         antialias=bool(rng.random() < 0.5),
         filled=filled,
         stroke=stroke,
-        background=str(rng.choice(BACKGROUNDS[:3])),
+        background=str(rng.choice(BACKGROUNDS)),
         jpeg=int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1)) if rng.random() < 1 / 3 else 0,
-        texture_period=int(rng.integers(6, 25)),
-        texture_contrast=int(rng.integers(8, 25)),
+        texture_period=int(rng.integers(TRAIN_TEXTURE_PERIODS[0], TRAIN_TEXTURE_PERIODS[1] + 1)),
+        texture_contrast=int(rng.integers(TRAIN_TEXTURE_CONTRASTS[0], TRAIN_TEXTURE_CONTRASTS[1] + 1)),
     )
 
 

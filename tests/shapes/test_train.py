@@ -356,6 +356,13 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
         T.train(_args(tmp_path, 2, "--drop-prob", "0.5", "--drop-background", "0.6", "--drop-evidence", "0.5"))
+    for bad in (["--drop-focus-share", "0.5"], ["--drop-focus-share", "1.5", "--drop-prob", "1", "--drop-evidence",
+                "1", "--drop-focus", "letter"], ["--drop-focus-share", "0.5", "--drop-prob", "1", "--drop-evidence", "1"]):
+        with pytest.raises(SystemExit, match=f"--drop-focus-share {float(bad[1])}: a share of the evidence removals"):
+            T.train(_args(tmp_path, 2, *bad))
+    with pytest.raises(SystemExit):  # argparse: not a question type
+        T.build_parser().parse_args(["--drop-focus", "letter,colour"])
+    assert "not a question type" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
     with pytest.raises(SystemExit, match="no exported model there"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
@@ -505,9 +512,34 @@ def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took
     assert (batch["labels"][~unlabelled] == labels[~unlabelled]).all()
 
 
+def test_a_focused_evidence_removal_keeps_a_focus_questions_evidence():
+    batch = T.make_batch(np.random.default_rng(5), 6, 8, M.ModelSize(), styles=True)
+    ev = batch["evidence_tokens"]
+    focus = np.isin(batch["qtypes"], ("count_objects", "letter"))
+    assert focus.any(1).sum() >= 3 and not focus.all()
+    rows = np.flatnonzero(focus.any(1))
+    # a focus question's evidence, kept: with no focus, as often as a uniform draw lands on one
+    like_focus = [[((ev[b, q] == ev[b][focus[b]]).all(-1)).any() for q in range(8)] for b in rows]
+    for share, expect in ((1.0, 1.0), (0.0, np.mean(like_focus))):
+        hits = []
+        for seed in range(200):
+            _, kept, _ = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, evidence_removal=1.0,
+                                        focus=focus, focus_share=share)
+            hits += [((ev[b][focus[b]] == kept[b]).all(-1)).any() for b in rows]
+        assert abs(np.mean(hits) - expect) < 0.08, (share, np.mean(hits), expect)
+    assert np.mean(like_focus) < 0.8
+    # stage 9's draws stay bit for bit: no focus draws no extra random number
+    for seed in range(20):
+        a = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, evidence_removal=1.0)
+        b = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, evidence_removal=1.0, focus=focus)
+        assert a[0] == b[0] and (a[1] == b[1]).all()
+    with pytest.raises(ValueError, match="focus questions"):
+        T.draw_removal(np.random.default_rng(0), ev, 8, 1.0, 0.05, evidence_removal=1.0, focus_share=0.5)
+
+
 def test_training_with_every_kind_of_removal_runs(tmp_path):
     out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5",
-                        "--share-layers", "0,1"))
+                        "--share-layers", "0,1", "--drop-focus", "count_objects,letter", "--drop-focus-share", "0.5"))
     assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 

@@ -286,14 +286,18 @@ def test_plain_style_is_the_plain_drawing():
 def test_heldout_styles_are_never_sampled_in_training():
     rng = np.random.default_rng(0)
     drawn = [world.training_style(rng) for _ in range(4000)]
-    assert 0.45 < np.mean([s == world.DEFAULT_STYLE for s in drawn]) < 0.55
+    assert abs(np.mean([s == world.DEFAULT_STYLE for s in drawn]) - world.P_DEFAULT_STYLE) < 0.05
     others = [s for s in drawn if s != world.DEFAULT_STYLE]
     for field in ("scale", "antialias", "filled", "stroke", "background", "jpeg"):
         assert len({getattr(s, field) for s in others}) > 1, field  # every knob varies
     scales = [s.scale for s in others]
     assert world.TRAIN_SCALES[0] <= min(scales) and max(scales) <= world.TRAIN_SCALES[1]
-    assert not any(s.base_colors for s in others) and "checker" not in {s.background for s in others}
-    assert 6 not in {s.stroke for s in others} and min(s.jpeg or 100 for s in others) >= world.TRAIN_JPEG[0]
+    assert not any(s.base_colors for s in others) and {s.background for s in others} == set(world.BACKGROUNDS)
+    assert {s.stroke for s in others} == {0, *world.TRAIN_STROKES}
+    assert min(s.jpeg or 100 for s in others) >= world.TRAIN_JPEG[0]
+    for field, (low, high) in (("texture_period", world.TRAIN_TEXTURE_PERIODS),
+                               ("texture_contrast", world.TRAIN_TEXTURE_CONTRASTS)):
+        assert {getattr(s, field) for s in others} == set(range(low, high + 1)), field
     held = world.HELDOUT_STYLES
     assert len(held) >= 3 and all(name == style.name for name, style in held.items())
     for style in held.values():
@@ -302,7 +306,8 @@ def test_heldout_styles_are_never_sampled_in_training():
     assert held["plain"].scale > world.TRAIN_SCALES[1] and held["plain"].base_colors
     assert held["thick-outline"].stroke > max(world.TRAIN_STROKES) and not held["thick-outline"].filled
     assert 0 < held["jpeg-12"].jpeg < world.TRAIN_JPEG[0]
-    assert held["small-checker"].scale < world.TRAIN_SCALES[0] and held["small-checker"].background == "checker"
+    assert held["small-checker"].scale < world.TRAIN_SCALES[0]
+    assert held["small-checker"].texture_contrast > world.TRAIN_TEXTURE_CONTRASTS[1]
 
 
 @pytest.mark.parametrize("name", list(world.HELDOUT_STYLES) + ["train"])
