@@ -10,6 +10,8 @@
         --drop-background 0.3 --drop-evidence 0.4             # stage 8's recipe (model card)
     python -m dualview.shapes.train --run runs/stage9 --init runs/stage8/export ... --drop-evidence 0.5 \
         --share-layers 2,3,4 --share-weight 0.3               # stage 9's recipe (model card)
+    python -m dualview.shapes.train --run runs/stage10 --init runs/stage9/export ... \
+        --drop-focus count_objects,letter --drop-focus-share 0.5   # stage 10's recipe (model card)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
