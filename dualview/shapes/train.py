@@ -11,7 +11,8 @@
     python -m dualview.shapes.train --run runs/stage9 --init runs/stage8/export ... --drop-evidence 0.5 \
         --share-layers 2,3,4 --share-weight 0.3               # stage 9's recipe (model card)
     python -m dualview.shapes.train --run runs/stage10 --init runs/stage9/export ... \
-        --drop-focus count_objects,letter --drop-focus-share 0.5   # stage 10's recipe (model card)
+        --drop-focus count_objects,letter --drop-focus-share 0.5   # stage 10's recipe (model card;
+        # stage 11: the same from stage 10's weights, --lr 1e-4 --steps 2600 --drop-focus-share 0.6)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
