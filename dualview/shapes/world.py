@@ -329,8 +329,10 @@ HELDOUT_STYLES = {
                            texture_contrast=30),
 }
 # the training mix; stages 6-9 drew it with P_DEFAULT_STYLE 0.5, scales (0.7, 2.0), JPEG (40, 95),
-# strokes 1-4 and no checker background (code commit 17ec647); stage 10 widened it to these ranges
+# strokes 1-4 and no checker background (code commit 17ec647); stage 10 widened it to these ranges;
+# stages 10-11 drew a quarter of the other scenes as outlines (P_OUTLINE 0.25, code commit 5417bda)
 P_DEFAULT_STYLE = 0.4  # share of training scenes drawn in DEFAULT_STYLE
+P_OUTLINE = 0.4  # share of the other scenes drawn as unfilled outlines
 TRAIN_SCALES = (0.6, 2.0)
 TRAIN_JPEG = (20, 95)
 TRAIN_STROKES = (1, 2, 3, 4, 5)
@@ -342,13 +344,13 @@ TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-d
 def training_style(rng: np.random.Generator) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
     :data:`P_DEFAULT_STYLE`; otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
-    1), anti-aliasing on or off, a quarter unfilled outlines of :data:`TRAIN_STROKES` px, filled
-    shapes with a dark outline half the time, any of :data:`BACKGROUNDS` (textures of
+    1), anti-aliasing on or off, a share :data:`P_OUTLINE` unfilled outlines of
+    :data:`TRAIN_STROKES` px, filled shapes with a dark outline half the time, any of :data:`BACKGROUNDS` (textures of
     :data:`TRAIN_TEXTURE_PERIODS` and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG`
     a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < P_DEFAULT_STYLE:
         return DEFAULT_STYLE
-    filled = bool(rng.random() < 0.75)
+    filled = bool(rng.random() < 1 - P_OUTLINE)  # stages 10-11's draws at P_OUTLINE 0.25
     stroke = int(rng.choice(TRAIN_STROKES)) if (not filled or rng.random() < 0.5) else 0
     return Style(
         name="train",

@@ -290,6 +290,7 @@ def test_heldout_styles_are_never_sampled_in_training():
     others = [s for s in drawn if s != world.DEFAULT_STYLE]
     for field in ("scale", "antialias", "filled", "stroke", "background", "jpeg"):
         assert len({getattr(s, field) for s in others}) > 1, field  # every knob varies
+    assert abs(np.mean([not s.filled for s in others]) - world.P_OUTLINE) < 0.05
     scales = [s.scale for s in others]
     assert world.TRAIN_SCALES[0] <= min(scales) and max(scales) <= world.TRAIN_SCALES[1]
     assert not any(s.base_colors for s in others) and {s.background for s in others} == set(world.BACKGROUNDS)
