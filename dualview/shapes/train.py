@@ -12,7 +12,8 @@
         --share-layers 2,3,4 --share-weight 0.3               # stage 9's recipe (model card)
     python -m dualview.shapes.train --run runs/stage10 --init runs/stage9/export ... \
         --drop-focus count_objects,letter --drop-focus-share 0.5   # stage 10's recipe (model card;
-        # stage 11: the same from stage 10's weights, --lr 1e-4 --steps 2600 --drop-focus-share 0.6)
+        # stage 11: the same from stage 10's weights, --lr 1e-4 --steps 2600 --drop-focus-share 0.6;
+        # stage 12: from stage 11's, --drop-evidence 0.55 --drop-focus-share 0.7, world.P_OUTLINE 0.4)
     python -m dualview.shapes.train --run runs/shapes --export assets/shapes-vlm --export-only
 
 Recipe (built for a 2-core CPU, where compute is everything):
