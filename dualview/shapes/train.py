@@ -64,6 +64,9 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
+- **Evidence removals at the read-out's layers** (``--drop-evidence-layers``; stage 14): the
+  evidence removals draw their layer among the named ones (the other removals keep every layer),
+  so that counting stops leaning on how many tokens survive where the evaluation removes them.
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
@@ -413,7 +416,7 @@ def sep_positions(seg, n_prefix: int):
 
 def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob: float, min_share: float, *,
                  background: float = 0.0, objects=None, letters=None, evidence_removal: float = 0.0,
-                 focus=None, focus_share: float = 0.0):
+                 focus=None, focus_share: float = 0.0, evidence_layers: tuple = ()):
     """Random visual-token removal for one batch of ``n_scenes`` scenes of ``n_questions`` questions
     over ``n_visual`` tokens: None with probability ``1 - prob``, else ``(layer, kept, unlabelled)``:
     a decoder layer uniform in 0..n_layers-1 from which tokens are removed, ``kept`` bool
@@ -433,7 +436,9 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
       per scene one of its questions is drawn and only the tokens its evidence overlaps stay (none
       for a "no"), what ``evaluate.keep_evidence_eval`` keeps; with probability ``focus_share``
       (``--drop-focus-share``, stage 10) the question is drawn among the scene's ``focus`` questions
-      (bool [n_scenes, n_questions]; ``--drop-focus`` types) when it has any;
+      (bool [n_scenes, n_questions]; ``--drop-focus`` types) when it has any; when
+      ``evidence_layers`` (``--drop-evidence-layers``, stage 14) names layers, the removal's layer
+      is drawn among them instead (after the kept tokens, so those are the same as without it);
     - otherwise a **random subset**: per scene ``max(1, round(share * n_visual))`` tokens with
       ``share`` uniform in [min_share, 1], every label kept, as for any random loss.
 
@@ -442,12 +447,14 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
     method: all three are random draws over the scene's own geometry.
 
     Raises:
-        ValueError: ``background`` > 0 without ``objects`` and ``letters``, or ``focus_share`` > 0
-            without ``focus``."""
+        ValueError: ``background`` > 0 without ``objects`` and ``letters``, ``focus_share`` > 0
+            without ``focus``, or ``evidence_layers`` outside 0..n_layers-1."""
     if background > 0 and (objects is None or letters is None):
         raise ValueError("a background removal needs the batch's object and letter tokens")
     if focus_share > 0 and focus is None:
         raise ValueError("a focused evidence removal needs the batch's focus questions")
+    if any(not 0 <= i < n_layers for i in evidence_layers):
+        raise ValueError(f"evidence removal layers {list(evidence_layers)}: the decoder has layers 0 to {n_layers - 1}")
     if rng.random() >= prob:
         return None
     n_scenes, n_questions, n_visual = evidence_tokens.shape
@@ -466,6 +473,8 @@ def draw_removal(rng: np.random.Generator, evidence_tokens, n_layers: int, prob:
         for b in range(n_scenes):
             pool = np.flatnonzero(focus[b]) if focus_share > 0 and rng.random() < focus_share else []
             kept[b] = evidence_tokens[b, rng.choice(pool) if len(pool) else rng.integers(n_questions)]
+        if evidence_layers:
+            layer = int(rng.choice(evidence_layers))
     else:
         for b in range(n_scenes):
             count = max(1, int(round(rng.uniform(min_share, 1.0) * n_visual)))
@@ -918,6 +927,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-focus-share", type=float, default=0.0,
                     help="share of the evidence removals whose kept question is drawn among the --drop-focus types "
                          "(when the scene has one), in [0, 1]; needs --drop-evidence and --drop-focus")
+    ap.add_argument("--drop-evidence-layers", type=layer_list, default=(),
+                    help="comma-separated decoder layers the evidence removals are drawn from (see draw_removal); "
+                         "empty: every layer, like the other removals")
     ap.add_argument("--styles", action="store_true",
                     help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
     ap.add_argument("--naming-words", action="store_true",
@@ -960,6 +972,9 @@ def train(args) -> dict:
     if not 0.0 <= args.drop_focus_share <= 1.0 or (args.drop_focus_share and not (args.drop_evidence and args.drop_focus)):
         raise SystemExit(f"error: --drop-focus-share {args.drop_focus_share}: a share of the evidence removals, "
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
+    if args.drop_evidence_layers and not args.drop_evidence:
+        raise SystemExit(f"error: --drop-evidence-layers {','.join(map(str, args.drop_evidence_layers))}: "
+                         "the layers of the evidence removals, so only with a positive --drop-evidence")
     if args.drop_background + args.drop_evidence > 1.0:
         raise SystemExit(f"error: --drop-background {args.drop_background} and --drop-evidence {args.drop_evidence}: "
                          "shares of the same removals, so they may add up to 1 at most")
@@ -981,7 +996,8 @@ def train(args) -> dict:
     attn_layers, query_layers, word_layers = args.attn_layers, args.query_layers, args.word_layers
     share_layers = args.share_layers
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
-                           ("--word-layers", word_layers), ("--share-layers", share_layers)):
+                           ("--word-layers", word_layers), ("--share-layers", share_layers),
+                           ("--drop-evidence-layers", args.drop_evidence_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
                              f"0 to {size.text_layers - 1}")
@@ -1043,7 +1059,8 @@ def train(args) -> dict:
             np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
             args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],
             letters=batch["letters"], evidence_removal=args.drop_evidence,
-            focus=np.isin(batch["qtypes"], args.drop_focus), focus_share=args.drop_focus_share)
+            focus=np.isin(batch["qtypes"], args.drop_focus), focus_share=args.drop_focus_share,
+            evidence_layers=args.drop_evidence_layers)
         if removal is not None:
             unlabel(batch, removal[2])
         for g in opt.param_groups:

@@ -537,9 +537,32 @@ def test_a_focused_evidence_removal_keeps_a_focus_questions_evidence():
         T.draw_removal(np.random.default_rng(0), ev, 8, 1.0, 0.05, evidence_removal=1.0, focus_share=0.5)
 
 
+def test_evidence_removals_draw_their_layer_among_the_named_ones():
+    batch = T.make_batch(np.random.default_rng(7), 6, 8, M.ModelSize(), styles=True)
+    ev = batch["evidence_tokens"]
+    layers = {True: set(), False: set()}  # evidence removal or not: the layers drawn
+    for seed in range(300):
+        free = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, evidence_removal=0.5)
+        named = T.draw_removal(np.random.default_rng(seed), ev, 8, 1.0, 0.05, evidence_removal=0.5,
+                               evidence_layers=(3, 4))
+        # the same tokens kept and the same labels taken: only the layer may move
+        assert (free[1] == named[1]).all() and (free[2] == named[2]).all()
+        # an evidence removal keeps exactly one question's evidence per scene; a random subset does not
+        is_evidence = all(((ev[b] == named[1][b]).all(-1)).any() for b in range(6))
+        layers[is_evidence].add(named[0])
+        if not is_evidence:
+            assert named[0] == free[0]
+    assert layers[True] == {3, 4} and len(layers[False]) == 8
+    with pytest.raises(ValueError, match=r"evidence removal layers \[8\]: the decoder has layers 0 to 7"):
+        T.draw_removal(np.random.default_rng(0), ev, 8, 1.0, 0.05, evidence_removal=1.0, evidence_layers=(8,))
+    with pytest.raises(SystemExit, match="--drop-evidence-layers 4: the layers of the evidence removals"):
+        T.train(T.build_parser().parse_args(["--drop-evidence-layers", "4"]))
+
+
 def test_training_with_every_kind_of_removal_runs(tmp_path):
     out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5",
-                        "--share-layers", "0,1", "--drop-focus", "count_objects,letter", "--drop-focus-share", "0.5"))
+                        "--share-layers", "0,1", "--drop-focus", "count_objects,letter", "--drop-focus-share", "0.5",
+                        "--drop-evidence-layers", "0,1"))
     assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 
