@@ -64,9 +64,10 @@ Recipe (built for a 2-core CPU, where compute is everything):
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
-- **Evidence removals at the read-out's layers** (``--drop-evidence-layers``; stage 14): the
+- **Evidence removals at chosen layers** (``--drop-evidence-layers``; stage 14, not shipped): the
   evidence removals draw their layer among the named ones (the other removals keep every layer),
-  so that counting stops leaning on how many tokens survive where the evaluation removes them.
+  e.g. around the evaluation's pruning layer 4. Tried to cut the counting misses under
+  evidence-only pruning; it did not (model card, stage 14).
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
