@@ -209,17 +209,18 @@ def _packed_eager_forward(model_seed: int, batch_seed: int):
     return batch, lm, out, pos
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_evidence_attention_loss_reads_the_models_own_attention(seed):
-    """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward."""
+@pytest.mark.parametrize("seed,sink", [(3, 1.0), (4, 1.0), (3, 4.0)])
+def test_evidence_attention_loss_reads_the_models_own_attention(seed, sink):
+    """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward; a
+    counting target weighs <s> ``sink`` times each centre."""
     batch, lm, out, pos = _packed_eager_forward(1, seed)
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
     with torch.no_grad():
         got = T.evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
-                                        batch["counting"], (1,), 1 + P, "cpu")
+                                        batch["counting"], (1,), 1 + P, "cpu", sink=sink)
     # reference: head 0's attention at <sep>, renormalised over the prefix; mass on the evidence, or
-    # for counting questions the mean log-probability of <s> and the centre patches
+    # for counting questions the cross-entropy with sink/(sink+n) on <s> and 1/(sink+n) per centre
     att = out.attentions[1][:, 0]  # [B, L, L]
     terms, kinds = [], set()
     for b in range(B):
@@ -228,7 +229,8 @@ def test_evidence_attention_loss_reads_the_models_own_attention(seed):
             row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()
             ev = torch.from_numpy(batch["evidence"][b, q])
             if batch["counting"][b, q]:
-                terms.append(-torch.cat([row[:1], row[1:][ev]]).log().mean())
+                n = int(ev.sum())
+                terms.append(-(sink * row[0].log() + row[1:][ev].log().sum()) / (sink + n))
                 kinds.add("count")
             elif ev.any():
                 terms.append(-torch.log(row[1:][ev].sum()))
@@ -343,6 +345,9 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--word-layers", "2"))
     with pytest.raises(SystemExit, match="--share-layers 3: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--share-layers", "3"))
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit, match=f"--count-sink {float(bad)}: the weight of <s>, a positive number"):
+            T.train(_args(tmp_path, 2, "--count-sink", bad))
     for bad in (["--drop-background", "1.5", "--drop-prob", "0.5"], ["--drop-background", "0.5"],
                 ["--drop-evidence", "-0.1", "--drop-prob", "0.5"], ["--drop-evidence", "0.5"]):
         with pytest.raises(SystemExit, match=f"{bad[0]} {float(bad[1])}: a share of the removals, in \\[0, 1\\], "
