@@ -305,15 +305,17 @@ def test_key_words_look_at_the_objects_they_name():
     assert seen == {"count", "find", "none", "colour first"}
 
 
-def test_word_evidence_loss_reads_the_models_own_attention():
+@pytest.mark.parametrize("sink", [1.0, 4.0])
+def test_word_evidence_loss_reads_the_models_own_attention(sink):
     """Head 0's rebuilt attention at every key word equals the eager attention of the packed forward;
-    the loss is -log its mass on the target, or for a plural the mean -log over <s> and the centres."""
+    the loss is -log its mass on the target, or for a plural the cross-entropy with sink/(sink+n) on
+    <s> and 1/(sink+n) on each of the n centres."""
     batch, lm, out, pos = _packed_eager_forward(1, 3)
     P = M.TINY.num_image_tokens
     B, Q, S = batch["seg"].shape
     with torch.no_grad():
         got = T.word_evidence_loss(lm, out.hidden_states, pos, batch["words"], batch["word_counting"], (0, 1),
-                                   1 + P, "cpu")
+                                   1 + P, "cpu", sink=sink)
     per_layer, kinds = [], set()
     for layer in (0, 1):
         att = out.attentions[layer][:, 0]  # [B, L, L]
@@ -323,7 +325,9 @@ def test_word_evidence_loss_reads_the_models_own_attention():
             row = att[b, at, : 1 + P] / att[b, at, : 1 + P].sum()  # renormalised over the prefix
             target = torch.from_numpy(batch["words"][b, q, j])
             if batch["word_counting"][b, q, j]:
-                terms.append(-row[target].log().mean())
+                assert target[0], "a plural's target holds <s>"
+                n = int(target[1:].sum())
+                terms.append(-(sink * row[0].log() + row[1:][target[1:]].log().sum()) / (sink + n))
                 kinds.add("count")
             else:
                 terms.append(-row[target].sum().log())
