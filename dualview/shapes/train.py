@@ -68,6 +68,11 @@ Recipe (built for a 2-core CPU, where compute is everything):
   evidence removals draw their layer among the named ones (the other removals keep every layer),
   e.g. around the evaluation's pruning layer 4. Tried to cut the counting misses under
   evidence-only pruning; it did not (model card, stage 14).
+- **Counting code** (``--count-sink``; stage 15, not shipped): the counting targets of the
+  attention losses weigh ``<s>`` that many times each centre, so the head's share on ``<s>``,
+  ``k / (k + n)``, has wider steps between large counts than the uniform target's ``1 / (n + 1)``.
+  Tried at 4 to cut the counting misses under evidence-only pruning; the head learnt the code, the
+  misses stayed (model card, stage 15).
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
