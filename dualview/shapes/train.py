@@ -559,8 +559,7 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
 
     seg = torch.as_tensor(seg, device=device)
     B, Q, S = seg.shape
-    query_at = sep_positions(seg, n_prefix)  # [B, Q]
-    sep_at = query_at - n_prefix - torch.arange(Q, device=device) * S  # [B, Q], within the segment
+    query_at, sep_at, visible = sep_view(seg, n_prefix)
     in_question = torch.arange(S, device=device) < sep_at[..., None]  # [B, Q, S] (an answer may be a key word)
     is_key = torch.isin(seg, torch.tensor(KEY_WORD_IDS, device=device)) & in_question
     has = is_key.any(-1)
@@ -568,20 +567,79 @@ def question_attention_loss(lm, hidden_states, position_ids, seg, layers, n_pref
     key = torch.nn.functional.one_hot(last, S).bool() & has[..., None]
     if not has.any():
         return torch.zeros((), device=device)
-    own = torch.arange(S, device=device) <= sep_at[..., None]  # [B, Q, S]: its segment, causally
-    block = torch.eye(Q, dtype=torch.bool, device=device)[None, :, :, None]  # query segment q sees block q only
-    visible = torch.cat([torch.ones(B, Q, n_prefix, dtype=torch.bool, device=device),
-                         (block & own[:, :, None, :]).reshape(B, Q, Q * S)], -1)  # [B, Q, L]
+    block = torch.eye(Q, dtype=torch.bool, device=device)[None, :, :, None]
     target = torch.cat([torch.zeros(B, Q, n_prefix, dtype=torch.bool, device=device),
                         (block & key[:, :, None, :]).reshape(B, Q, Q * S)], -1)
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
         logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, QUERY_HEAD)
-        kept = kept_keys(removed, index)
-        seen = visible if kept is None else torch.cat([visible[..., :n_prefix] & kept[:, None], visible[..., n_prefix:]], -1)
-        logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, Q, L]
+        logp = torch.log_softmax(logits.masked_fill(~seen_keys(visible, kept_keys(removed, index), n_prefix),
+                                                    float("-inf")), -1)  # [B, Q, L]
         total = total - torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)[has].mean()
+    return total / len(layers)
+
+
+def sep_view(seg, n_prefix: int):
+    """What each packed segment's ``<sep>`` sees: its sequence index ``query_at`` [B, Q], its place in
+    its segment ``sep_at`` [B, Q], and ``visible`` bool [B, Q, L] (L = n_prefix + Q * S): the prefix
+    and its own segment up to itself, as the block mask (:func:`block_mask`) lets it."""
+    import torch
+
+    B, Q, S = seg.shape
+    query_at = sep_positions(seg, n_prefix)
+    sep_at = query_at - n_prefix - torch.arange(Q, device=seg.device) * S
+    own = torch.arange(S, device=seg.device) <= sep_at[..., None]  # [B, Q, S]: its segment, causally
+    block = torch.eye(Q, dtype=torch.bool, device=seg.device)[None, :, :, None]  # segment q sees block q only
+    visible = torch.cat([torch.ones(B, Q, n_prefix, dtype=torch.bool, device=seg.device),
+                         (block & own[:, :, None, :]).reshape(B, Q, Q * S)], -1)
+    return query_at, sep_at, visible
+
+
+def seen_keys(visible, kept, n_prefix: int):
+    """``visible`` bool [B, Q, L] (:func:`sep_view`) less the prefix keys a removal took (``kept``
+    bool [B, n_prefix] from :func:`kept_keys`; None: none taken)."""
+    import torch
+
+    if kept is None:
+        return visible
+    return torch.cat([visible[..., :n_prefix] & kept[:, None], visible[..., n_prefix:]], -1)
+
+
+def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tokens, labelled, layers,
+                              n_prefix: int, device, removed=None):
+    """How much attention every query head of each layer in ``layers`` puts, at ``<sep>``, on visual
+    tokens outside the question's evidence (``--background-layers``; stage 17).
+
+    Arguments as in :func:`evidence_attention_loss`, with ``evidence_tokens`` bool [B, Q, P] (the
+    evaluation's overlap rule, :func:`make_batch`) and ``labelled`` bool [B, Q]. Over everything
+    ``<sep>`` sees (the kept prefix and its own segment up to itself), the loss per head is
+    ``-log(1 - m)``, m the softmax mass on the visible visual tokens that are not evidence, averaged
+    over heads, over the labelled questions that have evidence and over the layers. Stage 12's
+    heads of layers 5-7 park 0.3-0.8 of their attention at the answer position on such tokens (the
+    model card, stage 16), so removing them changes what those heads read; a large VLM parks that
+    mass on a few sink tokens instead. Training only.
+    """
+    import torch
+
+    seg = torch.as_tensor(seg, device=device)
+    evidence = torch.as_tensor(evidence_tokens, device=device)
+    B, Q, S = seg.shape
+    supervised = evidence.any(-1) & torch.as_tensor(labelled, device=device)
+    if not supervised.any():
+        return torch.zeros((), device=device)
+    query_at, _, visible = sep_view(seg, n_prefix)
+    background = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), ~evidence,
+                            torch.zeros(B, Q, Q * S, dtype=torch.bool, device=device)], -1)  # [B, Q, L]
+    cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
+    total = 0.0
+    for index in layers:
+        seen = seen_keys(visible, kept_keys(removed, index), n_prefix)
+        for head in range(lm.config.num_attention_heads):
+            logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, head)
+            logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, Q, L]
+            rest = torch.logsumexp(logp.masked_fill(background | ~seen, float("-inf")), -1)  # log(1 - m)
+            total = total - rest[supervised].mean() / lm.config.num_attention_heads
     return total / len(layers)
 
 
@@ -724,7 +782,7 @@ def magnitude_evidence_loss(lm, hidden_states, seg, evidence_tokens, labelled, l
 
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
             attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = (), share_layers: tuple = (),
-            removal=None, count_sink: float = 1.0):
+            removal=None, count_sink: float = 1.0, background_layers: tuple = ()):
     """Losses (dict) and, for the QA part, per-segment exact-match flags.
 
     ``count_sink``: the weight of ``<s>`` in the counting targets of the attention losses
@@ -774,7 +832,8 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
                                                                               device=device)], 1))
     with removing:
         out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                 output_hidden_states=bool(attn_layers or query_layers or word_layers or share_layers))
+                 output_hidden_states=bool(attn_layers or query_layers or word_layers or share_layers
+                                           or background_layers))
     hidden = out.last_hidden_state
     if attn_layers and batch.get("evidence") is not None:
         losses["attn"] = evidence_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence"],
@@ -790,6 +849,10 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
         losses["share"] = magnitude_evidence_loss(lm, out.hidden_states, batch["seg"], batch["evidence_tokens"],
                                                   (batch["labels"] != IGNORE).any(-1), share_layers, n_prefix, device,
                                                   removed)
+    if background_layers and batch.get("evidence_tokens") is not None:
+        losses["background"] = background_attention_loss(lm, out.hidden_states, pos, batch["seg"],
+                                                         batch["evidence_tokens"], (batch["labels"] != IGNORE).any(-1),
+                                                         background_layers, n_prefix, device, removed)
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -945,6 +1008,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-evidence-layers", type=layer_list, default=(),
                     help="comma-separated decoder layers the evidence removals are drawn from (see draw_removal); "
                          "empty: every layer, like the other removals")
+    ap.add_argument("--background-layers", type=layer_list, default=(),
+                    help="decoder layers whose every head is taught to put no attention, at <sep>, on visual "
+                         "tokens outside the question's evidence (see background_attention_loss); empty: none")
+    ap.add_argument("--background-weight", type=float, default=1.0, help="weight of that loss")
     ap.add_argument("--count-sink", type=float, default=1.0,
                     help="weight of <s> in the counting targets of --attn-layers and --word-layers: the head "
                          "puts sink/(sink+n) on <s> for n objects (1: uniform, stages 3-14; see "
@@ -1018,6 +1085,7 @@ def train(args) -> dict:
     share_layers = args.share_layers
     for option, chosen in (("--attn-layers", attn_layers), ("--query-layers", query_layers),
                            ("--word-layers", word_layers), ("--share-layers", share_layers),
+                           ("--background-layers", args.background_layers),
                            ("--drop-evidence-layers", args.drop_evidence_layers)):
         if any(not 0 <= i < size.text_layers for i in chosen):
             raise SystemExit(f"error: {option} {','.join(map(str, chosen))}: this model's decoder has layers "
@@ -1089,14 +1157,16 @@ def train(args) -> dict:
         metrics = {} if (step + 1) % 25 == 0 else None
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
                                   attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers,
-                                  share_layers=share_layers, removal=removal, count_sink=args.count_sink)
+                                  share_layers=share_layers, removal=removal, count_sink=args.count_sink,
+                                  background_layers=args.background_layers)
         # the share of right answers among the questions that kept a label (a removal can take some)
         labelled = torch.from_numpy((batch["labels"] != IGNORE).any(-1))
         train_acc = None if correct is None else float(correct[labelled.to(correct.device)].float().mean())
         loss = (losses.get("qa", 0.0) + args.aux_weight * losses["aux"] + args.align_weight * losses["align"]
                 + args.attn_weight * losses.get("attn", 0.0) + args.query_weight * losses.get("query", 0.0)
                 + args.word_weight * losses.get("word", 0.0)
-                + args.share_weight * losses.get("share", 0.0))
+                + args.share_weight * losses.get("share", 0.0)
+                + args.background_weight * losses.get("background", 0.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -349,6 +349,8 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.train(_args(tmp_path, 2, "--word-layers", "2"))
     with pytest.raises(SystemExit, match="--share-layers 3: this model's decoder has layers 0 to 1"):
         T.train(_args(tmp_path, 2, "--share-layers", "3"))
+    with pytest.raises(SystemExit, match="--background-layers 2: this model's decoder has layers 0 to 1"):
+        T.train(_args(tmp_path, 2, "--background-layers", "2"))
     for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit, match=f"--count-sink {float(bad)}: the weight of <s>, a positive number"):
             T.train(_args(tmp_path, 2, "--count-sink", bad))
@@ -571,7 +573,7 @@ def test_evidence_removals_draw_their_layer_among_the_named_ones():
 def test_training_with_every_kind_of_removal_runs(tmp_path):
     out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5",
                         "--share-layers", "0,1", "--drop-focus", "count_objects,letter", "--drop-focus-share", "0.5",
-                        "--drop-evidence-layers", "0,1"))
+                        "--drop-evidence-layers", "0,1", "--background-layers", "1", "--count-sink", "4"))
     assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 
@@ -667,6 +669,41 @@ def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
                 dropped += 1
     assert dropped > 0, "some question should have lost all its evidence"
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_background_attention_loss_is_each_heads_mass_outside_the_evidence(removed):
+    """At every <sep>, -log(1 - m) per head, m the eager attention's mass on visual tokens outside the
+    question's evidence (removed tokens get none), averaged over heads and the labelled questions
+    that have evidence."""
+    model, batch, lm, x, mask, pos = _eager_inputs(1, 3)
+    B = x.shape[0]
+    P = M.TINY.num_image_tokens
+    Q, S = batch["seg"].shape[1:]
+    kept = np.random.default_rng(4).random((B, P)) < (0.5 if removed else 1.1)
+    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
+    labelled = np.random.default_rng(5).random((B, Q)) < 0.8
+    with torch.no_grad(), T.keys_removed(lm, 1, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
+                                          labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix))
+    per_layer, skipped = [], 0
+    for layer in (0, 1):
+        terms = []
+        for b in range(B):
+            for q in range(Q):
+                if not (labelled[b, q] and batch["evidence_tokens"][b, q].any()):
+                    skipped += 1
+                    continue
+                at = 1 + P + q * S + int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
+                rows = out.attentions[layer][b, :, at, 1: 1 + P]  # [H, P], the visual tokens
+                m = rows[:, torch.from_numpy(~batch["evidence_tokens"][b, q])].sum(-1)
+                terms.append(-torch.log1p(-m).mean())
+        per_layer.append(torch.stack(terms).mean())
+    assert skipped > 0 and len(terms) > 0
+    assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
 
 
 def _magnitude_reference(lm, img, ids, layer: int, evidence, kept, removal_layer: int):
