@@ -73,6 +73,11 @@ Recipe (built for a 2-core CPU, where compute is everything):
   ``k / (k + n)``, has wider steps between large counts than the uniform target's ``1 / (n + 1)``.
   Tried at 4 to cut the counting misses under evidence-only pruning; the head learnt the code, the
   misses stayed (model card, stage 15).
+- **No idle attention on the background** (``--background-layers``; stage 17, not shipped): at
+  each ``<sep>``, every head of the named layers is taught to put no attention on visual tokens
+  outside the question's evidence (:func:`background_attention_loss`), where stage 12's late heads
+  parked it. Evidence-only pruning then cost 0.1 point overall, but counting every object still
+  lost 2.4 (model card, stage 17).
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
@@ -615,10 +620,10 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
     evaluation's overlap rule, :func:`make_batch`) and ``labelled`` bool [B, Q]. Over everything
     ``<sep>`` sees (the kept prefix and its own segment up to itself), the loss per head is
     ``-log(1 - m)``, m the softmax mass on the visible visual tokens that are not evidence, averaged
-    over heads, over the labelled questions that have evidence and over the layers. Stage 12's
-    heads of layers 5-7 park 0.3-0.8 of their attention at the answer position on such tokens (the
-    model card, stage 16), so removing them changes what those heads read; a large VLM parks that
-    mass on a few sink tokens instead. Training only.
+    over heads, over the labelled questions that have evidence and over the layers. Six of stage
+    12's heads of layers 5-7 park 0.5-0.8 of their attention at the answer position on such tokens
+    (model card, "Which heads read the background"), so removing them changes what those heads
+    read; a large VLM parks that mass on a few sink tokens instead. Training only.
     """
     import torch
 
