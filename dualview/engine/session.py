@@ -314,20 +314,26 @@ class Session:
         )
 
     @torch.no_grad()
-    def logits(self, prepared: Prepared, keep=None, layer: int | None = None) -> tuple[Tensor, Tensor]:
+    def logits(self, prepared: Prepared, keep=None, layer: int | None = None, last: int = 0) -> tuple[Tensor, Tensor]:
         """One forward pass over a prepared input (with its appended answer, if any).
+
+        ``last`` > 0 runs the language-model head on the last ``last`` positions only
+        (``logits_to_keep``), as :class:`dualview.engine.attribution.AnswerScorer` does, so a
+        score taken either way is the same number to the bit (a head run on fewer rows may round
+        differently).
 
         Returns:
             ``logits [S', V]`` (float32, CPU) and the ``[S']`` original sequence positions they
-            belong to (all S positions when ``keep`` is None).
+            belong to (all S positions when ``keep`` is None); with ``last``, those of the last rows.
         """
         prepared = self._prepared(prepared)
         layer = self.check_layer(layer)
         self._check_length(prepared.length)
         positions, pruning = self._pruning(prepared, keep, layer)
         with pruning:
-            logits = self.model(**prepared.inputs, use_cache=False).logits[0].float().cpu()
-        return logits, (torch.arange(prepared.length) if positions is None else positions)
+            logits = self.model(**prepared.inputs, use_cache=False, logits_to_keep=last).logits[0].float().cpu()
+        positions = torch.arange(prepared.length) if positions is None else positions
+        return logits, positions[-last:] if last else positions
 
     def answer_ids(self, answer) -> list[int]:
         """The token ids of an answer to score: an :class:`Answer` (its generated ids up to and
@@ -375,7 +381,7 @@ class Session:
             the sum over answer tokens of log-softmax of the logit of each next token (nats).
         """
         ids = self.answer_ids(answer)
-        logits, _ = self.logits(self._prepared(prepared).with_answer(ids), keep, layer)
+        logits, _ = self.logits(self._prepared(prepared).with_answer(ids), keep, layer, last=len(ids) + 1)
         return float(answer_terms(logits, ids)[0])  # the answer tokens are text: always kept, at the end
 
 

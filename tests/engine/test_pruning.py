@@ -85,6 +85,12 @@ def test_keeping_every_token_is_the_unmodified_model(family):
         logits, positions = session.logits(prepared, keep=everything, layer=layer)
         assert torch.equal(positions, torch.arange(prepared.length))
         assert torch.equal(logits, plain)
+        # the head on the last rows only: those rows, at their positions, as the stock model gives them
+        with torch.no_grad():
+            plain_last = session.model(**prepared.inputs, use_cache=False, logits_to_keep=3).logits[0].float()
+        last, last_positions = session.logits(prepared, keep=everything, layer=layer, last=3)
+        assert torch.equal(last_positions, torch.arange(prepared.length)[-3:]) and torch.equal(last, plain_last)
+        assert torch.allclose(last, plain[-3:], atol=1e-5)
         answer = session.answer(prepared, keep=everything, layer=layer, max_new_tokens=NEW_TOKENS)
         assert answer.token_ids == plain_tokens[0, prepared.length:].tolist()
         assert answer.kept_tokens == answer.prompt_tokens == prepared.length
