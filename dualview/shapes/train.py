@@ -418,7 +418,8 @@ def attention_target_log_prob(logp, target, counting, sink: float = 1.0):
     on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
     weight = target.to(logp.dtype)
     weight[..., 0] *= sink
-    on_spread = (logp.masked_fill(~target, 0.0) * weight).sum(-1) / weight.sum(-1).clamp(min=1)
+    # a weight sum below 1 is real (a count of 0 with sink < 1); only an empty target is guarded
+    on_spread = (logp.masked_fill(~target, 0.0) * weight).sum(-1) / weight.sum(-1).clamp(min=torch.finfo(weight.dtype).tiny)
     return torch.where(counting, on_spread, on_target)
 
 
@@ -792,7 +793,8 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     """Losses (dict) and, for the QA part, per-segment exact-match flags.
 
     ``count_sink``: the weight of ``<s>`` in the counting targets of the attention losses
-    (:func:`evidence_attention_loss`).
+    (:func:`evidence_attention_loss`); ``background_layers``: the layers of
+    :func:`background_attention_loss`.
 
     ``removal``: None, or ``(layer, kept bool [B, P])`` from :func:`draw_removal`: from that
     decoder layer on the visual tokens not kept are removed (:func:`keys_removed`), in the answer

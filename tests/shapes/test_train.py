@@ -209,6 +209,19 @@ def _packed_eager_forward(model_seed: int, batch_seed: int):
     return batch, lm, out, pos
 
 
+@pytest.mark.parametrize("sink", [0.5, 1.0, 4.0])
+def test_a_counting_target_is_a_cross_entropy_whatever_the_sink(sink):
+    """The counting term is -(sink log p_<s> + sum of log p_centre) / (sink + n), also for a count of
+    0 (the target is <s> alone: log p_<s>) and for a sink below 1; a query without target gives 0."""
+    logp = torch.log_softmax(torch.randn(4, 6, generator=torch.Generator().manual_seed(0)), -1)
+    target = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]],
+                          dtype=torch.bool)
+    got = T.attention_target_log_prob(logp, target, torch.ones(4, dtype=torch.bool), sink)
+    want = [float(logp[0, 0]), (sink * float(logp[1, 0]) + float(logp[1, 1] + logp[1, 3])) / (sink + 2),
+            (sink * float(logp[2, 0]) + float(logp[2, 1:].sum())) / (sink + 5), 0.0]
+    assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+
+
 @pytest.mark.parametrize("seed,sink", [(3, 1.0), (4, 1.0), (3, 4.0)])
 def test_evidence_attention_loss_reads_the_models_own_attention(seed, sink):
     """The rebuilt head-0 logits at each <sep> equal the eager attention of the packed forward; a
