@@ -386,11 +386,12 @@ def word_alignment_loss(img, word_emb, aux: dict, device, metrics: dict | None =
     return total / max(1, terms)
 
 
-def head_logits(layer, hidden, cos, sin, query_at, n_keys: int, head: int = 0):
+def head_logits(layer, hidden, cos, sin, query_at, n_keys: int, head: int | None = 0):
     """Query head ``head``'s scaled attention logits [B, Q, n_keys] of ``layer`` (a Llama decoder
     layer) from the query positions ``query_at`` [B, Q] to the first ``n_keys`` positions, rebuilt
-    from the layer's own norm, projections and RoPE; ``hidden`` [B, L, D] is the layer's input,
-    ``cos``/``sin`` [B, L, head_dim] the rotary tables. No mask: callers choose what each query may see."""
+    from the layer's own norm, projections and RoPE; ``head`` None: every head's, [B, H, Q, n_keys].
+    ``hidden`` [B, L, D] is the layer's input, ``cos``/``sin`` [B, L, head_dim] the rotary tables.
+    No mask: callers choose what each query may see."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     attn = layer.self_attn
@@ -398,13 +399,17 @@ def head_logits(layer, hidden, cos, sin, query_at, n_keys: int, head: int = 0):
     B, Q = query_at.shape
     d = attn.head_dim
     take = query_at[..., None].expand(-1, -1, x.shape[-1])
-    head = head % attn.config.num_attention_heads  # -1: the last head
-    kv_head = head // attn.num_key_value_groups
-    q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d)[:, None, :, head]  # [B, 1, Q, d]
-    k = attn.k_proj(x[:, :n_keys]).view(B, n_keys, -1, d)[:, None, :, kv_head]  # [B, 1, n_keys, d]
+    q = attn.q_proj(x.gather(1, take)).view(B, Q, -1, d).transpose(1, 2)  # [B, H, Q, d]
+    k = attn.k_proj(x[:, :n_keys]).view(B, n_keys, -1, d).transpose(1, 2)  # [B, Hkv, n_keys, d]
+    if head is None:
+        k = k.repeat_interleave(attn.num_key_value_groups, 1)  # the KV head each query head reads
+    else:
+        head = head % attn.config.num_attention_heads  # -1: the last head
+        q, k = q[:, head, None], k[:, head // attn.num_key_value_groups, None]  # [B, 1, ., d]
     q = apply_rotary_pos_emb(q, q, cos.gather(1, take[..., :d]), sin.gather(1, take[..., :d]))[0]
     k = apply_rotary_pos_emb(k, k, cos[:, :n_keys], sin[:, :n_keys])[0]
-    return (q @ k.transpose(-1, -2))[:, 0] * attn.scaling
+    logits = (q @ k.transpose(-1, -2)) * attn.scaling
+    return logits if head is None else logits[:, 0]
 
 
 def attention_target_log_prob(logp, target, counting, sink: float = 1.0):
@@ -641,12 +646,11 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
-        seen = seen_keys(visible, kept_keys(removed, index), n_prefix)
-        for head in range(lm.config.num_attention_heads):
-            logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, head)
-            logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, Q, L]
-            rest = torch.logsumexp(logp.masked_fill(background | ~seen, float("-inf")), -1)  # log(1 - m)
-            total = total - rest[supervised].mean() / lm.config.num_attention_heads
+        seen = seen_keys(visible, kept_keys(removed, index), n_prefix)[:, None]  # [B, 1, Q, L]
+        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, None)
+        logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, H, Q, L]
+        rest = torch.logsumexp(logp.masked_fill(background[:, None] | ~seen, float("-inf")), -1)  # log(1 - m)
+        total = total - rest.mean(1)[supervised].mean()
     return total / len(layers)
 
 
