@@ -57,10 +57,11 @@ Recipe (built for a 2-core CPU, where compute is everything):
   magnitude of every head (the question words' mean query, method.md §2) is taught to spread over
   the question's evidence tokens (:func:`magnitude_evidence_loss`), so that they lead its ranking,
   whose top-k the evaluation's evidence share measures; the other attention losses teach one head each.
-- **Drawing styles** (``--styles``; stage 6, widened in stage 10): 60 % of the training scenes are
-  drawn in a random style (``world.training_style``: sizes 134-448 px resampled to the input,
-  anti-aliasing on/off, outlines, light/dark/striped/checkered backgrounds, JPEG, objects jittered
-  by ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are never drawn.
+- **Drawing styles** (``--styles [SHARE]``; stage 6, widened in stage 10): 60 % of the training
+  scenes (or SHARE of them) are drawn in a random style (``world.training_style``: sizes 134-448
+  px resampled to the input, anti-aliasing on/off, outlines, light/dark/striped/checkered
+  backgrounds, JPEG, objects jittered by ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are
+  never drawn.
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
@@ -216,13 +217,14 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize, naming: dic
 
 
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
-               type_weights: dict | None = None, p_letter: float = 0.5, styles: bool = False,
+               type_weights: dict | None = None, p_letter: float = 0.5, styles: float = 0.0,
                naming: dict = KEY_WORDS) -> dict:
     """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments.
 
-    ``styles``: each scene is drawn in a style of the training mix (``world.training_style``; a
-    non-default style also moves its objects a little, ``world.jitter_scene``) and resampled to
-    the input size; False draws every scene in the generator's own style (stages 1-5).
+    ``styles``: the share of scenes, in [0, 1], drawn in a random style of the training mix
+    (``world.training_style`` with ``p_default = 1 - styles``; a non-default style also moves its
+    objects a little, ``world.jitter_scene``) and resampled to the input size; 0 draws every scene
+    in the generator's own style without drawing a style (stages 1-5).
     ``naming``: the words :func:`word_targets` supervises.
 
     Per question (bool [n_scenes, n_questions, P]): ``evidence``, the attention target (patches at
@@ -246,7 +248,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     w = type_weights or {}
     for b in range(n_scenes):
         scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
-        style = world.training_style(rng) if styles else world.DEFAULT_STYLE
+        style = world.training_style(rng, 1 - styles) if styles else world.DEFAULT_STYLE
         if style != world.DEFAULT_STYLE:
             scene = world.jitter_scene(scene, rng, rng.uniform(0, world.TRAIN_JITTER))
         img, labels = world.render(scene, rng, labels=True, style=style)
@@ -1028,8 +1030,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of <s> in the counting targets of --attn-layers and --word-layers: the head "
                          "puts sink/(sink+n) on <s> for n objects (1: uniform, stages 3-14; see "
                          "evidence_attention_loss)")
-    ap.add_argument("--styles", action="store_true",
-                    help="draw training scenes in the style mix of world.training_style (default: the generator's own)")
+    ap.add_argument("--styles", type=float, nargs="?", const=1 - world.P_DEFAULT_STYLE, default=0.0,
+                    metavar="SHARE",
+                    help="draw that share of the training scenes in a random style of world.training_style "
+                         f"(alone: {1 - world.P_DEFAULT_STYLE:g}, stages 6-18; default 0: the generator's own style)")
     ap.add_argument("--naming-words", action="store_true",
                     help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
@@ -1060,7 +1064,8 @@ def train(args) -> dict:
     from .model import TINY, build_model
 
     # every option is checked before the run directory is made, so a refused run leaves nothing behind
-    for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share)):
+    for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share),
+                          ("--styles", args.styles)):
         if not 0.0 <= share <= 1.0:  # NaN fails too
             raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
     for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):

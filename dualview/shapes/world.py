@@ -341,15 +341,15 @@ TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
-def training_style(rng: np.random.Generator) -> Style:
+def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
-    :data:`P_DEFAULT_STYLE`; otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
+    ``p_default`` (default :data:`P_DEFAULT_STYLE`); otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
     1), anti-aliasing on or off, a share :data:`P_OUTLINE` unfilled outlines of
     :data:`TRAIN_STROKES` px, filled shapes with a dark outline half the time, any of
     :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS` and
     :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG`
     a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
-    if rng.random() < P_DEFAULT_STYLE:
+    if rng.random() < p_default:
         return DEFAULT_STYLE
     filled = bool(rng.random() < 1 - P_OUTLINE)  # at 0.25: exactly stages 10-11's draws (< 0.75)
     stroke = int(rng.choice(TRAIN_STROKES)) if (not filled or rng.random() < 0.5) else 0
