@@ -373,7 +373,7 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
                                              "and only with a positive --drop-prob"):
             T.train(_args(tmp_path, 2, *bad))
     for option, bad in (("--drop-prob", "-0.5"), ("--drop-prob", "1.5"), ("--drop-prob", "nan"),
-                        ("--drop-min-share", "2")):
+                        ("--drop-min-share", "2"), ("--styles", "1.5"), ("--styles", "-0.2"), ("--styles", "nan")):
         with pytest.raises(SystemExit, match=f"{option} {float(bad)}: a share, in \\[0, 1\\]"):
             T.train(_args(tmp_path, 2, option, bad))
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
@@ -459,6 +459,21 @@ def test_object_tokens_follow_the_evaluations_overlap_rule():
         boxes = [(x0, y0, x0 + rng.uniform(0.5, 60), y0 + rng.uniform(0.5, 60))]
         mask = T.evidence_patches(boxes, size, patch, 0)
         assert sorted(np.nonzero(mask)[0].tolist()) == sorted(evidence_tokens(token_boxes, boxes))
+
+
+def test_the_styled_share_of_a_batch_is_the_styles_option(monkeypatch):
+    size = M.ModelSize(image_size=64, patch_size=16)
+    asked, draw = [], world.training_style
+    monkeypatch.setattr(world, "training_style", lambda rng, p_default: asked.append(p_default) or draw(rng, p_default))
+    T.make_batch(np.random.default_rng(11), 3, 1, size)
+    assert asked == []  # stages 1-5: no style is drawn, so their random stream is unchanged
+    for share in (0.6, 0.8, 1.0):
+        T.make_batch(np.random.default_rng(11), 3, 1, size, styles=share)
+        assert asked[-3:] == [pytest.approx(1 - share)] * 3
+    assert T.build_parser().parse_args(["--styles"]).styles == 1 - world.P_DEFAULT_STYLE
+    assert 1 - T.build_parser().parse_args(["--styles"]).styles == world.P_DEFAULT_STYLE  # stages 6-18's draws
+    assert T.build_parser().parse_args([]).styles == 0.0
+    assert T.build_parser().parse_args(["--styles", "0.8"]).styles == 0.8
 
 
 def test_background_removal_keeps_every_object_token_and_drops_background():
