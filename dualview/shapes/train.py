@@ -62,6 +62,8 @@ Recipe (built for a 2-core CPU, where compute is everything):
   px resampled to the input, anti-aliasing on/off, outlines, light/dark/striped/checkered
   backgrounds, JPEG, objects jittered by ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are
   never drawn.
+- **More JPEG** (``--jpeg SHARE``; stage 21): the share of the styled scenes compressed as JPEG
+  (quality still drawn in ``world.TRAIN_JPEG``; default ``world.P_JPEG``, a third).
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
@@ -218,13 +220,14 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize, naming: dic
 
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
                type_weights: dict | None = None, p_letter: float = 0.5, styles: float = 0.0,
-               naming: dict = KEY_WORDS) -> dict:
+               naming: dict = KEY_WORDS, jpeg: float = world.P_JPEG) -> dict:
     """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments.
 
     ``styles``: the share of scenes, in [0, 1], drawn in a random style of the training mix
     (``world.training_style`` with ``p_default = 1 - styles``; a non-default style also moves its
     objects a little, ``world.jitter_scene``) and resampled to the input size; 0 draws every scene
-    in the generator's own style without drawing a style (stages 1-5).
+    in the generator's own style without drawing a style (stages 1-5). ``jpeg``: the share of the
+    styled scenes compressed as JPEG (``world.training_style``'s ``p_jpeg``).
     ``naming``: the words :func:`word_targets` supervises.
 
     Per question (bool [n_scenes, n_questions, P]): ``evidence``, the attention target (patches at
@@ -248,7 +251,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     w = type_weights or {}
     for b in range(n_scenes):
         scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
-        style = world.training_style(rng, 1 - styles) if styles else world.DEFAULT_STYLE
+        style = world.training_style(rng, 1 - styles, jpeg) if styles else world.DEFAULT_STYLE
         if style != world.DEFAULT_STYLE:
             scene = world.jitter_scene(scene, rng, rng.uniform(0, world.TRAIN_JITTER))
         img, labels = world.render(scene, rng, labels=True, style=style)
@@ -1034,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="SHARE",
                     help="draw that share of the training scenes in a random style of world.training_style "
                          f"(alone: {1 - world.P_DEFAULT_STYLE:g}, stages 6-18; default 0: the generator's own style)")
+    ap.add_argument("--jpeg", type=float, default=world.P_JPEG, metavar="SHARE",
+                    help=f"share of the styled training scenes compressed as JPEG (default {world.P_JPEG:.3g}, "
+                         "stages 6-20); needs --styles")
     ap.add_argument("--naming-words", action="store_true",
                     help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
@@ -1065,7 +1071,7 @@ def train(args) -> dict:
 
     # every option is checked before the run directory is made, so a refused run leaves nothing behind
     for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share),
-                          ("--styles", args.styles)):
+                          ("--styles", args.styles), ("--jpeg", args.jpeg)):
         if not 0.0 <= share <= 1.0:  # NaN fails too
             raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
     for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
@@ -1075,6 +1081,8 @@ def train(args) -> dict:
     if not 0.0 <= args.drop_focus_share <= 1.0 or (args.drop_focus_share and not (args.drop_evidence and args.drop_focus)):
         raise SystemExit(f"error: --drop-focus-share {args.drop_focus_share}: a share of the evidence removals, "
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
+    if args.jpeg != world.P_JPEG and not args.styles:
+        raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with --styles")
     if not 0.0 < args.count_sink < math.inf:  # NaN fails too
         raise SystemExit(f"error: --count-sink {args.count_sink}: the weight of <s>, a positive number")
     if args.drop_evidence_layers and not args.drop_evidence:
@@ -1160,7 +1168,7 @@ def train(args) -> dict:
         vision_only = step < args.vision_steps
         n_scenes = args.vision_scenes if vision_only else args.scenes
         batch = make_batch(rng, n_scenes, args.questions, size, type_weights, styles=args.styles,
-                           naming=NAMING_WORDS if args.naming_words else KEY_WORDS)
+                           naming=NAMING_WORDS if args.naming_words else KEY_WORDS, jpeg=args.jpeg)
         removal = None if vision_only else draw_removal(
             np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
             args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],

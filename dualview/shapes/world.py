@@ -332,6 +332,7 @@ HELDOUT_STYLES = {
 # strokes 1-4 and no checker background (code commit 17ec647); stage 10 widened it to these ranges;
 # stages 10-11 drew a quarter of the other scenes as outlines (P_OUTLINE 0.25, code commit 5417bda)
 P_DEFAULT_STYLE = 0.4  # share of training scenes drawn in DEFAULT_STYLE
+P_JPEG = 1 / 3  # share of the other scenes compressed as JPEG
 P_OUTLINE = 0.4  # share of the other scenes drawn as unfilled outlines
 TRAIN_SCALES = (0.6, 2.0)
 TRAIN_JPEG = (20, 95)
@@ -341,14 +342,15 @@ TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
-def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE) -> Style:
+def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
+                   p_jpeg: float = P_JPEG) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
     ``p_default`` (default :data:`P_DEFAULT_STYLE`); otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
     1), anti-aliasing on or off, a share :data:`P_OUTLINE` unfilled outlines of
     :data:`TRAIN_STROKES` px, filled shapes with a dark outline half the time, any of
     :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS` and
     :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG`
-    a third of the time, current colours. Never any :data:`HELDOUT_STYLES`."""
+    with probability ``p_jpeg`` (default :data:`P_JPEG`), current colours. Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < p_default:
         return DEFAULT_STYLE
     filled = bool(rng.random() < 1 - P_OUTLINE)  # at 0.25: exactly stages 10-11's draws (< 0.75)
@@ -360,7 +362,7 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE)
         filled=filled,
         stroke=stroke,
         background=str(rng.choice(BACKGROUNDS)),
-        jpeg=int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1)) if rng.random() < 1 / 3 else 0,
+        jpeg=int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1)) if rng.random() < p_jpeg else 0,
         texture_period=int(rng.integers(TRAIN_TEXTURE_PERIODS[0], TRAIN_TEXTURE_PERIODS[1] + 1)),
         texture_contrast=int(rng.integers(TRAIN_TEXTURE_CONTRASTS[0], TRAIN_TEXTURE_CONTRASTS[1] + 1)),
     )

@@ -373,9 +373,12 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
                                              "and only with a positive --drop-prob"):
             T.train(_args(tmp_path, 2, *bad))
     for option, bad in (("--drop-prob", "-0.5"), ("--drop-prob", "1.5"), ("--drop-prob", "nan"),
-                        ("--drop-min-share", "2"), ("--styles", "1.5"), ("--styles", "-0.2"), ("--styles", "nan")):
+                        ("--drop-min-share", "2"), ("--styles", "1.5"), ("--styles", "-0.2"), ("--styles", "nan"),
+                        ("--jpeg", "1.2")):
         with pytest.raises(SystemExit, match=f"{option} {float(bad)}: a share, in \\[0, 1\\]"):
             T.train(_args(tmp_path, 2, option, bad))
+    with pytest.raises(SystemExit, match="--jpeg 0.5: a share of the styled scenes, so only with --styles"):
+        T.train(_args(tmp_path, 2, "--jpeg", "0.5"))
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
@@ -464,12 +467,16 @@ def test_object_tokens_follow_the_evaluations_overlap_rule():
 def test_the_styled_share_of_a_batch_is_the_styles_option(monkeypatch):
     size = M.ModelSize(image_size=64, patch_size=16)
     asked, draw = [], world.training_style
-    monkeypatch.setattr(world, "training_style", lambda rng, p_default: asked.append(p_default) or draw(rng, p_default))
+    monkeypatch.setattr(world, "training_style",
+                        lambda rng, p_default, p_jpeg: asked.append((p_default, p_jpeg)) or draw(rng, p_default, p_jpeg))
     T.make_batch(np.random.default_rng(11), 3, 1, size)
     assert asked == []  # stages 1-5: no style is drawn, so their random stream is unchanged
     for share in (0.6, 0.8, 1.0):
         T.make_batch(np.random.default_rng(11), 3, 1, size, styles=share)
-        assert asked[-3:] == [pytest.approx(1 - share)] * 3
+        assert asked[-3:] == [(pytest.approx(1 - share), world.P_JPEG)] * 3
+    T.make_batch(np.random.default_rng(11), 3, 1, size, styles=0.8, jpeg=0.7)
+    assert asked[-3:] == [(pytest.approx(0.2), 0.7)] * 3
+    assert T.build_parser().parse_args(["--jpeg", "0.7"]).jpeg == 0.7
     assert T.build_parser().parse_args(["--styles"]).styles == 1 - world.P_DEFAULT_STYLE
     assert 1 - T.build_parser().parse_args(["--styles"]).styles == world.P_DEFAULT_STYLE  # stages 6-18's draws
     assert T.build_parser().parse_args([]).styles == 0.0

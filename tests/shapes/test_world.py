@@ -291,9 +291,13 @@ def test_heldout_styles_are_never_sampled_in_training():
     for field in ("scale", "antialias", "filled", "stroke", "background", "jpeg"):
         assert len({getattr(s, field) for s in others}) > 1, field  # every knob varies
     assert abs(np.mean([not s.filled for s in others]) - world.P_OUTLINE) < 0.05
+    assert abs(np.mean([s.jpeg > 0 for s in others]) - world.P_JPEG) < 0.05
     for p_default in (0.0, 0.2, 1.0):
         share = np.mean([world.training_style(rng, p_default) == world.DEFAULT_STYLE for _ in range(2000)])
         assert abs(share - p_default) < 0.04
+    jpeg = [world.training_style(rng, 0.0, 0.7).jpeg for _ in range(2000)]
+    assert abs(np.mean([q > 0 for q in jpeg]) - 0.7) < 0.04
+    assert world.TRAIN_JPEG[0] <= min(q for q in jpeg if q) and max(jpeg) <= world.TRAIN_JPEG[1]
     scales = [s.scale for s in others]
     assert world.TRAIN_SCALES[0] <= min(scales) and max(scales) <= world.TRAIN_SCALES[1]
     assert not any(s.base_colors for s in others) and {s.background for s in others} == set(world.BACKGROUNDS)
