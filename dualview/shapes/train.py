@@ -57,13 +57,15 @@ Recipe (built for a 2-core CPU, where compute is everything):
   magnitude of every head (the question words' mean query, method.md §2) is taught to spread over
   the question's evidence tokens (:func:`magnitude_evidence_loss`), so that they lead its ranking,
   whose top-k the evaluation's evidence share measures; the other attention losses teach one head each.
-- **Drawing styles** (``--styles [SHARE]``; stage 6, widened in stage 10): 60 % of the training
-  scenes (or SHARE of them) are drawn in a random style (``world.training_style``: sizes 134-448
-  px resampled to the input, anti-aliasing on/off, outlines, light/dark/striped/checkered
-  backgrounds, JPEG, objects jittered by ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are
-  never drawn.
-- **More JPEG** (``--jpeg SHARE``; stage 21): the share of the styled scenes compressed as JPEG
-  (quality still drawn in ``world.TRAIN_JPEG``; default ``world.P_JPEG``, a third).
+- **Drawing styles** (``--styles [SHARE]``; stage 6, widened in stage 10, SHARE from stage 19):
+  60 % of the training scenes (or SHARE of them) are drawn in a random style
+  (``world.training_style``: sizes 134-448 px resampled to the input, anti-aliasing on/off,
+  outlines, light/dark/striped/checkered backgrounds, JPEG, objects jittered by
+  ``world.jitter_scene``); ``world.HELDOUT_STYLES`` are never drawn.
+- **More JPEG** (``--jpeg SHARE``; stage 21, not shipped): the share of the styled scenes
+  compressed as JPEG (quality still drawn in ``world.TRAIN_JPEG``; default ``world.P_JPEG``, a
+  third). Tried with ``--styles 0.8`` to lift the held-out ``jpeg-12`` style; it did not (model
+  card, stages 19-22).
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
