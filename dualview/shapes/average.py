@@ -10,8 +10,9 @@ tensor names and shapes. The other files of the export (config, processor, token
 copied from A. Stage 22 of the model card is the mean of stages 12 and 19 (not shipped: on fresh
 held-out questions it did not beat stage 12).
 
-Bad input (a missing export, different architectures, a weight outside [0, 1], ``--out`` one of
-the inputs) ends with one line on stderr and exit status 2, before anything is written.
+Bad input (a missing or unreadable export, different architectures, a weight outside [0, 1], an
+``--out`` inside an input or not a new or empty directory) ends with one line on stderr and exit
+status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -49,16 +50,27 @@ def average_exports(a: str | Path, b: str | Path, weight: float, out: str | Path
     for d in (a, b):
         if not (d / WEIGHTS).is_file() or not (d / "config.json").is_file():
             raise ValueError(f"{d}: no exported model there ({WEIGHTS} and config.json expected)")
-    if out.resolve() in (a.resolve(), b.resolve()):
-        raise ValueError(f"--out {out}: would overwrite an input; give a new directory")
+    if any(out.resolve().is_relative_to(d.resolve()) for d in (a, b)):
+        raise ValueError(f"--out {out}: would write into an input; give a new directory")
+    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
+        raise ValueError(f"--out {out}: already exists and is not an empty directory; give a new one")
     if (a / "config.json").read_bytes() != (b / "config.json").read_bytes():
         raise ValueError(f"{a} and {b}: not the same architecture (their config.json differ)")
-    state = average_state(load_file(a / WEIGHTS), load_file(b / WEIGHTS), weight)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in a.iterdir():
-        if f.is_file() and f.name != WEIGHTS and f.suffix != ".md":
-            shutil.copyfile(f, out / f.name)
-    save_file(state, out / WEIGHTS, metadata={"format": "pt"})
+    states = []
+    for d in (a, b):
+        try:
+            states.append(load_file(d / WEIGHTS))
+        except Exception as e:  # safetensors' errors have no common base class
+            raise ValueError(f"{d / WEIGHTS}: not a readable safetensors file ({type(e).__name__})") from None
+    state = average_state(*states, weight)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in a.iterdir():
+            if f.is_file() and f.name != WEIGHTS and f.suffix != ".md":
+                shutil.copyfile(f, out / f.name)
+        save_file(state, out / WEIGHTS, metadata={"format": "pt"})
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__})") from None
     return out
 
 
@@ -74,7 +86,7 @@ def main(argv=None) -> None:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"wrote {out} = {1 - args.weight:g} x {args.a} + {args.weight:g} x {args.b}")
+    print(f"wrote {out} = {1 - args.weight:g} x {args.a} + {args.weight + 0.0:g} x {args.b}")
 
 
 if __name__ == "__main__":

@@ -1084,7 +1084,7 @@ def train(args) -> dict:
         raise SystemExit(f"error: --drop-focus-share {args.drop_focus_share}: a share of the evidence removals, "
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
     if args.jpeg != world.P_JPEG and not args.styles:
-        raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with --styles")
+        raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with a positive --styles")
     if not 0.0 < args.count_sink < math.inf:  # NaN fails too
         raise SystemExit(f"error: --count-sink {args.count_sink}: the weight of <s>, a positive number")
     if args.drop_evidence_layers and not args.drop_evidence:

@@ -64,7 +64,29 @@ def test_bad_averages_give_one_clear_line_and_write_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit):
-        A.main([str(da), str(tmp_path / "b"), "--out", str(da)])
-    assert "would overwrite an input" in capsys.readouterr().err
+    broken = _export(tmp_path / "f", b)
+    (broken / A.WEIGHTS).write_bytes((broken / A.WEIGHTS).read_bytes()[:40])  # truncated
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "README.md").write_text("an older card")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for other, out, message in [
+        (broken, tmp_path / "out", f"{broken / A.WEIGHTS}: not a readable safetensors file"),
+        (tmp_path / "b", da, "would write into an input"),
+        (tmp_path / "b", da / "sub", "would write into an input"),
+        (tmp_path / "b", tmp_path / "full", "already exists and is not an empty directory"),
+        (tmp_path / "b", tmp_path / "file", "already exists and is not an empty directory"),
+        (tmp_path / "b", tmp_path / "dangling", "already exists and is not an empty directory"),
+        (tmp_path / "b", tmp_path / "file" / "sub", "cannot write there"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            A.main([str(da), str(other), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists() and not (da / "sub").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["README.md"]
     assert load_file(da / A.WEIGHTS)["w"].equal(a["w"])
+    (tmp_path / "empty").mkdir()  # an empty directory is a fine --out
+    A.main([str(da), str(tmp_path / "b"), "--out", str(tmp_path / "empty"), "--weight", "-0"])
+    assert "+ 0 x" in capsys.readouterr().out
+    assert load_file(tmp_path / "empty" / A.WEIGHTS)["w"].equal(a["w"])

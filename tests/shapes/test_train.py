@@ -377,7 +377,7 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
                         ("--jpeg", "1.2")):
         with pytest.raises(SystemExit, match=f"{option} {float(bad)}: a share, in \\[0, 1\\]"):
             T.train(_args(tmp_path, 2, option, bad))
-    with pytest.raises(SystemExit, match="--jpeg 0.5: a share of the styled scenes, so only with --styles"):
+    with pytest.raises(SystemExit, match="--jpeg 0.5: a share of the styled scenes, so only with a positive --styles"):
         T.train(_args(tmp_path, 2, "--jpeg", "0.5"))
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
@@ -486,7 +486,7 @@ def test_the_styled_share_of_a_batch_is_the_styles_option(monkeypatch):
 def test_background_removal_keeps_every_object_token_and_drops_background():
     size = M.ModelSize()  # the shipped geometry, 196 tokens
     P = size.num_image_tokens
-    batch = T.make_batch(np.random.default_rng(3), 6, 8, size, styles=True)
+    batch = T.make_batch(np.random.default_rng(3), 6, 8, size, styles=1 - world.P_DEFAULT_STYLE)
     objects, letters = batch["objects"], batch["letters"]
     # every token an object's pixels or centre fall in is an object token; letter questions have letter tokens
     assert (objects >= (batch["aux"]["cover_color"] > 0)).all() and (objects >= (batch["aux"]["center_color"] > 0)).all()
@@ -518,7 +518,7 @@ def test_background_removal_keeps_every_object_token_and_drops_background():
 def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took():
     size = M.ModelSize()
     P = size.num_image_tokens
-    batch = T.make_batch(np.random.default_rng(4), 6, 8, size, styles=True)
+    batch = T.make_batch(np.random.default_rng(4), 6, 8, size, styles=1 - world.P_DEFAULT_STYLE)
     ev, objects, letters, qtypes = batch["evidence_tokens"], batch["objects"], batch["letters"], batch["qtypes"]
     # the evaluation's rule: the tokens the question's evidence boxes overlap; counting targets lie within
     assert (ev >= batch["evidence"]).all()
@@ -559,7 +559,7 @@ def test_evidence_removal_keeps_one_questions_evidence_and_unlabels_what_it_took
 
 
 def test_a_focused_evidence_removal_keeps_a_focus_questions_evidence():
-    batch = T.make_batch(np.random.default_rng(5), 6, 8, M.ModelSize(), styles=True)
+    batch = T.make_batch(np.random.default_rng(5), 6, 8, M.ModelSize(), styles=1 - world.P_DEFAULT_STYLE)
     ev = batch["evidence_tokens"]
     focus = np.isin(batch["qtypes"], ("count_objects", "letter"))
     assert focus.any(1).sum() >= 3 and not focus.all()
@@ -584,7 +584,7 @@ def test_a_focused_evidence_removal_keeps_a_focus_questions_evidence():
 
 
 def test_evidence_removals_draw_their_layer_among_the_named_ones():
-    batch = T.make_batch(np.random.default_rng(7), 6, 8, M.ModelSize(), styles=True)
+    batch = T.make_batch(np.random.default_rng(7), 6, 8, M.ModelSize(), styles=1 - world.P_DEFAULT_STYLE)
     ev = batch["evidence_tokens"]
     layers = {True: set(), False: set()}  # evidence removal or not: the layers drawn
     for seed in range(300):
@@ -876,7 +876,7 @@ def test_word_evidence_loss_on_naming_words_reads_the_models_own_attention():
 
 
 def test_styled_training_batches_are_resampled_to_the_input():
-    batch = T.make_batch(np.random.default_rng(9), 12, 2, M.ModelSize(), styles=True)
+    batch = T.make_batch(np.random.default_rng(9), 12, 2, M.ModelSize(), styles=1 - world.P_DEFAULT_STYLE)
     assert batch["images"].shape == (12, 224, 224, 3) and batch["images"].dtype == np.uint8
     plain = T.make_batch(np.random.default_rng(9), 12, 2, M.ModelSize())
     assert not np.array_equal(batch["images"], plain["images"])
