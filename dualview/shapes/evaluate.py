@@ -13,7 +13,9 @@ Each question goes through the public path: processor (image + ``format_prompt(q
   ``session.analyze``, ``session.answer``): the accuracy with all visual tokens next to the
   accuracy when only the evidence tokens (the visual tokens whose box overlaps one of the
   question's evidence boxes, the app's rule, :func:`evidence_tokens`) are kept from decoder layer
-  ``LAYER`` on (:func:`keep_evidence_eval`); and the share of evidence tokens among the top-k of
+  ``LAYER`` on (:func:`keep_evidence_eval`), and the change between the two with its paired
+  standard error (:func:`paired_change`: at 124 questions of a type, one question is 0.8 points);
+  and the share of evidence tokens among the top-k of
   the information magnitude at that layer, k = the number of evidence tokens
   (``analysis.magnitude``: the mean of the question words' queries, method.md §2;
   :func:`evidence_share`). Questions without evidence (a "no") keep no visual token and have no
@@ -69,6 +71,18 @@ def run_eval(model, processor, samples, progress: bool = False) -> dict:
 MARGIN_EDGES = (0.0, 4.0, 8.0, 16.0)  # px of the scene's canvas: the bins of where_by_margin
 
 
+def paired_change(before: list, after: list) -> tuple[float, float]:
+    """Mean change ``after - before`` of paired 0/1 outcomes (the same questions answered two
+    ways) and its standard error, ``std(after_i - before_i, ddof=1) / sqrt(n)`` (0 for n < 2):
+    only the questions whose outcome differs move it, so it is tighter than two independent
+    accuracies' errors. Fractions, not points. ValueError if the lists differ in length or are empty."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired outcomes: {len(before)} and {len(after)}; need the same questions, at least one")
+    d = np.asarray(after, float) - np.asarray(before, float)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se
+
+
 def where_by_margin(samples, correct) -> dict:
     """Accuracy of the ``where`` questions among ``samples`` (``correct``: one bool per sample, same
     order) by how far the looked-up object's box centre lies from the nearest line of the 3 x 3
@@ -115,7 +129,9 @@ def keep_evidence_eval(session, samples, layer: int, progress: bool = False) -> 
     tokens kept from decoder ``layer`` on (``evidence_only``), and the mean share of evidence
     tokens among the top-k of ``analysis.magnitude`` at ``layer`` (``evidence_share``, over the
     questions that have evidence; ``share_counts`` of them), with ``counts`` of questions and
-    ``mean_evidence_tokens``. Greedy answers of at most 4 tokens through ``session``."""
+    ``mean_evidence_tokens``; ``change`` and ``change_se``: evidence only minus all tokens on the
+    same questions and its standard error (:func:`paired_change`; fractions), per type and
+    ``overall``. Greedy answers of at most 4 tokens through ``session``."""
     from tqdm import tqdm
 
     from .model import normalize_answer
@@ -131,7 +147,11 @@ def keep_evidence_eval(session, samples, layer: int, progress: bool = False) -> 
             normalize_answer(session.answer(prepared, keep=ev, layer=layer, max_new_tokens=4).text) == s.answer)
         if ev:
             share.setdefault(s.qtype, []).append(top_k_share(session.analyze(prepared, layer).magnitude.numpy(), ev))
+    change = {t: paired_change(full[t], kept[t]) for t in full}
+    change["overall"] = paired_change(sum(full.values(), []), sum(kept.values(), []))
+    order = [t for t in (*world.QUESTION_TYPES, "overall") if t in change]
     return {"layer": layer, "all": _per_type(full), "evidence_only": _per_type(kept),
+            "change": {t: change[t][0] for t in order}, "change_se": {t: change[t][1] for t in order},
             "evidence_share": _per_type(share), "counts": {t: len(v) for t, v in full.items()},
             "share_counts": {t: len(v) for t, v in share.items()},
             "mean_evidence_tokens": {t: float(np.mean(v)) for t, v in sizes.items()}}
@@ -211,9 +231,11 @@ def main(argv=None) -> None:
         session = dualview.load(args.model, device="cpu", dtype=getattr(torch, args.dtype))
         ev = keep_evidence_eval(session, samples, session.check_layer(args.evidence), progress=True)
         res["evidence"] = ev
-        print(f"layer {args.evidence}: all tokens / evidence tokens only / evidence share of the magnitude's top-k")
+        print(f"layer {args.evidence}: all tokens / evidence tokens only / change, points ± standard error "
+              "(paired) / evidence share of the magnitude's top-k")
         for t in ev["all"]:
             print(f"  {t:16s} {100 * ev['all'][t]:6.2f} %  {100 * ev['evidence_only'][t]:6.2f} %  "
+                  f"{100 * ev['change'][t]:+5.1f} ± {100 * ev['change_se'][t]:.1f}  "
                   f"{ev['evidence_share'].get(t, float('nan')):.3f}")
     if args.styles:
         res["styles"] = {}

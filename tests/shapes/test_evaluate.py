@@ -81,6 +81,25 @@ def test_keep_evidence_eval_answers_through_the_engine(session):
             assert got[name][t] == pytest.approx(float(np.mean(v)))
         assert got[name]["overall"] == pytest.approx(float(np.mean(sum(ref.values(), []))))
     assert got["counts"] == {t: len(v) for t, v in full.items()}
+    for t in [*full, "overall"]:
+        before = sum(full.values(), []) if t == "overall" else full[t]
+        after = sum(kept.values(), []) if t == "overall" else kept[t]
+        assert got["change"][t] == pytest.approx(got["evidence_only"][t] - got["all"][t])
+        assert got["change_se"][t] == pytest.approx(E.paired_change(before, after)[1])
+
+
+def test_paired_change_is_the_mean_difference_and_its_standard_error():
+    before = [1, 1, 1, 0, 1, 1, 0, 1]
+    after = [1, 0, 1, 1, 0, 1, 0, 1]
+    d = [a - b for a, b in zip(after, before)]  # 0 -1 0 1 -1 0 0 0: mean -1/8
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    assert E.paired_change(before, after) == pytest.approx((mean, (var / len(d)) ** 0.5))
+    assert E.paired_change([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)  # no question changed: no uncertainty
+    assert E.paired_change([1], [0]) == (-1.0, 0.0)
+    for bad in (([1, 0], [1]), ([], [])):
+        with pytest.raises(ValueError, match="need the same questions"):
+            E.paired_change(*bad)
 
 
 def test_where_by_margin_bins_the_where_questions_by_distance_to_the_grid_lines():
