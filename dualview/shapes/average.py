@@ -1,6 +1,6 @@
 """Average two exported shapes-world models weight by weight.
 
-    python -m dualview.shapes.average runs/stage12/export runs/stage19/export --weight 0.5 --out DIR
+    python -m dualview.shapes.average assets/shapes-vlm runs/stage19/export --weight 0.5 --out DIR
 
 Weight-space ensembling of a model and its fine-tuned continuation (WiSE-FT: Wortsman et al.,
 "Robust fine-tuning of zero-shot models", CVPR 2022): every tensor becomes

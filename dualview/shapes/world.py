@@ -345,12 +345,12 @@ TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-d
 def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
                    p_jpeg: float = P_JPEG) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
-    ``p_default`` (default :data:`P_DEFAULT_STYLE`); otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else
-    1), anti-aliasing on or off, a share :data:`P_OUTLINE` unfilled outlines of
-    :data:`TRAIN_STROKES` px, filled shapes with a dark outline half the time, any of
-    :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS` and
-    :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG`
-    with probability ``p_jpeg`` (default :data:`P_JPEG`), current colours. Never any :data:`HELDOUT_STYLES`."""
+    ``p_default`` (default :data:`P_DEFAULT_STYLE`); otherwise scale uniform in
+    :data:`TRAIN_SCALES` half the time (else 1), anti-aliasing on or off, a share
+    :data:`P_OUTLINE` unfilled outlines of :data:`TRAIN_STROKES` px, filled shapes with a dark
+    outline half the time, any of :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS`
+    and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG` with probability ``p_jpeg``
+    (default :data:`P_JPEG`), current colours. Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < p_default:
         return DEFAULT_STYLE
     filled = bool(rng.random() < 1 - P_OUTLINE)  # at 0.25: exactly stages 10-11's draws (< 0.75)
