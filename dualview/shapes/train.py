@@ -66,6 +66,11 @@ Recipe (built for a 2-core CPU, where compute is everything):
   compressed as JPEG (quality still drawn in ``world.TRAIN_JPEG``; default ``world.P_JPEG``, a
   third). Tried with ``--styles 0.8`` to lift the held-out ``jpeg-12`` style; it did not (model
   card, stages 19-22).
+- **JPEG on the generator's own drawing** (``--jpeg-default SHARE``; stage 23): that share of the
+  scenes drawn in the generator's own style is JPEG-compressed too (quality in ``world.TRAIN_JPEG``;
+  default 0). Until then JPEG came only with a random restyling (a background, outline or scale
+  change), so the held-out ``jpeg-12`` style's plain-drawn, noisy scenes under strong JPEG were
+  almost never seen, and stage 15 over-counted them even at quality 20-25, inside the training range.
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
@@ -222,14 +227,16 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize, naming: dic
 
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
                type_weights: dict | None = None, p_letter: float = 0.5, styles: float = 0.0,
-               naming: dict = KEY_WORDS, jpeg: float = world.P_JPEG) -> dict:
+               naming: dict = KEY_WORDS, jpeg: float = world.P_JPEG, jpeg_default: float = 0.0) -> dict:
     """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments.
 
     ``styles``: the share of scenes, in [0, 1], drawn in a random style of the training mix
     (``world.training_style`` with ``p_default = 1 - styles``; a non-default style also moves its
     objects a little, ``world.jitter_scene``) and resampled to the input size; 0 draws every scene
     in the generator's own style without drawing a style (stages 1-5). ``jpeg``: the share of the
-    styled scenes compressed as JPEG (``world.training_style``'s ``p_jpeg``).
+    styled scenes compressed as JPEG (``world.training_style``'s ``p_jpeg``); ``jpeg_default``: the
+    share of the scenes drawn in the generator's own style compressed as JPEG (its
+    ``p_jpeg_default``; needs ``styles``, which draws the style).
     ``naming``: the words :func:`word_targets` supervises.
 
     Per question (bool [n_scenes, n_questions, P]): ``evidence``, the attention target (patches at
@@ -253,7 +260,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     w = type_weights or {}
     for b in range(n_scenes):
         scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
-        style = world.training_style(rng, 1 - styles, jpeg) if styles else world.DEFAULT_STYLE
+        style = world.training_style(rng, 1 - styles, jpeg, jpeg_default) if styles else world.DEFAULT_STYLE
         if style != world.DEFAULT_STYLE:
             scene = world.jitter_scene(scene, rng, rng.uniform(0, world.TRAIN_JITTER))
         img, labels = world.render(scene, rng, labels=True, style=style)
@@ -1042,6 +1049,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jpeg", type=float, default=world.P_JPEG, metavar="SHARE",
                     help=f"share of the styled training scenes compressed as JPEG (default {world.P_JPEG:.3g}, "
                          "stages 6-20); needs --styles")
+    ap.add_argument("--jpeg-default", type=float, default=0.0, metavar="SHARE",
+                    help="share of the training scenes drawn in the generator's own style that are compressed "
+                         "as JPEG too (default 0, stages 6-22); needs --styles")
     ap.add_argument("--naming-words", action="store_true",
                     help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
@@ -1073,7 +1083,7 @@ def train(args) -> dict:
 
     # every option is checked before the run directory is made, so a refused run leaves nothing behind
     for option, share in (("--drop-prob", args.drop_prob), ("--drop-min-share", args.drop_min_share),
-                          ("--styles", args.styles), ("--jpeg", args.jpeg)):
+                          ("--styles", args.styles), ("--jpeg", args.jpeg), ("--jpeg-default", args.jpeg_default)):
         if not 0.0 <= share <= 1.0:  # NaN fails too
             raise SystemExit(f"error: {option} {share}: a share, in [0, 1]")
     for option, share in (("--drop-background", args.drop_background), ("--drop-evidence", args.drop_evidence)):
@@ -1085,6 +1095,9 @@ def train(args) -> dict:
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
     if args.jpeg != world.P_JPEG and not args.styles:
         raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with a positive --styles")
+    if args.jpeg_default and not args.styles:
+        raise SystemExit(f"error: --jpeg-default {args.jpeg_default}: drawn with the training styles, "
+                         "so only with a positive --styles")
     if not 0.0 < args.count_sink < math.inf:  # NaN fails too
         raise SystemExit(f"error: --count-sink {args.count_sink}: the weight of <s>, a positive number")
     if args.drop_evidence_layers and not args.drop_evidence:
@@ -1170,7 +1183,8 @@ def train(args) -> dict:
         vision_only = step < args.vision_steps
         n_scenes = args.vision_scenes if vision_only else args.scenes
         batch = make_batch(rng, n_scenes, args.questions, size, type_weights, styles=args.styles,
-                           naming=NAMING_WORDS if args.naming_words else KEY_WORDS, jpeg=args.jpeg)
+                           naming=NAMING_WORDS if args.naming_words else KEY_WORDS, jpeg=args.jpeg,
+                           jpeg_default=args.jpeg_default)
         removal = None if vision_only else draw_removal(
             np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
             args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],

@@ -342,16 +342,25 @@ TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
+def _train_jpeg_quality(rng: np.random.Generator) -> int:
+    """A JPEG quality of the training mix, uniform over :data:`TRAIN_JPEG` (inclusive)."""
+    return int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1))
+
+
 def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
-                   p_jpeg: float = P_JPEG) -> Style:
+                   p_jpeg: float = P_JPEG, p_jpeg_default: float = 0.0) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
-    ``p_default`` (default :data:`P_DEFAULT_STYLE`); otherwise scale uniform in
+    ``p_default`` (default :data:`P_DEFAULT_STYLE`), of which a share ``p_jpeg_default`` (default
+    0, stages 6-22; an extra draw only when positive) is compressed as JPEG in :data:`TRAIN_JPEG`
+    and named ``"default-jpeg"``; otherwise scale uniform in
     :data:`TRAIN_SCALES` half the time (else 1), anti-aliasing on or off, a share
     :data:`P_OUTLINE` unfilled outlines of :data:`TRAIN_STROKES` px, filled shapes with a dark
     outline half the time, any of :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS`
     and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG` with probability ``p_jpeg``
     (default :data:`P_JPEG`), current colours. Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < p_default:
+        if p_jpeg_default and rng.random() < p_jpeg_default:
+            return replace(DEFAULT_STYLE, name="default-jpeg", jpeg=_train_jpeg_quality(rng))
         return DEFAULT_STYLE
     filled = bool(rng.random() < 1 - P_OUTLINE)  # at 0.25: exactly stages 10-11's draws (< 0.75)
     stroke = int(rng.choice(TRAIN_STROKES)) if (not filled or rng.random() < 0.5) else 0
@@ -362,7 +371,7 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
         filled=filled,
         stroke=stroke,
         background=str(rng.choice(BACKGROUNDS)),
-        jpeg=int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1)) if rng.random() < p_jpeg else 0,
+        jpeg=_train_jpeg_quality(rng) if rng.random() < p_jpeg else 0,
         texture_period=int(rng.integers(TRAIN_TEXTURE_PERIODS[0], TRAIN_TEXTURE_PERIODS[1] + 1)),
         texture_contrast=int(rng.integers(TRAIN_TEXTURE_CONTRASTS[0], TRAIN_TEXTURE_CONTRASTS[1] + 1)),
     )
