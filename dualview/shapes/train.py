@@ -89,6 +89,11 @@ Recipe (built for a 2-core CPU, where compute is everything):
   parked it. Evidence-only pruning then cost 0.1 point overall, but counting every object still
   lost 2.4 (model card, stage 17); continued (stage 18), every type stayed within 2 points, but
   two held-out styles fell below 93 %.
+- **No idle attention anywhere** (``--background-queries all``; stage 24): the same loss also at
+  every question token before ``<sep>`` and at every visual token over an object or the letter
+  (whose background is the tokens over neither). Stage 15 kept its counts under evidence-only
+  pruning only because two large shifts cancel: its object tokens and its question words put
+  0.1-0.8 of their attention on the background from layer 4 on (model card, stage 24).
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
@@ -633,38 +638,71 @@ def seen_keys(visible, kept, n_prefix: int):
 
 
 def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tokens, labelled, layers,
-                              n_prefix: int, device, removed=None):
-    """How much attention every query head of each layer in ``layers`` puts, at ``<sep>``, on visual
-    tokens outside the question's evidence (``--background-layers``; stage 17).
+                              n_prefix: int, device, removed=None, scene=None):
+    """How much attention every query head of each layer in ``layers`` puts on background visual
+    tokens (``--background-layers``; stage 17, ``scene`` from stage 24).
 
     Arguments as in :func:`evidence_attention_loss`, with ``evidence_tokens`` bool [B, Q, P] (the
-    evaluation's overlap rule, :func:`make_batch`) and ``labelled`` bool [B, Q]. Over everything
-    ``<sep>`` sees (the kept prefix and its own segment up to itself), the loss per head is
-    ``-log(1 - m)``, m the softmax mass on the visible visual tokens that are not evidence, averaged
-    over heads, over the labelled questions that have evidence and over the layers. Six of stage
-    12's heads of layers 5-7 park 0.5-0.8 of their attention at the answer position on such tokens
-    (model card, "Which heads read the background"), so removing them changes what those heads
-    read; a large VLM parks that mass on a few sink tokens instead. Training only.
-    """
+    evaluation's overlap rule, :func:`make_batch`) and ``labelled`` bool [B, Q]. The loss per head
+    and query is ``-log(1 - m)``, m the softmax mass, over everything the query sees, on the
+    visible visual tokens of its background; averaged over heads, over the queries and over the layers.
+
+    - ``scene`` None (stage 17): the queries are the ``<sep>`` of the labelled questions that have
+      evidence, and a question's background is the visual tokens outside its evidence. Six of
+      stage 12's heads of layers 5-7 park 0.5-0.8 of their attention at the answer position on
+      such tokens (model card, "Which heads read the background"), so removing them changes what
+      those heads read; a large VLM parks that mass on a few sink tokens instead.
+    - ``scene`` bool [B, P], the visual tokens over an object or the letter (``objects | letters``
+      of :func:`make_batch`): also every position of those questions before their ``<sep>``, with
+      the same background, and every visual token of ``scene`` (not removed) as a query, whose
+      background is the visual tokens outside ``scene`` (it cannot know the question, which comes
+      after it). Stage 15 keeps its counts under evidence-only pruning only because two large
+      shifts cancel: from layer 4 on its object tokens put 0.1-0.8 of their attention on the
+      background, and so do its question words (model card, stage 24).
+
+    Training only."""
     import torch
 
     seg = torch.as_tensor(seg, device=device)
     evidence = torch.as_tensor(evidence_tokens, device=device)
     B, Q, S = seg.shape
-    supervised = evidence.any(-1) & torch.as_tensor(labelled, device=device)
+    supervised = evidence.any(-1) & torch.as_tensor(labelled, device=device)  # [B, Q]
     if not supervised.any():
         return torch.zeros((), device=device)
-    query_at, _, visible = sep_view(seg, n_prefix)
+    query_at, sep_at, visible = sep_view(seg, n_prefix)
     background = torch.cat([torch.zeros(B, Q, 1, dtype=torch.bool, device=device), ~evidence,
                             torch.zeros(B, Q, Q * S, dtype=torch.bool, device=device)], -1)  # [B, Q, L]
+    rows = supervised
+    if scene is not None:  # every position of a segment up to its <sep>, each seeing its segment causally
+        t = torch.arange(S, device=device)
+        query_at = (n_prefix + torch.arange(Q, device=device)[:, None] * S + t).reshape(1, Q * S).expand(B, -1)
+        own = (t[:, None] >= t[None, :]).reshape(1, 1, S, 1, S)  # [.., position, ., key position]
+        block = torch.eye(Q, dtype=torch.bool, device=device).reshape(1, Q, 1, Q, 1)
+        visible = torch.cat([torch.ones(B, Q * S, n_prefix, dtype=torch.bool, device=device),
+                             (own & block).expand(B, Q, S, Q, S).reshape(B, Q * S, Q * S)], -1)
+        background = background.repeat_interleave(S, 1)
+        rows = (supervised[..., None] & (t <= sep_at[..., None])).reshape(B, Q * S)
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
-        seen = seen_keys(visible, kept_keys(removed, index), n_prefix)[:, None]  # [B, 1, Q, L]
-        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, n_prefix + Q * S, None)
-        logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, H, Q, L]
+        kept = kept_keys(removed, index)
+        seen = seen_keys(visible, kept, n_prefix)[:, None]  # [B, 1, N, L]
+        logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, visible.shape[-1], None)
+        logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, H, N, L]
         rest = torch.logsumexp(logp.masked_fill(background[:, None] | ~seen, float("-inf")), -1)  # log(1 - m)
-        total = total - rest.mean(1)[supervised].mean()
+        terms = -rest.mean(1)[rows]
+        if scene is not None:
+            visual = torch.arange(1, n_prefix, device=device)[None].expand(B, -1)
+            seen_v = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=device).tril()[1:][None].expand(B, -1, -1)
+            if kept is not None:
+                seen_v = seen_v & kept[:, None]
+            logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, visual, n_prefix, None)
+            logp = torch.log_softmax(logits.masked_fill(~seen_v[:, None], float("-inf")), -1)  # [B, H, P, n_prefix]
+            off = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=device), ~scene], -1)[:, None, None]
+            rest = torch.logsumexp(logp.masked_fill(off | ~seen_v[:, None], float("-inf")), -1)
+            queries = scene if kept is None else scene & kept[:, 1:]
+            terms = torch.cat([terms, -rest.mean(1)[queries]])
+        total = total + terms.mean()
     return total / len(layers)
 
 
@@ -807,12 +845,13 @@ def magnitude_evidence_loss(lm, hidden_states, seg, evidence_tokens, labelled, l
 
 def forward(model, heads, batch: dict, device, vision_only: bool = False, metrics: dict | None = None,
             attn_layers: tuple = (), query_layers: tuple = (), word_layers: tuple = (), share_layers: tuple = (),
-            removal=None, count_sink: float = 1.0, background_layers: tuple = ()):
+            removal=None, count_sink: float = 1.0, background_layers: tuple = (), background_queries: str = "sep"):
     """Losses (dict) and, for the QA part, per-segment exact-match flags.
 
     ``count_sink``: the weight of ``<s>`` in the counting targets of the attention losses
     (:func:`evidence_attention_loss`); ``background_layers``: the layers of
-    :func:`background_attention_loss`.
+    :func:`background_attention_loss`, at the ``<sep>`` only (``background_queries`` "sep") or
+    at every object, letter and question token too ("all", its ``scene`` argument).
 
     ``removal``: None, or ``(layer, kept bool [B, P])`` from :func:`draw_removal`: from that
     decoder layer on the visual tokens not kept are removed (:func:`keys_removed`), in the answer
@@ -878,7 +917,10 @@ def forward(model, heads, batch: dict, device, vision_only: bool = False, metric
     if background_layers and batch.get("evidence_tokens") is not None:
         losses["background"] = background_attention_loss(lm, out.hidden_states, pos, batch["seg"],
                                                          batch["evidence_tokens"], (batch["labels"] != IGNORE).any(-1),
-                                                         background_layers, n_prefix, device, removed)
+                                                         background_layers, n_prefix, device, removed,
+                                                         scene=None if background_queries == "sep" else
+                                                         torch.as_tensor(batch["objects"] | batch["letters"],
+                                                                         device=device))
     labels = torch.from_numpy(batch["labels"]).to(device).reshape(B, Q * S)
     sel = labels != IGNORE
     logits = model.lm_head(hidden[:, n_prefix:][sel])
@@ -1037,6 +1079,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--background-layers", type=layer_list, default=(),
                     help="decoder layers whose every head is taught to put no attention, at <sep>, on visual "
                          "tokens outside the question's evidence (see background_attention_loss); empty: none")
+    ap.add_argument("--background-queries", choices=("sep", "all"), default="sep",
+                    help="where --background-layers look: at <sep> only (stage 17) or also at every object, "
+                         "letter and question token (see background_attention_loss)")
     ap.add_argument("--background-weight", type=float, default=1.0, help="weight of that loss")
     ap.add_argument("--count-sink", type=float, default=1.0,
                     help="weight of <s> in the counting targets of --attn-layers and --word-layers: the head "
@@ -1100,6 +1145,9 @@ def train(args) -> dict:
                          "so only with a positive --styles")
     if not 0.0 < args.count_sink < math.inf:  # NaN fails too
         raise SystemExit(f"error: --count-sink {args.count_sink}: the weight of <s>, a positive number")
+    if args.background_queries != "sep" and not args.background_layers:
+        raise SystemExit(f"error: --background-queries {args.background_queries}: where --background-layers "
+                         "look, so only with some --background-layers")
     if args.drop_evidence_layers and not args.drop_evidence:
         raise SystemExit(f"error: --drop-evidence-layers {','.join(map(str, args.drop_evidence_layers))}: "
                          "the layers of the evidence removals, so only with a positive --drop-evidence")
@@ -1199,7 +1247,8 @@ def train(args) -> dict:
         losses, correct = forward(model, heads, batch, device, vision_only=vision_only, metrics=metrics,
                                   attn_layers=attn_layers, query_layers=query_layers, word_layers=word_layers,
                                   share_layers=share_layers, removal=removal, count_sink=args.count_sink,
-                                  background_layers=args.background_layers)
+                                  background_layers=args.background_layers,
+                                  background_queries=args.background_queries)
         # the share of right answers among the questions that kept a label (a removal can take some)
         labelled = torch.from_numpy((batch["labels"] != IGNORE).any(-1))
         train_acc = None if correct is None else float(correct[labelled.to(correct.device)].float().mean())

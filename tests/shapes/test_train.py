@@ -374,11 +374,16 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
             T.train(_args(tmp_path, 2, *bad))
     for option, bad in (("--drop-prob", "-0.5"), ("--drop-prob", "1.5"), ("--drop-prob", "nan"),
                         ("--drop-min-share", "2"), ("--styles", "1.5"), ("--styles", "-0.2"), ("--styles", "nan"),
-                        ("--jpeg", "1.2")):
+                        ("--jpeg", "1.2"), ("--jpeg-default", "-0.5"), ("--jpeg-default", "nan")):
         with pytest.raises(SystemExit, match=f"{option} {float(bad)}: a share, in \\[0, 1\\]"):
             T.train(_args(tmp_path, 2, option, bad))
     with pytest.raises(SystemExit, match="--jpeg 0.5: a share of the styled scenes, so only with a positive --styles"):
         T.train(_args(tmp_path, 2, "--jpeg", "0.5"))
+    with pytest.raises(SystemExit, match="--background-queries all: where --background-layers look, so only with "
+                                         "some --background-layers"):
+        T.train(_args(tmp_path, 2, "--background-queries", "all"))
+    with pytest.raises(SystemExit, match="--jpeg-default 0.5: drawn with the training styles, so only with a positive --styles"):
+        T.train(_args(tmp_path, 2, "--jpeg-default", "0.5"))
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
@@ -468,15 +473,17 @@ def test_the_styled_share_of_a_batch_is_the_styles_option(monkeypatch):
     size = M.ModelSize(image_size=64, patch_size=16)
     asked, draw = [], world.training_style
     monkeypatch.setattr(world, "training_style",
-                        lambda rng, p_default, p_jpeg: asked.append((p_default, p_jpeg)) or draw(rng, p_default, p_jpeg))
+                        lambda rng, *shares: asked.append(shares) or draw(rng, *shares))
     T.make_batch(np.random.default_rng(11), 3, 1, size)
     assert asked == []  # stages 1-5: no style is drawn, so their random stream is unchanged
     for share in (0.6, 0.8, 1.0):
         T.make_batch(np.random.default_rng(11), 3, 1, size, styles=share)
-        assert asked[-3:] == [(pytest.approx(1 - share), world.P_JPEG)] * 3
-    T.make_batch(np.random.default_rng(11), 3, 1, size, styles=0.8, jpeg=0.7)
-    assert asked[-3:] == [(pytest.approx(0.2), 0.7)] * 3
+        assert asked[-3:] == [(pytest.approx(1 - share), world.P_JPEG, 0.0)] * 3
+    T.make_batch(np.random.default_rng(11), 3, 1, size, styles=0.8, jpeg=0.7, jpeg_default=0.4)
+    assert asked[-3:] == [(pytest.approx(0.2), 0.7, 0.4)] * 3
     assert T.build_parser().parse_args(["--jpeg", "0.7"]).jpeg == 0.7
+    assert T.build_parser().parse_args(["--jpeg-default", "0.5"]).jpeg_default == 0.5
+    assert T.build_parser().parse_args([]).jpeg_default == 0.0
     assert T.build_parser().parse_args(["--styles"]).styles == 1 - world.P_DEFAULT_STYLE
     assert 1 - T.build_parser().parse_args(["--styles"]).styles == world.P_DEFAULT_STYLE  # stages 6-18's draws
     assert T.build_parser().parse_args([]).styles == 0.0
@@ -608,7 +615,8 @@ def test_evidence_removals_draw_their_layer_among_the_named_ones():
 def test_training_with_every_kind_of_removal_runs(tmp_path):
     out = T.train(_args(tmp_path, 4, "--drop-prob", "1", "--drop-background", "0.5", "--drop-evidence", "0.5",
                         "--share-layers", "0,1", "--drop-focus", "count_objects,letter", "--drop-focus-share", "0.5",
-                        "--drop-evidence-layers", "0,1", "--background-layers", "1", "--count-sink", "4"))
+                        "--drop-evidence-layers", "0,1", "--background-layers", "1", "--count-sink", "4",
+                        "--background-queries", "all"))
     assert out["step"] == 4 and np.isfinite(out["last_loss"])
 
 
@@ -739,6 +747,49 @@ def test_background_attention_loss_is_each_heads_mass_outside_the_evidence(remov
         per_layer.append(torch.stack(terms).mean())
     assert skipped > 0 and len(terms) > 0
     assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_background_attention_at_every_object_and_question_token(removed):
+    """With ``scene``: -log(1 - m) per head and query, m the eager attention's mass on background
+    visual tokens, averaged over heads and queries: every position of a labelled question with
+    evidence up to its <sep> (background: outside the question's evidence), and every kept visual
+    token of the scene (background: outside the scene, among the tokens before it)."""
+    model, batch, lm, x, mask, pos = _eager_inputs(2, 6)
+    B = x.shape[0]
+    P = M.TINY.num_image_tokens
+    Q, S = batch["seg"].shape[1:]
+    kept = np.random.default_rng(7).random((B, P)) < (0.5 if removed else 1.1)
+    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
+    labelled = np.random.default_rng(8).random((B, Q)) < 0.8
+    scene = batch["objects"] | batch["letters"]
+    assert scene.any() and (~scene).any()
+    with torch.no_grad(), T.keys_removed(lm, 1, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+        got = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
+                                          labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix),
+                                          scene=torch.from_numpy(scene))
+        at_sep = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
+                                             labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix))
+    per_layer = []
+    for layer in (0, 1):
+        terms = []
+        for b in range(B):
+            for q in range(Q):
+                if not (labelled[b, q] and batch["evidence_tokens"][b, q].any()):
+                    continue
+                sep = int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
+                for t in range(sep + 1):
+                    rows = out.attentions[layer][b, :, 1 + P + q * S + t, 1: 1 + P]
+                    terms.append(-torch.log1p(-rows[:, torch.from_numpy(~batch["evidence_tokens"][b, q])].sum(-1)).mean())
+            for i in np.nonzero(scene[b] & (kept[b] | (layer < 1)))[0]:
+                rows = out.attentions[layer][b, :, 1 + i, 1: 1 + P]
+                terms.append(-torch.log1p(-rows[:, torch.from_numpy(~scene[b])].sum(-1)).mean())
+        per_layer.append(torch.stack(terms).mean())
+    assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
+    assert not torch.allclose(got, at_sep, atol=1e-3)  # the extra queries count
 
 
 def _magnitude_reference(lm, img, ids, layer: int, evidence, kept, removal_layer: int):

@@ -1,5 +1,6 @@
 """The shapes-world generator obeys every rule of shared/docs/shapes-world.md."""
 
+import dataclasses
 import json
 import math
 import re
@@ -281,6 +282,27 @@ def test_plain_style_is_the_plain_drawing():
         a, b = world.render(scene, np.random.default_rng(1)), world.render(scene, np.random.default_rng(1),
                                                                               style=world.Style())
         assert a.tobytes() == b.tobytes()
+
+
+def test_jpeg_on_the_default_drawing_is_a_share_of_the_default_scenes():
+    rng = np.random.default_rng(3)
+    drawn = [world.training_style(rng, 0.5, world.P_JPEG, 0.6) for _ in range(4000)]
+    plain = [s for s in drawn if s.name in ("default", "default-jpeg")]
+    assert abs(len(plain) / len(drawn) - 0.5) < 0.04
+    compressed = [s for s in plain if s.jpeg]
+    assert abs(len(compressed) / len(plain) - 0.6) < 0.04
+    # the generator's own drawing in every field but the quality, which stays in the training range
+    assert all(s == dataclasses.replace(world.DEFAULT_STYLE, name="default-jpeg", jpeg=s.jpeg) for s in compressed)
+    assert {s.jpeg for s in compressed} <= set(range(world.TRAIN_JPEG[0], world.TRAIN_JPEG[1] + 1))
+    assert len({s.jpeg for s in compressed}) > 40
+    assert not {s.jpeg for s in compressed} & {st.jpeg for st in world.HELDOUT_STYLES.values()}
+    # at 0 (stages 6-22) a default scene costs one number, as before the option existed, so the
+    # stream after it is unchanged; at 1 every default scene is compressed
+    a, b = np.random.default_rng(8), np.random.default_rng(8)
+    assert world.training_style(a, 1.0) == world.DEFAULT_STYLE
+    b.random()
+    assert a.random() == b.random()
+    assert world.training_style(a, 1.0, world.P_JPEG, 1.0).name == "default-jpeg"
 
 
 def test_heldout_styles_are_never_sampled_in_training():
