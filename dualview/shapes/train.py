@@ -67,8 +67,8 @@ Recipe (built for a 2-core CPU, where compute is everything):
   third). Tried with ``--styles 0.8`` to lift the held-out ``jpeg-12`` style; it did not (model
   card, stages 19-22).
 - **JPEG on the generator's own drawing** (``--jpeg-default SHARE``; stage 23): that share of the
-  scenes drawn in the generator's own style is JPEG-compressed too (quality in ``world.TRAIN_JPEG``;
-  default 0). Until then JPEG came only with a random restyling (a background, outline or scale
+  scenes drawn in the generator's own style is JPEG-compressed too (quality in ``world.TRAIN_JPEG``,
+  objects jittered as in any restyled scene; default 0). Until then JPEG came only with a random restyling (a background, outline or scale
   change), so the held-out ``jpeg-12`` style's plain-drawn, noisy scenes under strong JPEG were
   almost never seen, and stage 15 over-counted them even at quality 20-25, inside the training range.
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
@@ -660,7 +660,7 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
       shifts cancel: from layer 4 on its object tokens put 0.1-0.8 of their attention on the
       background, and so do its question words (model card, stage 24).
 
-    Training only."""
+    A batch with no supervised question gives 0, whatever ``scene``. Training only."""
     import torch
 
     seg = torch.as_tensor(seg, device=device)
@@ -1078,7 +1078,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "empty: every layer, like the other removals")
     ap.add_argument("--background-layers", type=layer_list, default=(),
                     help="decoder layers whose every head is taught to put no attention, at <sep>, on visual "
-                         "tokens outside the question's evidence (see background_attention_loss); empty: none")
+                         "tokens outside the question's evidence (see background_attention_loss and "
+                         "--background-queries); empty: none")
     ap.add_argument("--background-queries", choices=("sep", "all"), default="sep",
                     help="where --background-layers look: at <sep> only (stage 17) or also at every object, "
                          "letter and question token (see background_attention_loss)")
@@ -1140,9 +1141,9 @@ def train(args) -> dict:
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
     if args.jpeg != world.P_JPEG and not args.styles:
         raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with a positive --styles")
-    if args.jpeg_default and not args.styles:
-        raise SystemExit(f"error: --jpeg-default {args.jpeg_default}: drawn with the training styles, "
-                         "so only with a positive --styles")
+    if args.jpeg_default and not 0.0 < args.styles < 1.0:
+        raise SystemExit(f"error: --jpeg-default {args.jpeg_default}: a share of the scenes drawn in the "
+                         "generator's own style, so only with a --styles share between 0 and 1")
     if not 0.0 < args.count_sink < math.inf:  # NaN fails too
         raise SystemExit(f"error: --count-sink {args.count_sink}: the weight of <s>, a positive number")
     if args.background_queries != "sep" and not args.background_layers:

@@ -382,8 +382,10 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--background-queries all: where --background-layers look, so only with "
                                          "some --background-layers"):
         T.train(_args(tmp_path, 2, "--background-queries", "all"))
-    with pytest.raises(SystemExit, match="--jpeg-default 0.5: drawn with the training styles, so only with a positive --styles"):
-        T.train(_args(tmp_path, 2, "--jpeg-default", "0.5"))
+    for styles in ((), ("--styles", "1")):  # no styles drawn, or no scene left in the default style
+        with pytest.raises(SystemExit, match="--jpeg-default 0.5: a share of the scenes drawn in the generator's own "
+                                             "style, so only with a --styles share between 0 and 1"):
+            T.train(_args(tmp_path, 2, "--jpeg-default", "0.5", *styles))
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
