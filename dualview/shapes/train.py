@@ -66,11 +66,12 @@ Recipe (built for a 2-core CPU, where compute is everything):
   compressed as JPEG (quality still drawn in ``world.TRAIN_JPEG``; default ``world.P_JPEG``, a
   third). Tried with ``--styles 0.8`` to lift the held-out ``jpeg-12`` style; it did not (model
   card, stages 19-22).
-- **JPEG on the generator's own drawing** (``--jpeg-default SHARE``; stage 23): that share of the
-  scenes drawn in the generator's own style is JPEG-compressed too (quality in ``world.TRAIN_JPEG``,
-  objects jittered as in any restyled scene; default 0). Until then JPEG came only with a random restyling (a background, outline or scale
-  change), so the held-out ``jpeg-12`` style's plain-drawn, noisy scenes under strong JPEG were
-  almost never seen, and stage 15 over-counted them even at quality 20-25, inside the training range.
+- **JPEG on the generator's own drawing** (``--jpeg-default SHARE``; stage 23, not shipped): that
+  share of the scenes drawn in the generator's own style is JPEG-compressed too (quality in
+  ``world.TRAIN_JPEG``, objects jittered as in any restyled scene; default 0). Until then JPEG came
+  only with a random restyling, and stage 15 over-counts noisy default-drawn scenes under JPEG even
+  at quality 20-25, inside the training range. Tried at 0.5 to lift the held-out ``jpeg-12`` style;
+  the over-counts stayed (model card, stage 23).
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.

@@ -785,7 +785,8 @@ def test_background_attention_at_every_object_and_question_token(removed):
                 sep = int(np.nonzero(batch["seg"][b, q] == M.VOCAB[M.SEP])[0][0])
                 for t in range(sep + 1):
                     rows = out.attentions[layer][b, :, 1 + P + q * S + t, 1: 1 + P]
-                    terms.append(-torch.log1p(-rows[:, torch.from_numpy(~batch["evidence_tokens"][b, q])].sum(-1)).mean())
+                    outside = torch.from_numpy(~batch["evidence_tokens"][b, q])
+                    terms.append(-torch.log1p(-rows[:, outside].sum(-1)).mean())
             for i in np.nonzero(scene[b] & (kept[b] | (layer < 1)))[0]:
                 rows = out.attentions[layer][b, :, 1 + i, 1: 1 + P]
                 terms.append(-torch.log1p(-rows[:, torch.from_numpy(~scene[b])].sum(-1)).mean())
