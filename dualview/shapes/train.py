@@ -659,7 +659,9 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
       of :func:`make_batch`): also every position of those questions before their ``<sep>``, with
       the same background, and every visual token of ``scene`` (not removed) as a query, whose
       background is the visual tokens outside ``scene`` (it cannot know the question, which comes
-      after it). Stage 15 keeps its counts under evidence-only pruning only because two large
+      after it). Each of the three kinds of query (``<sep>``, the other question positions, the
+      visual tokens) is averaged on its own and the three means weigh the same, so the few
+      ``<sep>`` rows are not drowned (stage 25; stage 24 pooled every query, code commit bb5f38d). Stage 15 keeps its counts under evidence-only pruning only because two large
       shifts cancel: from layer 5 on its object tokens put 0.3-0.8 of each head's attention on
       the background, its question words 0.2-0.8 from layer 4 on (model card, stage 24).
 
@@ -685,6 +687,7 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
                              (own & block).expand(B, Q, S, Q, S).reshape(B, Q * S, Q * S)], -1)
         background = background.repeat_interleave(S, 1)
         rows = (supervised[..., None] & (t <= sep_at[..., None])).reshape(B, Q * S)
+        at_sep = (t == sep_at[..., None]).reshape(B, Q * S)
     cos, sin = lm.rotary_emb(hidden_states[0], position_ids)
     total = 0.0
     for index in layers:
@@ -693,8 +696,10 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
         logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, query_at, visible.shape[-1], None)
         logp = torch.log_softmax(logits.masked_fill(~seen, float("-inf")), -1)  # [B, H, N, L]
         rest = torch.logsumexp(logp.masked_fill(background[:, None] | ~seen, float("-inf")), -1)  # log(1 - m)
-        terms = -rest.mean(1)[rows]
-        if scene is not None:
+        per_row = -rest.mean(1)  # [B, N]
+        if scene is None:
+            total = total + per_row[rows].mean()
+        else:
             visual = torch.arange(1, n_prefix, device=device)[None].expand(B, -1)
             seen_v = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=device).tril()[1:][None].expand(B, -1, -1)
             if kept is not None:
@@ -704,8 +709,8 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
             off = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=device), ~scene], -1)[:, None, None]
             rest = torch.logsumexp(logp.masked_fill(off | ~seen_v[:, None], float("-inf")), -1)
             queries = scene if kept is None else scene & kept[:, 1:]
-            terms = torch.cat([terms, -rest.mean(1)[queries]])
-        total = total + terms.mean()
+            kinds = [per_row[rows & at_sep], per_row[rows & ~at_sep], -rest.mean(1)[queries]]
+            total = total + torch.stack([k.mean() for k in kinds if k.numel()]).mean()
     return total / len(layers)
 
 

@@ -756,7 +756,8 @@ def test_background_attention_at_every_object_and_question_token(removed):
     """With ``scene``: -log(1 - m) per head and query, m the eager attention's mass on background
     visual tokens, averaged over heads and queries: every position of a labelled question with
     evidence up to its <sep> (background: outside the question's evidence), and every kept visual
-    token of the scene (background: outside the scene, among the tokens before it)."""
+    token of the scene (background: outside the scene, among the tokens before it); the <sep>, the
+    other question positions and the visual tokens each averaged on their own, then the three."""
     model, batch, lm, x, mask, pos = _eager_inputs(2, 6)
     B = x.shape[0]
     P = M.TINY.num_image_tokens
@@ -777,7 +778,7 @@ def test_background_attention_at_every_object_and_question_token(removed):
                                              labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix))
     per_layer = []
     for layer in (0, 1):
-        terms = []
+        terms = {"sep": [], "question": [], "visual": []}
         for b in range(B):
             for q in range(Q):
                 if not (labelled[b, q] and batch["evidence_tokens"][b, q].any()):
@@ -786,11 +787,12 @@ def test_background_attention_at_every_object_and_question_token(removed):
                 for t in range(sep + 1):
                     rows = out.attentions[layer][b, :, 1 + P + q * S + t, 1: 1 + P]
                     outside = torch.from_numpy(~batch["evidence_tokens"][b, q])
-                    terms.append(-torch.log1p(-rows[:, outside].sum(-1)).mean())
+                    terms["sep" if t == sep else "question"].append(-torch.log1p(-rows[:, outside].sum(-1)).mean())
             for i in np.nonzero(scene[b] & (kept[b] | (layer < 1)))[0]:
                 rows = out.attentions[layer][b, :, 1 + i, 1: 1 + P]
-                terms.append(-torch.log1p(-rows[:, torch.from_numpy(~scene[b])].sum(-1)).mean())
-        per_layer.append(torch.stack(terms).mean())
+                terms["visual"].append(-torch.log1p(-rows[:, torch.from_numpy(~scene[b])].sum(-1)).mean())
+        assert all(terms.values())
+        per_layer.append(torch.stack([torch.stack(kind).mean() for kind in terms.values()]).mean())
     assert torch.allclose(got, torch.stack(per_layer).mean(), atol=1e-5)
     assert not torch.allclose(got, at_sep, atol=1e-3)  # the extra queries count
 
