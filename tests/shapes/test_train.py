@@ -716,24 +716,37 @@ def test_evidence_attention_loss_under_removal_reads_the_models_own_attention():
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
 
 
+def _background_case(model_seed: int, batch_seed: int, kept_seed: int, removed: bool):
+    """An eager forward for the background-attention tests, visual tokens removed at random from
+    layer 1 when ``removed``: (batch, output with attentions, the loss of layers 0 and 1 as a
+    function of its ``scene`` argument, kept bool [B, P], labelled bool [B, Q])."""
+    model, batch, lm, x, mask, pos = _eager_inputs(model_seed, batch_seed)
+    B, Q, S = batch["seg"].shape
+    P = M.TINY.num_image_tokens
+    kept = np.random.default_rng(kept_seed).random((B, P)) < (0.5 if removed else 1.1)
+    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
+    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
+    labelled = np.random.default_rng(kept_seed + 1).random((B, Q)) < 0.8
+    with torch.no_grad(), T.keys_removed(lm, 1, keep):
+        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                 output_attentions=True)
+
+    def loss(scene=None):
+        with torch.no_grad():
+            return T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
+                                               labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix), scene=scene)
+    return batch, out, loss, kept, labelled
+
+
 @pytest.mark.parametrize("removed", [False, True])
 def test_background_attention_loss_is_each_heads_mass_outside_the_evidence(removed):
     """At every <sep>, -log(1 - m) per head, m the eager attention's mass on visual tokens outside the
     question's evidence (removed tokens get none), averaged over heads and the labelled questions
     that have evidence."""
-    model, batch, lm, x, mask, pos = _eager_inputs(1, 3)
-    B = x.shape[0]
+    batch, out, loss, kept, labelled = _background_case(1, 3, 4, removed)
+    B, Q, S = batch["seg"].shape
     P = M.TINY.num_image_tokens
-    Q, S = batch["seg"].shape[1:]
-    kept = np.random.default_rng(4).random((B, P)) < (0.5 if removed else 1.1)
-    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
-    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
-    labelled = np.random.default_rng(5).random((B, Q)) < 0.8
-    with torch.no_grad(), T.keys_removed(lm, 1, keep):
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                 output_attentions=True)
-        got = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
-                                          labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix))
+    got = loss()
     per_layer, skipped = [], 0
     for layer in (0, 1):
         terms = []
@@ -758,24 +771,12 @@ def test_background_attention_at_every_object_and_question_token(removed):
     evidence up to its <sep> (background: outside the question's evidence), and every kept visual
     token of the scene (background: outside the scene, among the tokens before it); the <sep>, the
     other question positions and the visual tokens each averaged on their own, then the three."""
-    model, batch, lm, x, mask, pos = _eager_inputs(2, 6)
-    B = x.shape[0]
+    batch, out, loss, kept, labelled = _background_case(2, 6, 7, removed)
+    B, Q, S = batch["seg"].shape
     P = M.TINY.num_image_tokens
-    Q, S = batch["seg"].shape[1:]
-    kept = np.random.default_rng(7).random((B, P)) < (0.5 if removed else 1.1)
-    prefix = torch.cat([torch.ones(B, 1, dtype=torch.bool), torch.from_numpy(kept)], 1)
-    keep = torch.cat([prefix, torch.ones(B, Q * S, dtype=torch.bool)], 1)
-    labelled = np.random.default_rng(8).random((B, Q)) < 0.8
     scene = batch["objects"] | batch["letters"]
     assert scene.any() and (~scene).any()
-    with torch.no_grad(), T.keys_removed(lm, 1, keep):
-        out = lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                 output_attentions=True)
-        got = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
-                                          labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix),
-                                          scene=torch.from_numpy(scene))
-        at_sep = T.background_attention_loss(lm, out.hidden_states, pos, batch["seg"], batch["evidence_tokens"],
-                                             labelled, (0, 1), 1 + P, "cpu", removed=(1, prefix))
+    got, at_sep = loss(torch.from_numpy(scene)), loss()
     per_layer = []
     for layer in (0, 1):
         terms = {"sep": [], "question": [], "visual": []}
