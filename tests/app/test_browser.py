@@ -119,6 +119,9 @@ def test_the_whole_page_in_a_browser(app_url, page):
     # upload an image and run
     page.locator("#input-image input[type=file]").set_input_files(str(examples / "07_letter.png"))
     page.locator("#prompt textarea").fill("what letter is written?")
+    # the upload has landed once the status calls the image stale; a Run clicked before could miss it
+    expect(page.locator("#status")).to_contain_text(re.compile(r"Stale: the (image and prompt|prompt and image) changed"),
+                                                    timeout=TIMEOUT_MS)
     page.locator("#run").click()
     expect(page.locator("#status")).to_contain_text("“what letter is written?”", timeout=TIMEOUT_MS)
     expect(page.locator("#teaching")).to_contain_text("Token 0")
