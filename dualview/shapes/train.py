@@ -96,7 +96,8 @@ Recipe (built for a 2-core CPU, where compute is everything):
   evidence-only pruning only because two large shifts cancel: its object tokens and its question
   words put up to 0.76 of a head's attention on the background from layer 4 on. Stage 24 learnt it
   everywhere but at ``<sep>`` (a small share of the rows), and counting every object still lost
-  3.5 points under evidence-only pruning on fresh questions (model card, stage 24).
+  3.5 points under evidence-only pruning on fresh questions; stage 25, with the ``<sep>`` rows
+  averaged on their own, 3.2 (model card, stages 24-25).
 - **Naming words** (``--naming-words``; stage 6): the word-evidence loss also covers ``object``,
   ``objects``, ``letter`` and ``written`` (:data:`NAMING_WORDS`).
 - AdamW, linear warm-up then cosine decay, gradient clipping. Loss only on answer tokens + ``</s>``.
