@@ -662,7 +662,8 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
       background is the visual tokens outside ``scene`` (it cannot know the question, which comes
       after it). Each of the three kinds of query (``<sep>``, the other question positions, the
       visual tokens) is averaged on its own and the three means weigh the same, so the few
-      ``<sep>`` rows are not drowned (stage 25; stage 24 pooled every query, code commit bb5f38d). Stage 15 keeps its counts under evidence-only pruning only because two large
+      ``<sep>`` rows are not drowned (stage 25; stage 24 pooled every query, code commit
+      bb5f38d). Stage 15 keeps its counts under evidence-only pruning only because two large
       shifts cancel: from layer 5 on its object tokens put 0.3-0.8 of each head's attention on
       the background, its question words 0.2-0.8 from layer 4 on (model card, stage 24).
 
@@ -701,18 +702,29 @@ def background_attention_loss(lm, hidden_states, position_ids, seg, evidence_tok
         if scene is None:
             total = total + per_row[rows].mean()
         else:
-            visual = torch.arange(1, n_prefix, device=device)[None].expand(B, -1)
-            seen_v = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=device).tril()[1:][None].expand(B, -1, -1)
-            if kept is not None:
-                seen_v = seen_v & kept[:, None]
-            logits = head_logits(lm.layers[index], hidden_states[index], cos, sin, visual, n_prefix, None)
-            logp = torch.log_softmax(logits.masked_fill(~seen_v[:, None], float("-inf")), -1)  # [B, H, P, n_prefix]
-            off = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=device), ~scene], -1)[:, None, None]
-            rest = torch.logsumexp(logp.masked_fill(off | ~seen_v[:, None], float("-inf")), -1)
-            queries = scene if kept is None else scene & kept[:, 1:]
-            kinds = [per_row[rows & at_sep], per_row[rows & ~at_sep], -rest.mean(1)[queries]]
+            visual = _visual_background_terms(lm.layers[index], hidden_states[index], cos, sin, scene, kept, n_prefix)
+            kinds = [per_row[rows & at_sep], per_row[rows & ~at_sep], visual]
             total = total + torch.stack([k.mean() for k in kinds if k.numel()]).mean()
     return total / len(layers)
+
+
+def _visual_background_terms(layer, hidden, cos, sin, scene, kept, n_prefix: int):
+    """``-log(1 - m)`` averaged over heads for every visual token of ``scene`` (bool [B, P]) that
+    ``kept`` (bool [B, n_prefix] or None) keeps, m its attention mass, over ``<s>`` and the visual
+    tokens up to itself that are kept, on the visual tokens outside ``scene``: a 1-D tensor, one
+    term per such query (see :func:`background_attention_loss`)."""
+    import torch
+
+    B = scene.shape[0]
+    visual = torch.arange(1, n_prefix, device=scene.device)[None].expand(B, -1)  # prefix index 1..P
+    seen = torch.ones(n_prefix, n_prefix, dtype=torch.bool, device=scene.device).tril()[1:][None].expand(B, -1, -1)
+    if kept is not None:
+        seen = seen & kept[:, None]
+    logits = head_logits(layer, hidden, cos, sin, visual, n_prefix, None)
+    logp = torch.log_softmax(logits.masked_fill(~seen[:, None], float("-inf")), -1)  # [B, H, P, n_prefix]
+    off = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=scene.device), ~scene], -1)[:, None, None]
+    rest = torch.logsumexp(logp.masked_fill(off | ~seen[:, None], float("-inf")), -1)  # log(1 - m)
+    return -rest.mean(1)[scene if kept is None else scene & kept[:, 1:]]
 
 
 def evidence_attention_loss(lm, hidden_states, position_ids, seg, evidence, counting, layers, n_prefix: int,
@@ -1106,7 +1118,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "stages 6-20); needs --styles")
     ap.add_argument("--jpeg-default", type=float, default=0.0, metavar="SHARE",
                     help="share of the training scenes drawn in the generator's own style that are compressed "
-                         "as JPEG too (default 0, stages 6-22); needs --styles")
+                         "as JPEG too (default 0, stages 6-22); needs a --styles share between 0 and 1")
     ap.add_argument("--naming-words", action="store_true",
                     help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
