@@ -18,6 +18,8 @@ from dualview.engine.loading import BUILTIN_DIR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (BUILTIN_DIR / "config.json").is_file(), reason="the built-in model is not here")
 DEFAULTS = [param.default for _, param in PARAM_CONTROLS]
+LAST_LAYER = (json.loads((BUILTIN_DIR / "config.json").read_text())["text_config"]["num_hidden_layers"] - 1
+              if (BUILTIN_DIR / "config.json").is_file() else None)
 
 
 def call(client, methods, budgets, seeds, layer="", params=None):
@@ -58,7 +60,7 @@ def test_sweep_errors_are_one_sentence(served):
              ((["iwp", "random"], too_many, "0"),
               f"{len(examples)} items × 58 runs = {58 * len(examples)} pruned answers, more than the limit of "
               f"{sweep.MAX_APP_RUNS}"),
-             ((["iwp"], "11.1%", "0", "99"), "pruning layer must be a whole number from 0 to 7"),
+             ((["iwp"], "11.1%", "0", "99"), f"pruning layer must be a whole number from 0 to {LAST_LAYER}"),
              ((["iwp", "oracle"], "11.1%", "0"), "does not run oracle (its cost grows")]  # the handler's, not gradio's
     for args, message in cases:
         with pytest.raises(AppError) as error:
