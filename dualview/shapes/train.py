@@ -1034,13 +1034,21 @@ def question_types(text: str) -> tuple:
     return names
 
 
-def check_init(model_dir) -> None:
-    """A clear error (SystemExit) unless ``model_dir`` is a model exported by :func:`export`."""
-    config = Path(model_dir) / "config.json"
+def check_init(model_dir, name: str = "--init") -> None:
+    """A clear error (SystemExit naming the option ``name``) unless ``model_dir`` is a model exported
+    by :func:`export`."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise SystemExit(f"error: {name} {model_dir}: no such folder")
+    config = folder / "config.json"
     if not config.is_file():
-        raise SystemExit(f"error: --init {model_dir}: no exported model there (config.json is missing)")
-    if "model_size" not in json.loads(config.read_text()).get("shapes_world", {}):
-        raise SystemExit(f"error: --init {model_dir}: not a shapes-world model exported by this trainer "
+        raise SystemExit(f"error: {name} {model_dir}: no exported model there (config.json is missing)")
+    try:
+        size = json.loads(config.read_text()).get("shapes_world", {}).get("model_size")
+    except (ValueError, AttributeError):
+        raise SystemExit(f"error: {name} {model_dir}: its config.json is not a JSON object") from None
+    if size is None:
+        raise SystemExit(f"error: {name} {model_dir}: not a shapes-world model exported by this trainer "
                          "(its config.json has no shapes_world.model_size)")
 
 

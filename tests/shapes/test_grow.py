@@ -66,11 +66,36 @@ def test_new_layers_copy_their_source_with_zeroed_outputs_and_can_learn():
 
 @pytest.mark.parametrize("options, message", [
     (["--text-insert", "2"], "expected LAYER:COUNT"),
-    (["--text-insert", "2:1"], "layer 2: the stack has layers 0 to 1"),
-    (["--vision-layers", "0"], "growing cannot remove layers"),
+    (["--text-insert", "2:1"], "decoder: layer 2: it has layers 0 to 1"),
+    (["--vision-layers", "0"], "vision tower: 0 layers asked for, fewer than its 1 (growing cannot remove layers)"),
+    ([], "nothing to grow"),
+    (["--text-insert", "1:0"], "nothing to grow"),
 ])
-def test_an_impossible_growth_gives_one_clear_line(source, tmp_path, options, message):
+def test_an_impossible_growth_gives_one_clear_line(source, tmp_path, capsys, options, message):
     with pytest.raises(SystemExit) as exc:
         G.main([str(source), str(tmp_path / "out"), *options])
-    assert str(exc.value).startswith("error: ") and message in str(exc.value)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_grow_writes_only_into_a_new_folder_from_a_real_model(source, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    before = (source / "model.safetensors").read_bytes()
+    for src, out, message in [
+        (source, source, "would write into the model it grows"),
+        (source, source / "inside", "would write into the model it grows"),
+        (source, tmp_path / "full", "already exists and is not an empty folder"),
+        (source, tmp_path / "full" / "notes.txt", "already exists"),
+        (tmp_path / "missing", tmp_path / "out", "SOURCE " + str(tmp_path / "missing") + ": no such folder"),
+        (tmp_path / "broken", tmp_path / "out", "its config.json is not a JSON object"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            G.main([str(src), str(out), "--text-insert", "0:1"])
+        text = capsys.readouterr().err + (exc.value.code if isinstance(exc.value.code, str) else "")
+        assert message in text and "Traceback" not in text, text
+    assert (source / "model.safetensors").read_bytes() == before and not (source / "inside").exists()
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()

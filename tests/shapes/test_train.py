@@ -398,8 +398,11 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         T.build_parser().parse_args(["--drop-focus", "letter,colour"])
     assert "not a question type" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
-    with pytest.raises(SystemExit, match="no exported model there"):
+    with pytest.raises(SystemExit, match="--init .*missing: no such folder"):
         T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no exported model there"):
+        T.train(_args(tmp_path / "b", 2, "--init", str(tmp_path / "empty")))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"model_type": "llava"}')
     with pytest.raises(SystemExit, match="not a shapes-world model"):
