@@ -46,14 +46,13 @@ def average_exports(a: str | Path, b: str | Path, weight: float, out: str | Path
     module docstring). Raises ValueError, with one sentence, on bad input, before writing."""
     from safetensors.torch import load_file, save_file
 
+    from .train import check_new_folder
+
     a, b, out = Path(a), Path(b), Path(out)
     for d in (a, b):
         if not (d / WEIGHTS).is_file() or not (d / "config.json").is_file():
             raise ValueError(f"{d}: no exported model there ({WEIGHTS} and config.json expected)")
-    if any(out.resolve().is_relative_to(d.resolve()) for d in (a, b)):
-        raise ValueError(f"--out {out}: would write into an input; give a new directory")
-    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
-        raise ValueError(f"--out {out}: already exists and is not an empty directory; give a new one")
+    check_new_folder(out, (a, b), "--out")
     if (a / "config.json").read_bytes() != (b / "config.json").read_bytes():
         raise ValueError(f"{a} and {b}: not the same architecture (their config.json differ)")
     states = []

@@ -29,7 +29,6 @@ import argparse
 import re
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from .model import ModelSize, build_model
 
@@ -72,12 +71,10 @@ def growth_plan(size: ModelSize, vision_layers: int, text_after: int, text_added
     return grown, {VISION: vision_plan, TEXT: text_plan}
 
 
-def grow_state(state: dict, size: ModelSize, vision_layers: int, text_after: int, text_added: int):
-    """(grown ModelSize, state dict) with the new layers copied from their source and outputs zeroed.
-
-    ``state`` is a ``build_model(size)`` state dict; raises ValueError for an impossible growth.
-    """
-    grown, plans = growth_plan(size, vision_layers, text_after, text_added)
+def grow_state(state: dict, plans: dict) -> dict:
+    """The grown state dict: every layer placed as :func:`growth_plan`'s ``plans`` say, the new ones
+    copied from their source with their residual outputs zeroed; ``state`` is the state dict of the
+    model the plans were made for (``build_model(size)``)."""
     out = {k: v for k, v in state.items() if not k.startswith((VISION, TEXT))}
     for prefix, plan in plans.items():
         for j, (i, is_new) in enumerate(plan):
@@ -87,7 +84,7 @@ def grow_state(state: dict, size: ModelSize, vision_layers: int, text_after: int
                     rest = key[len(src):]
                     zero = is_new and rest.startswith(ZEROED[prefix])
                     out[f"{prefix}{j}.{rest}"] = value.clone().zero_() if zero else value.clone()
-    return grown, out
+    return out
 
 
 def parse_insert(text: str) -> tuple:
@@ -98,16 +95,8 @@ def parse_insert(text: str) -> tuple:
     return int(m[1]), int(m[2])
 
 
-def check_out(out: Path, source: Path) -> None:
-    """ValueError unless ``out`` is a new folder (or an empty one) outside ``source``."""
-    if out.resolve().is_relative_to(source.resolve()):
-        raise ValueError(f"{out}: would write into the model it grows; give a new folder")
-    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
-        raise ValueError(f"{out}: already exists and is not an empty folder; give a new one")
-
-
 def main(argv=None) -> None:
-    from .train import check_init, export, init_size, init_weights
+    from .train import check_init, check_new_folder, export, init_size, init_weights
 
     ap = argparse.ArgumentParser(prog="python -m dualview.shapes.grow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,16 +110,15 @@ def main(argv=None) -> None:
     check_init(args.source, "SOURCE")
     size = init_size(args.source)
     try:
-        check_out(Path(args.out), Path(args.source))
+        check_new_folder(args.out, (args.source,), "OUT")
         after, added = parse_insert(args.text_insert)
         vision = size.vision_layers if args.vision_layers is None else args.vision_layers
-        growth_plan(size, vision, after, added)  # refused before any weights load
-        grown, state = grow_state(init_weights(args.source), size, vision, after, added)
+        grown, plans = growth_plan(size, vision, after, added)  # refused before any weights load
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     model = build_model(grown)
-    model.load_state_dict(state)
+    model.load_state_dict(grow_state(init_weights(args.source), plans))
     export(model, args.out, grown, dtype="float32")
     print(f"grown {args.source} -> {args.out}: vision {size.vision_layers} -> {grown.vision_layers} layers, "
           f"decoder {size.text_layers} -> {grown.text_layers} layers")

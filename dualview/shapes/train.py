@@ -1052,6 +1052,16 @@ def check_init(model_dir, name: str = "--init") -> None:
                          "(its config.json has no shapes_world.model_size)")
 
 
+def check_new_folder(out, inputs, name: str) -> None:
+    """ValueError (naming the option ``name``) unless ``out`` is a new or empty folder outside every
+    folder in ``inputs``, so writing there can neither overwrite an input nor mix with older files."""
+    out = Path(out)
+    if any(out.resolve().is_relative_to(Path(d).resolve()) for d in inputs):
+        raise ValueError(f"{name} {out}: would write into an input; give a new directory")
+    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
+        raise ValueError(f"{name} {out}: already exists and is not an empty directory; give a new one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/shapes", help="checkpoint/log directory (continued if it exists)")

@@ -43,7 +43,8 @@ def test_a_grown_model_gives_exactly_the_same_logits(source, tmp_path):
 
 def test_new_layers_copy_their_source_with_zeroed_outputs_and_can_learn():
     model = M.build_model(M.TINY, seed=5)
-    grown, state = G.grow_state(model.state_dict(), M.TINY, vision_layers=2, text_after=0, text_added=1)
+    grown, plans = G.growth_plan(M.TINY, vision_layers=2, text_after=0, text_added=1)
+    state = G.grow_state(model.state_dict(), plans)
     old, new = model.state_dict(), state
     for key in ("self_attn.q_proj.weight", "mlp.gate_proj.weight", "input_layernorm.weight"):
         assert torch.equal(new[f"{G.TEXT}1.{key}"], old[f"{G.TEXT}0.{key}"])
@@ -86,9 +87,9 @@ def test_grow_writes_only_into_a_new_folder_from_a_real_model(source, tmp_path, 
     (tmp_path / "broken" / "config.json").write_text("{not json")
     before = (source / "model.safetensors").read_bytes()
     for src, out, message in [
-        (source, source, "would write into the model it grows"),
-        (source, source / "inside", "would write into the model it grows"),
-        (source, tmp_path / "full", "already exists and is not an empty folder"),
+        (source, source, "would write into an input"),
+        (source, source / "inside", "would write into an input"),
+        (source, tmp_path / "full", "already exists and is not an empty directory"),
         (source, tmp_path / "full" / "notes.txt", "already exists"),
         (tmp_path / "missing", tmp_path / "out", "SOURCE " + str(tmp_path / "missing") + ": no such folder"),
         (tmp_path / "broken", tmp_path / "out", "its config.json is not a JSON object"),
