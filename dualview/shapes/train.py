@@ -72,6 +72,10 @@ Recipe (built for a 2-core CPU, where compute is everything):
   only with a random restyling, and stage 15 over-counts noisy default-drawn scenes under JPEG even
   at quality 20-25, inside the training range. Tried at 0.5 to lift the held-out ``jpeg-12`` style;
   the over-counts stayed (model card, stage 23).
+- **Low JPEG qualities** (``--jpeg-quality LO,HI``; stage 28): every JPEG-compressed training
+  scene draws its quality from LO to HI instead of ``world.TRAIN_JPEG`` (20-95), a range inside
+  it, so the held-out ``jpeg-12`` style stays unseen. Stage 26 over-counts under JPEG at quality
+  20-25, inside the training range, where a uniform draw over 20-95 spends few scenes.
 - **Focused evidence removals** (``--drop-focus``, ``--drop-focus-share``; stage 10): a share of the
   evidence removals keeps the evidence of a question of the named types (counting, letters), the
   types that lost most under the evaluation's keep-evidence check in stage 9.
@@ -236,7 +240,8 @@ def word_targets(scene: world.Scene, question: str, size: ModelSize, naming: dic
 
 def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: ModelSize,
                type_weights: dict | None = None, p_letter: float = 0.5, styles: float = 0.0,
-               naming: dict = KEY_WORDS, jpeg: float = world.P_JPEG, jpeg_default: float = 0.0) -> dict:
+               naming: dict = KEY_WORDS, jpeg: float = world.P_JPEG, jpeg_default: float = 0.0,
+               jpeg_quality: tuple[int, int] = world.TRAIN_JPEG) -> dict:
     """A packed batch: uint8 images, aux targets, and per scene ``n_questions`` segments.
 
     ``styles``: the share of scenes, in [0, 1], drawn in a random style of the training mix
@@ -245,8 +250,8 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     in the generator's own style without drawing a style (stages 1-5). ``jpeg``: the share of the
     styled scenes compressed as JPEG (``world.training_style``'s ``p_jpeg``); ``jpeg_default``: the
     share of the scenes drawn in the generator's own style compressed as JPEG (its
-    ``p_jpeg_default``; needs ``styles``, which draws the style).
-    ``naming``: the words :func:`word_targets` supervises.
+    ``p_jpeg_default``; needs ``styles``, which draws the style); ``jpeg_quality``: the range of
+    their JPEG qualities (its ``jpeg_quality``). ``naming``: the words :func:`word_targets` supervises.
 
     Per question (bool [n_scenes, n_questions, P]): ``evidence``, the attention target (patches at
     least 1/8 covered by an evidence box; for counting, the centre patch of each counted object)
@@ -269,7 +274,7 @@ def make_batch(rng: np.random.Generator, n_scenes: int, n_questions: int, size: 
     w = type_weights or {}
     for b in range(n_scenes):
         scene = world.make_scene(rng, size.image_size, p_letter=p_letter)
-        style = world.training_style(rng, 1 - styles, jpeg, jpeg_default) if styles else world.DEFAULT_STYLE
+        style = world.training_style(rng, 1 - styles, jpeg, jpeg_default, jpeg_quality) if styles else world.DEFAULT_STYLE
         if style != world.DEFAULT_STYLE:
             scene = world.jitter_scene(scene, rng, rng.uniform(0, world.TRAIN_JITTER))
         img, labels = world.render(scene, rng, labels=True, style=style)
@@ -1024,6 +1029,14 @@ def layer_list(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers (e.g. 2,3,4,5)") from None
 
 
+def _quality_range(text: str) -> tuple:
+    """``--jpeg-quality`` value: ``LO,HI``, two JPEG qualities (the range is checked in :func:`train`)."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not two JPEG qualities LO,HI (e.g. 20,50)")
+    return tuple(int(p) for p in parts)
+
+
 def question_types(text: str) -> tuple:
     """``--drop-focus`` value: comma-separated names of ``world.QUESTION_TYPES`` (empty: none)."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -1137,6 +1150,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jpeg-default", type=float, default=0.0, metavar="SHARE",
                     help="share of the training scenes drawn in the generator's own style that are compressed "
                          "as JPEG too (default 0, stages 6-22); needs a --styles share between 0 and 1")
+    ap.add_argument("--jpeg-quality", type=_quality_range, default=world.TRAIN_JPEG, metavar="LO,HI",
+                    help="the JPEG qualities of the training scenes, drawn uniformly from LO to HI inclusive, "
+                         f"inside {world.TRAIN_JPEG[0]},{world.TRAIN_JPEG[1]} (the default, stages 6-27), so that the "
+                         "held-out jpeg-12 style stays unseen; needs --styles")
     ap.add_argument("--naming-words", action="store_true",
                     help="word evidence also for 'object', 'objects', 'letter', 'written' (train.NAMING_WORDS)")
     ap.add_argument("--threads", type=int, default=2)
@@ -1180,6 +1197,12 @@ def train(args) -> dict:
                          "in [0, 1], and only with a positive --drop-evidence and some --drop-focus types")
     if args.jpeg != world.P_JPEG and not args.styles:
         raise SystemExit(f"error: --jpeg {args.jpeg}: a share of the styled scenes, so only with a positive --styles")
+    lo, hi = args.jpeg_quality
+    if not world.TRAIN_JPEG[0] <= lo <= hi <= world.TRAIN_JPEG[1] or (args.jpeg_quality != world.TRAIN_JPEG
+                                                                      and not args.styles):
+        raise SystemExit(f"error: --jpeg-quality {lo},{hi}: a range of JPEG qualities inside "
+                         f"{world.TRAIN_JPEG[0]},{world.TRAIN_JPEG[1]}, so that the held-out jpeg-12 style stays "
+                         "unseen, and only with a positive --styles")
     if args.jpeg_default and not 0.0 < args.styles < 1.0:
         raise SystemExit(f"error: --jpeg-default {args.jpeg_default}: a share of the scenes drawn in the "
                          "generator's own style, so only with a --styles share between 0 and 1")
@@ -1272,7 +1295,7 @@ def train(args) -> dict:
         n_scenes = args.vision_scenes if vision_only else args.scenes
         batch = make_batch(rng, n_scenes, args.questions, size, type_weights, styles=args.styles,
                            naming=NAMING_WORDS if args.naming_words else KEY_WORDS, jpeg=args.jpeg,
-                           jpeg_default=args.jpeg_default)
+                           jpeg_default=args.jpeg_default, jpeg_quality=args.jpeg_quality)
         removal = None if vision_only else draw_removal(
             np.random.default_rng([args.seed, DROP_STREAM, step]), batch["evidence_tokens"], size.text_layers,
             args.drop_prob, args.drop_min_share, background=args.drop_background, objects=batch["objects"],

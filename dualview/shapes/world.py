@@ -342,13 +342,14 @@ TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
-def _train_jpeg_quality(rng: np.random.Generator) -> int:
-    """A JPEG quality of the training mix, uniform over :data:`TRAIN_JPEG` (inclusive)."""
-    return int(rng.integers(TRAIN_JPEG[0], TRAIN_JPEG[1] + 1))
+def _train_jpeg_quality(rng: np.random.Generator, quality: tuple[int, int]) -> int:
+    """A JPEG quality of the training mix, uniform over ``quality`` (inclusive)."""
+    return int(rng.integers(quality[0], quality[1] + 1))
 
 
 def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
-                   p_jpeg: float = P_JPEG, p_jpeg_default: float = 0.0) -> Style:
+                   p_jpeg: float = P_JPEG, p_jpeg_default: float = 0.0,
+                   jpeg_quality: tuple[int, int] = TRAIN_JPEG) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
     ``p_default`` (default :data:`P_DEFAULT_STYLE`), of which a share ``p_jpeg_default`` (default
     0, stages 6-22; an extra draw only when positive) is compressed as JPEG in :data:`TRAIN_JPEG`
@@ -358,10 +359,12 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
     :data:`P_OUTLINE` unfilled outlines of :data:`TRAIN_STROKES` px, filled shapes with a dark
     outline half the time, any of :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS`
     and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG` with probability ``p_jpeg``
-    (default :data:`P_JPEG`), current colours. Never any :data:`HELDOUT_STYLES`."""
+    (default :data:`P_JPEG`), current colours. Every JPEG quality is uniform over ``jpeg_quality``
+    (inclusive; default :data:`TRAIN_JPEG`, stages 6-27; callers keep it inside that range).
+    Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < p_default:
         if p_jpeg_default and rng.random() < p_jpeg_default:
-            return replace(DEFAULT_STYLE, name="default-jpeg", jpeg=_train_jpeg_quality(rng))
+            return replace(DEFAULT_STYLE, name="default-jpeg", jpeg=_train_jpeg_quality(rng, jpeg_quality))
         return DEFAULT_STYLE
     filled = bool(rng.random() < 1 - P_OUTLINE)  # at 0.25: exactly stages 10-11's draws (< 0.75)
     stroke = int(rng.choice(TRAIN_STROKES)) if (not filled or rng.random() < 0.5) else 0
@@ -372,7 +375,7 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
         filled=filled,
         stroke=stroke,
         background=str(rng.choice(BACKGROUNDS)),
-        jpeg=_train_jpeg_quality(rng) if rng.random() < p_jpeg else 0,
+        jpeg=_train_jpeg_quality(rng, jpeg_quality) if rng.random() < p_jpeg else 0,
         texture_period=int(rng.integers(TRAIN_TEXTURE_PERIODS[0], TRAIN_TEXTURE_PERIODS[1] + 1)),
         texture_contrast=int(rng.integers(TRAIN_TEXTURE_CONTRASTS[0], TRAIN_TEXTURE_CONTRASTS[1] + 1)),
     )

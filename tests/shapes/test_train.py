@@ -386,6 +386,13 @@ def test_bad_training_options_give_one_clear_line(tmp_path, capsys):
         with pytest.raises(SystemExit, match="--jpeg-default 0.5: a share of the scenes drawn in the generator's own "
                                              "style, so only with a --styles share between 0 and 1"):
             T.train(_args(tmp_path, 2, "--jpeg-default", "0.5", *styles))
+    for bad in (["12,40"], ["30,20"], ["20,96"], ["20,40", "--styles", "0"]):  # jpeg-12 stays unseen
+        with pytest.raises(SystemExit, match=f"--jpeg-quality {bad[0]}: a range of JPEG qualities inside 20,95, so "
+                                             "that the held-out jpeg-12 style stays unseen, and only with a positive"):
+            T.train(_args(tmp_path, 2, "--styles", "0.6", "--jpeg-quality", *bad))
+    with pytest.raises(SystemExit):  # argparse: not two numbers
+        T.build_parser().parse_args(["--jpeg-quality", "20"])
+    assert "is not two JPEG qualities LO,HI" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--drop-prob nan: a share"):  # NaN never lets another share through
         T.train(_args(tmp_path, 2, "--drop-prob", "nan", "--drop-evidence", "0.5"))
     with pytest.raises(SystemExit, match="shares of the same removals, so they may add up to 1 at most"):
@@ -483,9 +490,11 @@ def test_the_styled_share_of_a_batch_is_the_styles_option(monkeypatch):
     assert asked == []  # stages 1-5: no style is drawn, so their random stream is unchanged
     for share in (0.6, 0.8, 1.0):
         T.make_batch(np.random.default_rng(11), 3, 1, size, styles=share)
-        assert asked[-3:] == [(pytest.approx(1 - share), world.P_JPEG, 0.0)] * 3
-    T.make_batch(np.random.default_rng(11), 3, 1, size, styles=0.8, jpeg=0.7, jpeg_default=0.4)
-    assert asked[-3:] == [(pytest.approx(0.2), 0.7, 0.4)] * 3
+        assert asked[-3:] == [(pytest.approx(1 - share), world.P_JPEG, 0.0, world.TRAIN_JPEG)] * 3
+    T.make_batch(np.random.default_rng(11), 3, 1, size, styles=0.8, jpeg=0.7, jpeg_default=0.4, jpeg_quality=(20, 40))
+    assert asked[-3:] == [(pytest.approx(0.2), 0.7, 0.4, (20, 40))] * 3
+    assert T.build_parser().parse_args(["--jpeg-quality", "20,40"]).jpeg_quality == (20, 40)
+    assert T.build_parser().parse_args([]).jpeg_quality == world.TRAIN_JPEG
     assert T.build_parser().parse_args(["--jpeg", "0.7"]).jpeg == 0.7
     assert T.build_parser().parse_args(["--jpeg-default", "0.5"]).jpeg_default == 0.5
     assert T.build_parser().parse_args([]).jpeg_default == 0.0

@@ -305,6 +305,14 @@ def test_jpeg_on_the_default_drawing_is_a_share_of_the_default_scenes():
     assert world.training_style(a, 1.0, world.P_JPEG, 1.0).name == "default-jpeg"
 
 
+def test_a_narrower_jpeg_range_bounds_every_compressed_training_scene():
+    rng = np.random.default_rng(5)
+    drawn = [world.training_style(rng, 0.5, 0.5, 0.5, (20, 30)) for _ in range(3000)]
+    for name in ("default-jpeg", "train"):
+        qualities = {s.jpeg for s in drawn if s.name == name and s.jpeg}
+        assert qualities == set(range(20, 31)), name  # every quality of the range, none outside it
+
+
 def test_heldout_styles_are_never_sampled_in_training():
     rng = np.random.default_rng(0)
     drawn = [world.training_style(rng) for _ in range(4000)]
