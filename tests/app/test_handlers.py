@@ -68,9 +68,12 @@ def test_steps_outside_the_selection_are_refused_with_a_sentence(holder, example
 
 def test_the_status_names_the_layer_each_method_prunes_from(holder, example):
     """FastV prunes from layer 2 and DivPrune from 0 on the built-in model, whatever the analysis layer."""
+    from dualview.engine.loading import BUILTIN_DIR
+
+    layers = json.loads((BUILTIN_DIR / "config.json").read_text())["text_config"]["num_hidden_layers"]
     state = handlers.run(holder, example["path"], example["question"], "builtin", "iwp", 20, "", [], None)["state"]
     for method, layer in (("iwp", 4), ("fastv", 2), ("divprune", 0)):
-        assert f"prunes from layer {layer} of 8" in handlers.update(state, method, 20, [])["status"]
+        assert f"prunes from layer {layer} of {layers}" in handlers.update(state, method, 20, [])["status"]
 
 
 def test_answers_are_shown_only_for_the_kept_set_they_were_made_for(holder, example):
