@@ -352,15 +352,15 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
                    jpeg_quality: tuple[int, int] = TRAIN_JPEG) -> Style:
     """One drawing style of the training mix: :data:`DEFAULT_STYLE` with probability
     ``p_default`` (default :data:`P_DEFAULT_STYLE`), of which a share ``p_jpeg_default`` (default
-    0, stages 6-22; an extra draw only when positive) is compressed as JPEG in :data:`TRAIN_JPEG`
-    and named ``"default-jpeg"`` (not :data:`DEFAULT_STYLE`, so training jitters its objects like
-    every restyled scene's); otherwise scale uniform in
-    :data:`TRAIN_SCALES` half the time (else 1), anti-aliasing on or off, a share
-    :data:`P_OUTLINE` unfilled outlines of :data:`TRAIN_STROKES` px, filled shapes with a dark
-    outline half the time, any of :data:`BACKGROUNDS` (textures of :data:`TRAIN_TEXTURE_PERIODS`
-    and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG in :data:`TRAIN_JPEG` with probability ``p_jpeg``
-    (default :data:`P_JPEG`), current colours. Every JPEG quality is uniform over ``jpeg_quality``
-    (inclusive; default :data:`TRAIN_JPEG`, stages 6-27; callers keep it inside that range).
+    0, stages 6-22; an extra draw only when positive) is compressed as JPEG and named
+    ``"default-jpeg"`` (not :data:`DEFAULT_STYLE`, so training jitters its objects like every
+    restyled scene's); otherwise scale uniform in :data:`TRAIN_SCALES` half the time (else 1),
+    anti-aliasing on or off, a share :data:`P_OUTLINE` unfilled outlines of :data:`TRAIN_STROKES`
+    px, filled shapes with a dark outline half the time, any of :data:`BACKGROUNDS` (textures of
+    :data:`TRAIN_TEXTURE_PERIODS` and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG with probability
+    ``p_jpeg`` (default :data:`P_JPEG`), current colours. Every JPEG quality is uniform over
+    ``jpeg_quality`` (inclusive; default :data:`TRAIN_JPEG`, stages 6-27; callers keep it inside
+    that range).
     Never any :data:`HELDOUT_STYLES`."""
     if rng.random() < p_default:
         if p_jpeg_default and rng.random() < p_jpeg_default:
