@@ -342,6 +342,15 @@ TRAIN_TEXTURE_CONTRASTS = (8, 24)  # per channel, inclusive
 TRAIN_JITTER = 0.08  # jitter_scene amount, upper end (uniform from 0) for non-default styles
 
 
+def check_jpeg_quality(quality: tuple[int, int]) -> None:
+    """ValueError, one sentence, unless ``quality`` (LO, HI) is a range of JPEG qualities inside
+    :data:`TRAIN_JPEG`, which keeps every :data:`HELDOUT_STYLES` quality out of training."""
+    lo, hi = quality
+    if not TRAIN_JPEG[0] <= lo <= hi <= TRAIN_JPEG[1]:
+        raise ValueError(f"{lo},{hi}: a range of JPEG qualities inside {TRAIN_JPEG[0]},{TRAIN_JPEG[1]}, "
+                         "so that the held-out jpeg-12 style stays unseen")
+
+
 def _train_jpeg_quality(rng: np.random.Generator, quality: tuple[int, int]) -> int:
     """A JPEG quality of the training mix, uniform over ``quality`` (inclusive)."""
     return int(rng.integers(quality[0], quality[1] + 1))
@@ -359,9 +368,9 @@ def training_style(rng: np.random.Generator, p_default: float = P_DEFAULT_STYLE,
     px, filled shapes with a dark outline half the time, any of :data:`BACKGROUNDS` (textures of
     :data:`TRAIN_TEXTURE_PERIODS` and :data:`TRAIN_TEXTURE_CONTRASTS`), JPEG with probability
     ``p_jpeg`` (default :data:`P_JPEG`), current colours. Every JPEG quality is uniform over
-    ``jpeg_quality`` (inclusive; default :data:`TRAIN_JPEG`, stages 6-27; callers keep it inside
-    that range).
-    Never any :data:`HELDOUT_STYLES`."""
+    ``jpeg_quality`` (inclusive; default :data:`TRAIN_JPEG`, stages 6-27; ValueError unless inside
+    it, :func:`check_jpeg_quality`). Never any :data:`HELDOUT_STYLES`."""
+    check_jpeg_quality(jpeg_quality)
     if rng.random() < p_default:
         if p_jpeg_default and rng.random() < p_jpeg_default:
             return replace(DEFAULT_STYLE, name="default-jpeg", jpeg=_train_jpeg_quality(rng, jpeg_quality))

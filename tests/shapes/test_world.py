@@ -311,6 +311,9 @@ def test_a_narrower_jpeg_range_bounds_every_compressed_training_scene():
     for name in ("default-jpeg", "train"):
         qualities = {s.jpeg for s in drawn if s.name == name and s.jpeg}
         assert qualities == set(range(20, 31)), name  # every quality of the range, none outside it
+    for bad in ((12, 40), (30, 20), (20, 96)):  # a held-out quality, an empty range, above the mix's
+        with pytest.raises(ValueError, match="a range of JPEG qualities inside 20,95"):
+            world.training_style(rng, 0.5, 0.5, 0.5, bad)
 
 
 def test_heldout_styles_are_never_sampled_in_training():
